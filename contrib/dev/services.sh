@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Private Redis and MariaDB for orderd's tests and demo.
+#
+# Source this file, then call:
+#   services_install            install redis-server / mariadb-server from Debian when missing
+#   services_start redis|mysql  start a private server under $ORDERD_SCRATCH on a loopback port
+#   services_stop               stop every server this shell started (also run on EXIT)
+#
+# Nothing here uses or touches a server that is already running on the machine:
+# each server gets its own data directory, socket, pid file and port.
+# Ports: ORDERD_DEV_REDIS_PORT (default 16379), ORDERD_DEV_MYSQL_PORT (default 13306),
+# or the next free port above. services_start exports ORDERD_TEST_REDIS (host:port)
+# and ORDERD_TEST_MYSQL (a go-sql-driver DSN without database name).
+
+ORDERD_DEV_REDIS_PORT=${ORDERD_DEV_REDIS_PORT:-16379}
+ORDERD_DEV_MYSQL_PORT=${ORDERD_DEV_MYSQL_PORT:-13306}
+_services_pids=()
+
+_sudo() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+services_install() {
+	local need=()
+	command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+	if [ "${1:-}" = mysql ]; then
+		command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
+	fi
+	[ ${#need[@]} -eq 0 ] && return 0
+	echo "installing ${need[*]} from Debian's packages" >&2
+	_sudo apt-get update -qq
+	# Keep the packages' own services from starting: we run private servers only.
+	_sudo sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d'
+	DEBIAN_FRONTEND=noninteractive _sudo apt-get install -y -qq "${need[@]}" >/dev/null
+}
+
+_port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# _pick_port BASE: BASE, or the next free port above it (another test run may hold BASE).
+_pick_port() {
+	local p=$1
+	while ! _port_free "$p"; do
+		p=$((p + 1))
+		[ "$p" -gt $(($1 + 200)) ] && { echo "no free port near $1" >&2; return 1; }
+	done
+	echo "$p"
+}
+
+_wait_for() { # _wait_for SECONDS CMD...
+	local n=$(( $1 * 10 )); shift
+	while [ $n -gt 0 ]; do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; n=$((n - 1)); done
+	return 1
+}
+
+services_start() {
+	: "${ORDERD_SCRATCH:?set ORDERD_SCRATCH to a scratch directory}"
+	mkdir -p "$ORDERD_SCRATCH"
+	case "$1" in
+	redis)
+		local port
+		port=$(_pick_port "$ORDERD_DEV_REDIS_PORT") || return 1
+		mkdir -p "$ORDERD_SCRATCH/redis"
+		redis-server --port "$port" --bind 127.0.0.1 --dir "$ORDERD_SCRATCH/redis" \
+			--save '' --appendonly no --notify-keyspace-events Ex \
+			--daemonize yes --pidfile "$ORDERD_SCRATCH/redis/redis.pid" \
+			--logfile "$ORDERD_SCRATCH/redis/redis.log" || return 1
+		_wait_for 10 redis-cli -p "$port" ping || { echo "redis did not start" >&2; cat "$ORDERD_SCRATCH/redis/redis.log" >&2; return 1; }
+		_services_pids+=("$(cat "$ORDERD_SCRATCH/redis/redis.pid")")
+		export ORDERD_TEST_REDIS="127.0.0.1:$port"
+		;;
+	mysql)
+		local port dir="$ORDERD_SCRATCH/mysql"
+		port=$(_pick_port "$ORDERD_DEV_MYSQL_PORT") || return 1
+		mkdir -p "$dir"
+		mariadb-install-db --no-defaults --datadir="$dir/data" --user="$(id -un)" \
+			--auth-root-authentication-method=normal >"$dir/install.log" 2>&1 ||
+			{ echo "mariadb-install-db failed" >&2; cat "$dir/install.log" >&2; return 1; }
+		/usr/sbin/mariadbd --no-defaults --datadir="$dir/data" --socket="$dir/mysql.sock" \
+			--pid-file="$dir/mysql.pid" --port="$port" --bind-address=127.0.0.1 \
+			--user="$(id -un)" --log-error="$dir/error.log" --skip-name-resolve \
+			--innodb-buffer-pool-size=256M --innodb-log-file-size=256M \
+			--max-connections=500 >/dev/null 2>&1 &
+		_services_pids+=("$!")
+		_wait_for 60 mariadb --no-defaults --socket="$dir/mysql.sock" -uroot -e 'select 1' ||
+			{ echo "mariadb did not start" >&2; cat "$dir/error.log" >&2; return 1; }
+		mariadb --no-defaults --socket="$dir/mysql.sock" -uroot -e "
+			CREATE USER IF NOT EXISTS 'orderd'@'127.0.0.1' IDENTIFIED BY 'orderd';
+			GRANT ALL ON *.* TO 'orderd'@'127.0.0.1';
+			CREATE DATABASE IF NOT EXISTS orderd;" || return 1
+		export ORDERD_TEST_MYSQL="orderd:orderd@tcp(127.0.0.1:$port)/"
+		;;
+	*) echo "services_start: unknown service $1" >&2; return 1 ;;
+	esac
+}
+
+services_stop() {
+	local pid
+	for pid in "${_services_pids[@]}"; do kill "$pid" 2>/dev/null; done
+	for pid in "${_services_pids[@]}"; do
+		for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+		kill -9 "$pid" 2>/dev/null
+	done
+	_services_pids=()
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs orderd's whole test suite against a private Redis and MariaDB, which it
+# installs (Debian packages) when missing, starts under a scratch directory on
+# loopback ports, and stops afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source contrib/dev/services.sh
+ORDERD_SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/orderd-test.XXXXXX")
+export ORDERD_SCRATCH
+trap 'services_stop; rm -rf "$ORDERD_SCRATCH"' EXIT
+
+services_install mysql
+services_start redis
+services_start mysql
+echo "redis $ORDERD_TEST_REDIS, mariadb $ORDERD_TEST_MYSQL, scratch $ORDERD_SCRATCH"
+
+echo "== go vet"; go vet ./...
+echo "== gofmt"; unformatted=$(gofmt -l .); [ -z "$unformatted" ] || { echo "gofmt would change: $unformatted"; exit 1; }
+echo "== go test -race"; go test -race -count=1 -timeout 30m ./...
+echo "== fuzz (a few seconds each)"
+while read -r pkg fuzz; do
+	go test -run '^$' -fuzz "^${fuzz}\$" -fuzztime 4s "$pkg"
+done <<'LIST'
+./expiry FuzzNewEvent
+LIST
+echo "all tests passed"

@@ -1,0 +1,33 @@
+// Package expiry reacts to Redis keys that expire.
+//
+// Redis announces an expired key on the channel __keyevent@<db>__:expired
+// when notify-keyspace-events includes "Ex". A Listener subscribes to that
+// channel, strips its KeyPrefix from each key and hands the Event to a
+// Handler — usually a ServeMux, which routes by the longest matching key
+// prefix:
+//
+//	mux := expiry.NewServeMux()
+//	mux.Use(expiry.Recover(logger), expiry.Retry(expiry.RetryPolicy{}))
+//	mux.HandleFunc("order_pay:", func(ctx context.Context, ev expiry.Event) error {
+//		id := strings.TrimPrefix(ev.Key, "order_pay:")
+//		return closeUnpaid(ctx, id) // must be idempotent
+//	})
+//	l := expiry.NewListener(rdb, mux, expiry.ListenerConfig{
+//		OnSubscribe: func(ctx context.Context) { sweep(ctx) }, // events in a gap are lost
+//	})
+//	err := l.Run(ctx) // until ctx ends; then drains
+//
+// Events are a fast path, not a ledger: they are fire-and-forget, lost while
+// no subscriber is connected, and Redis publishes them only when it deletes
+// the key, which can be minutes late when many keys carry a TTL. Keep the
+// truth (a deadline) in your database, make handlers idempotent, and sweep for
+// overdue work at start-up, on every resubscription (OnSubscribe) and on a
+// timer (Interval, OnInterval).
+//
+// A Scheduler fixes the lateness: it writes the TTL key together with an entry
+// in a due index, and a Listener given the Scheduler touches every key whose
+// deadline has passed, so Redis expires and announces it within milliseconds.
+//
+// CheckNotify tells whether Redis publishes expired events, and what to set if
+// it does not; EnableNotify sets it when the operator asks for it.
+package expiry

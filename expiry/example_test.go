@@ -1,0 +1,54 @@
+package expiry_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/orderd/orderd/expiry"
+)
+
+// Print the ids of orders whose pay timeout expires.
+func ExampleListener() {
+	rdb := redis.NewClient(&redis.Options{Addr: redisAddr(), DB: 2})
+	ctx, stop := context.WithCancel(context.Background())
+
+	mux := expiry.NewServeMux()
+	mux.HandleFunc("order_pay:", func(ctx context.Context, ev expiry.Event) error {
+		fmt.Println("unpaid order", strings.TrimPrefix(ev.Key, "order_pay:"))
+		stop()
+		return nil
+	})
+	l := expiry.NewListener(rdb, mux, expiry.ListenerConfig{
+		OnSubscribe: func(ctx context.Context) {
+			rdb.Set(ctx, "order_pay:42", "1", 50*time.Millisecond)
+		},
+	})
+	if err := l.Run(ctx); err != nil {
+		fmt.Println(err)
+	}
+	// Output: unpaid order 42
+}
+
+func ExampleServeMux() {
+	mux := expiry.NewServeMux()
+	mux.HandleFunc("order_", func(_ context.Context, ev expiry.Event) error {
+		fmt.Println("some order key:", ev.Key)
+		return nil
+	})
+	mux.HandleFunc("order_confirm:", func(_ context.Context, ev expiry.Event) error {
+		fmt.Println("confirm receipt:", ev.Key)
+		return nil
+	})
+	ctx := context.Background()
+	mux.HandleExpired(ctx, expiry.Event{Key: "order_confirm:7"})
+	mux.HandleExpired(ctx, expiry.Event{Key: "order_refund:7"})
+	fmt.Println(mux.HandleExpired(ctx, expiry.Event{Key: "cart:7"}))
+	// Output:
+	// confirm receipt: order_confirm:7
+	// some order key: order_refund:7
+	// expiry: no handler for key "cart:7"
+}

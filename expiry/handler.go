@@ -1,0 +1,31 @@
+package expiry
+
+import (
+	"context"
+	"errors"
+)
+
+// A Handler reacts to one expired key. Handlers must be idempotent: every
+// listener replica receives every event, and the same key may be reported by
+// an event and by a sweep.
+type Handler interface {
+	HandleExpired(ctx context.Context, ev Event) error
+}
+
+// HandlerFunc adapts an ordinary function to a Handler.
+type HandlerFunc func(ctx context.Context, ev Event) error
+
+// HandleExpired calls f(ctx, ev).
+func (f HandlerFunc) HandleExpired(ctx context.Context, ev Event) error { return f(ctx, ev) }
+
+// Middleware wraps a Handler with behaviour of its own.
+type Middleware func(Handler) Handler
+
+// ErrHandlerNotFound is wrapped by the error ServeMux returns for a key that no
+// pattern matches.
+var ErrHandlerNotFound = errors.New("expiry: no handler for key")
+
+// SkipRetry tells the Retry middleware not to try again. Wrap it:
+//
+//	return fmt.Errorf("order %d: %w", id, expiry.SkipRetry)
+var SkipRetry = errors.New("expiry: skip retry")

@@ -1,0 +1,222 @@
+package expiry_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/orderd/orderd/expiry"
+)
+
+// run starts l in the background and returns a function that stops it and
+// returns Run's error.
+func run(t *testing.T, l *expiry.Listener) (stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- l.Run(ctx) }()
+	var once sync.Once
+	var err error
+	stop = func() error {
+		once.Do(func() { cancel(); err = <-errc })
+		return err
+	}
+	t.Cleanup(func() { stop() })
+	return stop
+}
+
+// waitFor polls cond until it holds or the timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func waitSubscribed(t *testing.T, l *expiry.Listener, n uint64) {
+	t.Helper()
+	waitFor(t, 5*time.Second, fmt.Sprintf("subscription %d", n), func() bool { return l.Stats().Subscriptions >= n })
+}
+
+func TestListenerHandlesExpiredKey(t *testing.T) {
+	rdb := setup(t)
+	got := make(chan expiry.Event, 10)
+	mux := expiry.NewServeMux()
+	mux.HandleFunc("order_pay:", func(_ context.Context, ev expiry.Event) error { got <- ev; return nil })
+	l := expiry.NewListener(rdb, mux, expiry.ListenerConfig{KeyPrefix: "app:", Logger: zaptest.NewLogger(t)})
+	run(t, l)
+	waitSubscribed(t, l, 1)
+
+	ctx := context.Background()
+	rdb.Set(ctx, "other:order_pay:1", "1", 50*time.Millisecond) // foreign: no prefix
+	rdb.Set(ctx, "app:unknown:1", "1", 50*time.Millisecond)     // no handler
+	rdb.Set(ctx, "app:order_pay:42", "1", 50*time.Millisecond)
+	select {
+	case ev := <-got:
+		if ev.Key != "order_pay:42" || ev.RawKey != "app:order_pay:42" || ev.DB != testDB || ev.Received.IsZero() {
+			t.Fatalf("unexpected event %+v", ev)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("expired key never reached its handler")
+	}
+	waitFor(t, 10*time.Second, "ignored keys counted", func() bool { return l.Stats().Ignored == 2 })
+	if s := l.Stats(); s.Handled != 1 || s.Failed != 0 || s.Received != 3 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+// A slow handler must not make anything drop events: with 10,000 keys
+// expiring at once, every one is handled exactly once.
+func TestListenerSlowHandlerLosesNothing(t *testing.T) {
+	rdb := setup(t)
+	const n = 10000
+	var mu sync.Mutex
+	seen := make(map[string]int, n)
+	var handled atomic.Int64
+	h := expiry.HandlerFunc(func(_ context.Context, ev expiry.Event) error {
+		time.Sleep(2 * time.Millisecond)
+		mu.Lock()
+		seen[ev.Key]++
+		mu.Unlock()
+		handled.Add(1)
+		return nil
+	})
+	l := expiry.NewListener(rdb, h, expiry.ListenerConfig{Workers: 8, QueueSize: 100})
+	run(t, l)
+	waitSubscribed(t, l, 1)
+
+	ctx := context.Background()
+	deadline := time.Now().Add(300 * time.Millisecond)
+	_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := range n {
+			p.SetArgs(ctx, "k:"+strconv.Itoa(i), "1", redis.SetArgs{ExpireAt: deadline})
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "all keys handled", func() bool { return handled.Load() >= n })
+	time.Sleep(100 * time.Millisecond)
+	if len(seen) != n || handled.Load() != n {
+		t.Fatalf("handled %d calls for %d distinct keys, want %d each", handled.Load(), len(seen), n)
+	}
+	if s := l.Stats(); s.Dropped != 0 || s.Received != n {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+func TestListenerResubscribesAfterKill(t *testing.T) {
+	rdb := setup(t)
+	var hooks atomic.Int64
+	got := make(chan string, 10)
+	h := expiry.HandlerFunc(func(_ context.Context, ev expiry.Event) error { got <- ev.Key; return nil })
+	l := expiry.NewListener(rdb, h, expiry.ListenerConfig{
+		OnSubscribe: func(context.Context) { hooks.Add(1) },
+		Logger:      zaptest.NewLogger(t),
+	})
+	run(t, l)
+	waitSubscribed(t, l, 1)
+	waitFor(t, 5*time.Second, "first hook", func() bool { return hooks.Load() == 1 })
+
+	ctx := context.Background()
+	if err := rdb.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitSubscribed(t, l, 2)
+	waitFor(t, 5*time.Second, "reconnect hook", func() bool { return hooks.Load() == 2 })
+
+	rdb.Set(ctx, "after:1", "1", 50*time.Millisecond)
+	select {
+	case k := <-got:
+		if k != "after:1" {
+			t.Fatalf("got %q", k)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("event after reconnect not handled")
+	}
+}
+
+func TestListenerShutdownWaitsForInFlight(t *testing.T) {
+	rdb := setup(t)
+	started := make(chan struct{})
+	var finished atomic.Bool
+	h := expiry.HandlerFunc(func(ctx context.Context, _ expiry.Event) error {
+		close(started)
+		select {
+		case <-time.After(500 * time.Millisecond):
+			finished.Store(true)
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})
+	l := expiry.NewListener(rdb, h, expiry.ListenerConfig{})
+	stop := run(t, l)
+	waitSubscribed(t, l, 1)
+	rdb.Set(context.Background(), "slow:1", "1", 20*time.Millisecond)
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("handler never started")
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("Run returned %v", err)
+	}
+	if !finished.Load() {
+		t.Fatal("Run returned before the in-flight handler finished")
+	}
+	if s := l.Stats(); s.Handled != 1 || s.InFlight != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+func TestListenerShutdownTimeoutCancelsHandlers(t *testing.T) {
+	rdb := setup(t)
+	started := make(chan struct{})
+	h := expiry.HandlerFunc(func(ctx context.Context, _ expiry.Event) error {
+		close(started)
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	l := expiry.NewListener(rdb, h, expiry.ListenerConfig{ShutdownTimeout: 50 * time.Millisecond})
+	stop := run(t, l)
+	waitSubscribed(t, l, 1)
+	rdb.Set(context.Background(), "stuck:1", "1", 20*time.Millisecond)
+	<-started
+	if err := stop(); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run returned %v, want an error wrapping context.Canceled", err)
+	}
+}
+
+func TestListenerRunTwice(t *testing.T) {
+	rdb := setup(t)
+	l := expiry.NewListener(rdb, expiry.NewServeMux(), expiry.ListenerConfig{})
+	run(t, l)
+	waitSubscribed(t, l, 1)
+	if err := l.Run(context.Background()); !errors.Is(err, expiry.ErrListenerRunning) {
+		t.Fatalf("second Run: %v", err)
+	}
+}
+
+func TestListenerInterval(t *testing.T) {
+	rdb := setup(t)
+	var ticks atomic.Int64
+	l := expiry.NewListener(rdb, expiry.NewServeMux(), expiry.ListenerConfig{
+		Interval: 10 * time.Millisecond, OnInterval: func(context.Context) { ticks.Add(1) },
+	})
+	run(t, l)
+	waitFor(t, 5*time.Second, "three ticks", func() bool { return ticks.Load() >= 3 })
+}

@@ -1,0 +1,186 @@
+package expiry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// SchedulerConfig configures a Scheduler. The zero value is usable.
+type SchedulerConfig struct {
+	// Index names the due index: sorted sets "<Index>:{<n>}" (n from 0 to
+	// Shards-1), scored by deadline in Unix milliseconds. The hash tags put
+	// each shard in a slot of its own on Redis Cluster.
+	// If empty, "expiry:due" is used.
+	Index string
+
+	// Shards is the number of sorted sets the index is split into.
+	// If zero, 4 is used.
+	Shards int
+
+	// ReapBatch bounds the keys one reaper round looks at per shard.
+	// If zero, 1,000 is used.
+	ReapBatch int
+}
+
+// A Scheduler sets timers as Redis keys with a TTL and keeps a due index
+// beside them, so that a Listener's reaper can make Redis expire (and
+// announce) each key as soon as its deadline passes. Without the index Redis
+// notices an expired key only when its background cycle happens to sample it,
+// which can take minutes when many keys carry a TTL.
+type Scheduler struct {
+	client redis.UniversalClient
+	shards []string
+	batch  int
+}
+
+// NewScheduler returns a Scheduler writing to client.
+func NewScheduler(client redis.UniversalClient, cfg SchedulerConfig) *Scheduler {
+	if cfg.Index == "" {
+		cfg.Index = "expiry:due"
+	}
+	if cfg.Shards <= 0 {
+		cfg.Shards = 4
+	}
+	if cfg.ReapBatch <= 0 {
+		cfg.ReapBatch = 1000
+	}
+	s := &Scheduler{client: client, batch: cfg.ReapBatch}
+	for i := range cfg.Shards {
+		s.shards = append(s.shards, cfg.Index+":{"+strconv.Itoa(i)+"}")
+	}
+	return s
+}
+
+// Shards returns the names of the index's sorted sets.
+func (s *Scheduler) Shards() []string { return append([]string(nil), s.shards...) }
+
+func (s *Scheduler) shard(key string) string {
+	return s.shards[crc32.ChecksumIEEE([]byte(key))%uint32(len(s.shards))]
+}
+
+// Schedule sets key (value "1") to expire at deadline and records it in the
+// due index, in one round trip. A deadline already past fires at once: the
+// key gets a TTL of 1 ms, so Redis still announces it as expired.
+func (s *Scheduler) Schedule(ctx context.Context, key string, deadline time.Time) error {
+	ms := deadline.UnixMilli()
+	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		if time.Until(deadline) < time.Millisecond {
+			p.Set(ctx, key, "1", time.Millisecond)
+		} else {
+			p.SetArgs(ctx, key, "1", redis.SetArgs{ExpireAt: deadline})
+		}
+		p.ZAdd(ctx, s.shard(key), redis.Z{Score: float64(ms), Member: key})
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("expiry: schedule %q: %w", key, err)
+	}
+	return nil
+}
+
+// Cancel deletes key and its index entry. Cancelling a timer that does not
+// exist is not an error.
+func (s *Scheduler) Cancel(ctx context.Context, key string) error {
+	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Del(ctx, key)
+		p.ZRem(ctx, s.shard(key), key)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("expiry: cancel %q: %w", key, err)
+	}
+	return nil
+}
+
+// ReapResult tells what one reaper round did.
+type ReapResult struct {
+	Due  int  // index entries whose deadline had passed
+	Gone int  // of those, keys found gone and removed from the index
+	More bool // a shard had more due entries than one round looks at
+}
+
+// zremDue removes members whose score is still at or before ARGV[1], so an
+// entry written again for a later deadline in the meantime survives.
+var zremDue = redis.NewScript(`
+local n = 0
+for i = 2, #ARGV do
+  local s = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if s and tonumber(s) <= tonumber(ARGV[1]) then
+    n = n + redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return n`)
+
+// Reap runs one reaper round: for every shard it reads up to ReapBatch due
+// entries and touches their keys (PTTL), which makes Redis expire a key whose
+// time has come and publish its event. An entry is removed only when its key
+// is really gone; a key Redis still holds (its clock may lag ours by a
+// millisecond, or the key was set again) is re-scored by its remaining TTL, and
+// a key left without a TTL is no timer any more and leaves the index.
+func (s *Scheduler) Reap(ctx context.Context) (ReapResult, error) {
+	var res ReapResult
+	var errs []error
+	for _, shard := range s.shards {
+		r, err := s.reapShard(ctx, shard)
+		res.Due += r.Due
+		res.Gone += r.Gone
+		res.More = res.More || r.More
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return res, errors.Join(errs...)
+}
+
+func (s *Scheduler) reapShard(ctx context.Context, shard string) (ReapResult, error) {
+	now := time.Now().UnixMilli()
+	keys, err := s.client.ZRangeArgs(ctx, redis.ZRangeArgs{
+		Key: shard, Start: "-inf", Stop: strconv.FormatInt(now, 10),
+		ByScore: true, Count: int64(s.batch),
+	}).Result()
+	if err != nil || len(keys) == 0 {
+		return ReapResult{}, err
+	}
+	res := ReapResult{Due: len(keys), More: len(keys) == s.batch}
+
+	ttls := make([]*redis.DurationCmd, len(keys))
+	if _, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range keys {
+			ttls[i] = p.PTTL(ctx, k)
+		}
+		return nil
+	}); err != nil && !errors.Is(err, redis.Nil) {
+		return res, fmt.Errorf("expiry: reap %s: %w", shard, err)
+	}
+
+	gone := []any{now}
+	var rescore []redis.Z
+	for i, c := range ttls {
+		switch d := c.Val(); {
+		case d == -2 || d == -1: // gone, or no TTL any more
+			gone = append(gone, keys[i])
+		case d >= 0:
+			rescore = append(rescore, redis.Z{Score: float64(now + max(d.Milliseconds(), 1)), Member: keys[i]})
+		}
+	}
+	_, err = s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		if len(gone) > 1 {
+			zremDue.Eval(ctx, p, []string{shard}, gone...) // EVAL: a pipeline cannot fall back from EVALSHA
+		}
+		if len(rescore) > 0 {
+			p.ZAddXX(ctx, shard, rescore...)
+		}
+		return nil
+	})
+	if err != nil {
+		return res, fmt.Errorf("expiry: reap %s: %w", shard, err)
+	}
+	res.Gone = len(gone) - 1
+	return res, nil
+}

@@ -1,0 +1,148 @@
+package expiry_test
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/orderd/orderd/expiry"
+)
+
+func indexLen(t *testing.T, rdb *redis.Client, s *expiry.Scheduler) int64 {
+	t.Helper()
+	var n int64
+	for _, shard := range s.Shards() {
+		n += rdb.ZCard(context.Background(), shard).Val()
+	}
+	return n
+}
+
+func TestSchedulerScheduleAndCancel(t *testing.T) {
+	rdb := setup(t)
+	ctx := context.Background()
+	s := expiry.NewScheduler(rdb, expiry.SchedulerConfig{Index: "t:due", Shards: 3})
+	if got := s.Shards(); len(got) != 3 || got[0] != "t:due:{0}" {
+		t.Fatalf("shards %v", got)
+	}
+	deadline := time.Now().Add(time.Hour)
+	if err := s.Schedule(ctx, "job:1", deadline); err != nil {
+		t.Fatal(err)
+	}
+	if ttl := rdb.PTTL(ctx, "job:1").Val(); ttl < 59*time.Minute || ttl > time.Hour {
+		t.Fatalf("ttl %v", ttl)
+	}
+	if n := indexLen(t, rdb, s); n != 1 {
+		t.Fatalf("index has %d entries", n)
+	}
+	if err := s.Cancel(ctx, "job:1"); err != nil {
+		t.Fatal(err)
+	}
+	if rdb.Exists(ctx, "job:1").Val() != 0 || indexLen(t, rdb, s) != 0 {
+		t.Fatal("cancel left the key or its index entry")
+	}
+	if err := s.Cancel(ctx, "job:never"); err != nil {
+		t.Fatalf("cancel of a missing timer: %v", err)
+	}
+}
+
+func TestSchedulerReap(t *testing.T) {
+	rdb := setup(t)
+	ctx := context.Background()
+	s := expiry.NewScheduler(rdb, expiry.SchedulerConfig{Index: "t:due", Shards: 2, ReapBatch: 2})
+	past := time.Now().Add(-time.Second)
+	for i := range 3 {
+		if err := s.Schedule(ctx, "gone:"+strconv.Itoa(i), past); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An entry due by the index whose key Redis still holds for a while:
+	// it must stay, re-scored by its real TTL.
+	rdb.Set(ctx, "alive", "1", time.Hour)
+	rdb.ZAdd(ctx, s.Shards()[0], redis.Z{Score: float64(past.UnixMilli()), Member: "alive"})
+	// An entry whose key lost its TTL is no timer any more.
+	rdb.Set(ctx, "persisted", "1", 0)
+	rdb.ZAdd(ctx, s.Shards()[1], redis.Z{Score: float64(past.UnixMilli()), Member: "persisted"})
+	time.Sleep(5 * time.Millisecond)
+
+	var total expiry.ReapResult
+	for range 10 {
+		r, err := s.Reap(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total.Gone += r.Gone
+		if !r.More && r.Due == 0 {
+			break
+		}
+	}
+	if total.Gone != 4 {
+		t.Fatalf("reaped %d, want 4 (3 expired, 1 persisted)", total.Gone)
+	}
+	if n := indexLen(t, rdb, s); n != 1 {
+		t.Fatalf("index has %d entries, want only the live key", n)
+	}
+	score := rdb.ZScore(ctx, s.Shards()[0], "alive").Val()
+	if time.UnixMilli(int64(score)).Before(time.Now().Add(59 * time.Minute)) {
+		t.Fatalf("live key not re-scored by its TTL: %v", time.UnixMilli(int64(score)))
+	}
+}
+
+// With the scheduler, a timer fires on time even when Redis holds many other
+// keys with a TTL; here we check that every scheduled key reaches its handler
+// and leaves the index.
+func TestListenerWithSchedulerFiresEveryTimer(t *testing.T) {
+	rdb := setup(t)
+	ctx := context.Background()
+	_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := range 50000 {
+			p.Set(ctx, "other:"+strconv.Itoa(i), "1", time.Hour)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := expiry.NewScheduler(rdb, expiry.SchedulerConfig{Index: "t:due"})
+	var mu sync.Mutex
+	late := map[string]time.Duration{}
+	deadlines := map[string]time.Time{}
+	h := expiry.HandlerFunc(func(_ context.Context, ev expiry.Event) error {
+		mu.Lock()
+		defer mu.Unlock()
+		late[ev.Key] = ev.Received.Sub(deadlines[ev.Key])
+		return nil
+	})
+	mux := expiry.NewServeMux()
+	mux.Handle("timer:", h)
+	l := expiry.NewListener(rdb, mux, expiry.ListenerConfig{Scheduler: s})
+	run(t, l)
+	waitSubscribed(t, l, 1)
+
+	const n = 500
+	start := time.Now().Add(100 * time.Millisecond)
+	for i := range n {
+		key := "timer:" + strconv.Itoa(i)
+		d := start.Add(time.Duration(i) * time.Millisecond)
+		mu.Lock()
+		deadlines[key] = d
+		mu.Unlock()
+		if err := s.Schedule(ctx, key, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 60*time.Second, "every timer handled", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(late) == n
+	})
+	waitFor(t, 5*time.Second, "index emptied", func() bool { return indexLen(t, rdb, s) == 0 })
+	var worst time.Duration
+	for _, d := range late {
+		worst = max(worst, d)
+	}
+	t.Logf("%d timers among 50,000 other TTL keys: worst lateness %v", n, worst)
+}
