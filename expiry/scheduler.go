@@ -65,16 +65,17 @@ func (s *Scheduler) shard(key string) string {
 }
 
 // Schedule sets key (value "1") to expire at deadline and records it in the
-// due index, in one round trip. A deadline already past fires at once: the
-// key gets a TTL of 1 ms, so Redis still announces it as expired.
+// due index, in one round trip. The TTL is rounded up to the next millisecond,
+// so the key never expires before deadline by our clock. A deadline already
+// past fires at once: the key gets a TTL of 1 ms, so Redis still announces it
+// as expired.
 func (s *Scheduler) Schedule(ctx context.Context, key string, deadline time.Time) error {
 	ms := deadline.UnixMilli()
 	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		if time.Until(deadline) < time.Millisecond {
-			p.Set(ctx, key, "1", time.Millisecond)
-		} else {
-			p.SetArgs(ctx, key, "1", redis.SetArgs{ExpireAt: deadline})
-		}
+		// A relative TTL, not PXAT: Redis's clock may differ from ours, and a
+		// PXAT that Redis deems past deletes the key without an event.
+		ttl := max(time.Until(deadline).Truncate(time.Millisecond)+time.Millisecond, time.Millisecond)
+		p.Set(ctx, key, "1", ttl)
 		p.ZAdd(ctx, s.shard(key), redis.Z{Score: float64(ms), Member: key})
 		return nil
 	})

@@ -10,7 +10,7 @@
 # each server gets its own data directory, socket, pid file and port.
 # Ports: ORDERD_DEV_REDIS_PORT (default 16379), ORDERD_DEV_MYSQL_PORT (default 13306),
 # or the next free port above. services_start exports ORDERD_TEST_REDIS (host:port)
-# and ORDERD_TEST_MYSQL (a go-sql-driver DSN without database name).
+# and ORDERD_TEST_MYSQL (a mysql:// URL without database name).
 
 ORDERD_DEV_REDIS_PORT=${ORDERD_DEV_REDIS_PORT:-16379}
 ORDERD_DEV_MYSQL_PORT=${ORDERD_DEV_MYSQL_PORT:-13306}
@@ -85,7 +85,7 @@ services_start() {
 			CREATE USER IF NOT EXISTS 'orderd'@'127.0.0.1' IDENTIFIED BY 'orderd';
 			GRANT ALL ON *.* TO 'orderd'@'127.0.0.1';
 			CREATE DATABASE IF NOT EXISTS orderd;" || return 1
-		export ORDERD_TEST_MYSQL="orderd:orderd@tcp(127.0.0.1:$port)/"
+		export ORDERD_TEST_MYSQL="mysql://orderd:orderd@127.0.0.1:$port"
 		;;
 	*) echo "services_start: unknown service $1" >&2; return 1 ;;
 	esac

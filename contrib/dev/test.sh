@@ -22,5 +22,6 @@ while read -r pkg fuzz; do
 	go test -run '^$' -fuzz "^${fuzz}\$" -fuzztime 4s "$pkg"
 done <<'LIST'
 ./expiry FuzzNewEvent
+./order FuzzParseKeyID
 LIST
 echo "all tests passed"

@@ -1,0 +1,80 @@
+package order
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/orderd/orderd/expiry"
+)
+
+// DaemonConfig configures the expiry daemon built by Service.Listener.
+type DaemonConfig struct {
+	// KeyPrefix is stripped from expired keys (the --key-prefix).
+	KeyPrefix string
+	// SweepInterval is the pause between periodic sweeps. If zero, 30 s is used.
+	SweepInterval time.Duration
+	// Workers is the number of concurrent handlers, which also bounds a
+	// batch. If zero, 512 are used.
+	Workers int
+	// Batch groups events into transactions.
+	Batch BatchConfig
+	// Scheduler, when set, is reaped so that timers fire on time.
+	Scheduler *expiry.Scheduler
+	// Logger receives the daemon's log lines. If nil, nothing is logged.
+	Logger *zap.Logger
+	// OnSweep, if set, is told the outcome of every sweep.
+	OnSweep func(moved int, err error)
+}
+
+// Listener returns the daemon: an expiry.Listener routing order_pay: and
+// order_confirm: keys to the service in batches, sweeping the database at
+// start-up, after every resubscription and every SweepInterval.
+func (s *Service) Listener(client redis.UniversalClient, cfg DaemonConfig) *expiry.Listener {
+	if cfg.SweepInterval <= 0 {
+		cfg.SweepInterval = 30 * time.Second
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 512
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	mux := expiry.NewServeMux()
+	mux.Use(expiry.Recover(log), expiry.Retry(expiry.RetryPolicy{}))
+	s.Register(mux, cfg.Batch)
+
+	var mu sync.Mutex // sweeps never overlap
+	sweep := func(reason string) func(context.Context) {
+		return func(ctx context.Context) {
+			mu.Lock()
+			defer mu.Unlock()
+			start := time.Now()
+			n, err := s.Sweep(ctx)
+			if cfg.OnSweep != nil {
+				cfg.OnSweep(n, err)
+			}
+			switch {
+			case err != nil:
+				log.Error("sweep failed", zap.String("reason", reason), zap.Int("moved", n), zap.Error(err))
+			case n > 0:
+				log.Info("sweep moved overdue orders", zap.String("reason", reason), zap.Int("moved", n), zap.Duration("took", time.Since(start)))
+			default:
+				log.Debug("sweep found nothing overdue", zap.String("reason", reason))
+			}
+		}
+	}
+	return expiry.NewListener(client, mux, expiry.ListenerConfig{
+		KeyPrefix:   cfg.KeyPrefix,
+		Workers:     cfg.Workers,
+		OnSubscribe: sweep("subscribed"),
+		Interval:    cfg.SweepInterval,
+		OnInterval:  sweep("interval"),
+		Scheduler:   cfg.Scheduler,
+		Logger:      log,
+	})
+}

@@ -1,0 +1,108 @@
+package order
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/orderd/orderd/expiry"
+)
+
+// BatchConfig says how expiry events that arrive together are grouped into
+// one database transaction.
+type BatchConfig struct {
+	// Max is the largest batch. If zero, 500 is used.
+	Max int
+	// Wait is how long the first event of a batch waits for others.
+	// If zero, 2 ms is used.
+	Wait time.Duration
+}
+
+// Register routes the two timer keys of mux to the service: an expired
+// order_pay:<id> expires the order if it is still pending, an expired
+// order_confirm:<id> completes it if it is still shipped. Events that arrive
+// together are applied in batches, one transaction per batch. Keys with a
+// malformed id are logged and ignored.
+func (s *Service) Register(mux *expiry.ServeMux, cfg BatchConfig) {
+	mux.Handle(PayKeyPrefix, s.batchHandler(PayKeyPrefix, newBatcher(cfg, s.ExpireOrders)))
+	mux.Handle(ConfirmKeyPrefix, s.batchHandler(ConfirmKeyPrefix, newBatcher(cfg, s.CompleteOrders)))
+}
+
+func (s *Service) batchHandler(prefix string, b *batcher) expiry.Handler {
+	return expiry.HandlerFunc(func(ctx context.Context, ev expiry.Event) error {
+		id, err := ParseKeyID(ev.Key, prefix)
+		if err != nil {
+			s.log.Warn("expired key ignored: malformed order id", zap.String("key", ev.RawKey))
+			return nil
+		}
+		return b.do(ctx, id)
+	})
+}
+
+// batcher groups concurrent calls of do into calls of apply. The first caller
+// of a batch leads it: it waits up to Wait for the batch to fill, applies it
+// and tells every member the outcome. There is no goroutine of its own, so
+// nothing to start or stop; a batch never holds more ids than there are
+// concurrent callers (the listener's workers).
+type batcher struct {
+	max   int
+	wait  time.Duration
+	apply func(ctx context.Context, ids []int64, source string) (int, error)
+
+	mu  sync.Mutex
+	cur *batch
+}
+
+type batch struct {
+	ids  []int64
+	full chan struct{}
+	done chan struct{}
+	err  error
+}
+
+func newBatcher(cfg BatchConfig, apply func(context.Context, []int64, string) (int, error)) *batcher {
+	if cfg.Max <= 0 {
+		cfg.Max = 500
+	}
+	if cfg.Wait <= 0 {
+		cfg.Wait = 2 * time.Millisecond
+	}
+	return &batcher{max: cfg.Max, wait: cfg.Wait, apply: apply}
+}
+
+func (b *batcher) do(ctx context.Context, id int64) error {
+	b.mu.Lock()
+	bt, leader := b.cur, false
+	if bt == nil {
+		bt = &batch{full: make(chan struct{}), done: make(chan struct{})}
+		b.cur, leader = bt, true
+	}
+	bt.ids = append(bt.ids, id)
+	if len(bt.ids) >= b.max {
+		b.cur = nil
+		close(bt.full)
+	}
+	b.mu.Unlock()
+
+	if !leader {
+		<-bt.done
+		return bt.err
+	}
+	t := time.NewTimer(b.wait)
+	select {
+	case <-bt.full:
+	case <-t.C:
+	}
+	t.Stop()
+	b.mu.Lock()
+	if b.cur == bt {
+		b.cur = nil
+	}
+	ids := bt.ids
+	b.mu.Unlock()
+	_, bt.err = b.apply(ctx, ids, "event")
+	close(bt.done)
+	return bt.err
+}

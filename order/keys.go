@@ -1,0 +1,34 @@
+package order
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/orderd/orderd/expiry"
+)
+
+// Key prefixes of the two timers, before any --key-prefix.
+const (
+	PayKeyPrefix     = "order_pay:"
+	ConfirmKeyPrefix = "order_confirm:"
+)
+
+// PayKey and ConfirmKey name an order's timers (without --key-prefix).
+func PayKey(id int64) string     { return PayKeyPrefix + strconv.FormatInt(id, 10) }
+func ConfirmKey(id int64) string { return ConfirmKeyPrefix + strconv.FormatInt(id, 10) }
+
+// ParseKeyID returns the order id of key, which must be prefix followed by a
+// positive decimal id and nothing else. The error wraps expiry.SkipRetry: a
+// malformed key never gets better.
+func ParseKeyID(key, prefix string) (int64, error) {
+	s, ok := strings.CutPrefix(key, prefix)
+	if !ok {
+		return 0, fmt.Errorf("order: key %q lacks %q: %w", key, prefix, expiry.SkipRetry)
+	}
+	id, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || id <= 0 || strconv.FormatInt(id, 10) != s {
+		return 0, fmt.Errorf("order: key %q: malformed order id: %w", key, expiry.SkipRetry)
+	}
+	return id, nil
+}

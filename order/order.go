@@ -1,0 +1,104 @@
+// Package order holds orders, their statuses and the only transitions allowed,
+// and the Service that the HTTP API and the expiry daemon share.
+//
+// The database is the truth: every transition is one conditional update, so
+// exactly one actor wins and a repeated or late event changes nothing. Redis
+// keys (order_pay:<id>, order_confirm:<id>) only make the daemon fast.
+package order
+
+import (
+	"context"
+	"time"
+)
+
+// Status is where an order stands.
+type Status string
+
+// Statuses: pending → paid → shipped → completed; pending → cancelled (by the
+// user) or expired (pay timeout). Nothing else moves.
+const (
+	Pending   Status = "pending"
+	Paid      Status = "paid"
+	Shipped   Status = "shipped"
+	Completed Status = "completed"
+	Cancelled Status = "cancelled"
+	Expired   Status = "expired"
+)
+
+// Live reports whether an order in status s holds stock.
+func (s Status) Live() bool {
+	return s == Pending || s == Paid || s == Shipped || s == Completed
+}
+
+// Order is one purchase of qty units of one SKU.
+type Order struct {
+	ID              int64
+	UserID          int64
+	SKU             int64
+	Qty             int64
+	AmountCents     int64
+	Status          Status
+	CreatedAt       time.Time
+	PayDeadline     time.Time
+	PaidAt          *time.Time
+	CancelledAt     *time.Time // cancelled by the user or expired
+	ShippedAt       *time.Time
+	ConfirmDeadline *time.Time
+	CompletedAt     *time.Time
+	AutoConfirmed   bool
+}
+
+// SKU is a product with its stock. Available is the database's truth.
+type SKU struct {
+	SKU          int64
+	Name         string
+	PriceCents   int64
+	Available    int64
+	LimitPerUser int64 // units one user may hold in live orders; 0: no limit
+}
+
+// A Store keeps orders and SKUs. Each method that changes an order is one
+// conditional transition; stock moves in the same transaction.
+type Store interface {
+	PutSKU(ctx context.Context, s SKU) (SKU, error)
+	GetSKU(ctx context.Context, sku int64) (SKU, error)
+	ListSKUs(ctx context.Context) ([]SKU, error)
+
+	// Create takes qty from the SKU's available stock, checks the per-user
+	// limit, and inserts o (pending) with its price, filling in o.ID and
+	// o.AmountCents. ErrNotFound, ErrSoldOut or ErrLimitExceeded otherwise.
+	Create(ctx context.Context, o *Order) error
+	Get(ctx context.Context, id int64) (Order, error)
+	// ListByUser returns the user's orders, newest first, at most limit.
+	ListByUser(ctx context.Context, userID int64, limit int) ([]Order, error)
+
+	// Pay moves a pending order whose pay deadline is after now to paid.
+	Pay(ctx context.Context, id int64, now time.Time) (Order, error)
+	// Cancel moves a pending order whose pay deadline is after now to
+	// cancelled and gives its stock back.
+	Cancel(ctx context.Context, id int64, now time.Time) (Order, error)
+	// Ship moves a paid order to shipped with the confirm deadline given.
+	Ship(ctx context.Context, id int64, now, confirmDeadline time.Time) (Order, error)
+	// Confirm moves a shipped order to completed, confirmed by its owner.
+	Confirm(ctx context.Context, id int64, now time.Time) (Order, error)
+
+	// Expire moves every pending order of ids whose pay deadline is at or
+	// before now to expired and gives its stock back, all in one
+	// transaction. It returns the orders it moved, and the ids that are
+	// pending but not due yet.
+	Expire(ctx context.Context, ids []int64, now time.Time) (moved []Order, notDue []Order, err error)
+	// Complete moves every shipped order of ids whose confirm deadline is at
+	// or before now to completed (auto_confirmed), in one transaction.
+	Complete(ctx context.Context, ids []int64, now time.Time) (moved []Order, notDue []Order, err error)
+
+	// DuePay and DueConfirm return up to limit ids of pending (shipped)
+	// orders whose pay (confirm) deadline is at or before now, earliest first.
+	DuePay(ctx context.Context, now time.Time, limit int) ([]int64, error)
+	DueConfirm(ctx context.Context, now time.Time, limit int) ([]int64, error)
+
+	// LiveQty returns, per user, the units of sku held by live orders.
+	LiveQty(ctx context.Context, sku int64) (map[int64]int64, error)
+
+	Ping(ctx context.Context) error
+	Close() error
+}

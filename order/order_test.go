@@ -1,0 +1,528 @@
+package order_test
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/orderd/orderd/expiry"
+	"github.com/orderd/orderd/order"
+	"github.com/orderd/orderd/order/ordertest"
+	"github.com/orderd/orderd/order/sqlstore"
+	"github.com/orderd/orderd/stock"
+)
+
+const redisDB = 3 // this package's Redis database
+
+// env is one service on one store with the Redis parts, as `orderd serve` has it.
+type env struct {
+	rdb     *redis.Client
+	store   *sqlstore.Store
+	svc     *order.Service
+	sched   *expiry.Scheduler
+	counter *stock.Counter
+	cfg     order.Config
+}
+
+func newEnv(t *testing.T, st *sqlstore.Store, cfg order.Config) *env {
+	t.Helper()
+	rdb := ordertest.Redis(t, redisDB)
+	e := &env{rdb: rdb, store: st, cfg: cfg,
+		sched:   expiry.NewScheduler(rdb, expiry.SchedulerConfig{Index: cfg.KeyPrefix + "orderd:due"}),
+		counter: stock.NewCounter(rdb, cfg.KeyPrefix)}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	e.svc = order.NewService(st, e.counter, e.sched, cfg)
+	return e
+}
+
+// daemon starts an `orderd listen` equivalent; it stops at the test's end.
+func (e *env) daemon(t *testing.T, cfg order.DaemonConfig) *expiry.Listener {
+	t.Helper()
+	if cfg.Scheduler == nil {
+		cfg.Scheduler = e.sched
+	}
+	if cfg.KeyPrefix == "" {
+		cfg.KeyPrefix = e.cfg.KeyPrefix
+	}
+	l := e.svc.Listener(e.rdb, cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); l.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitFor(t, 5*time.Second, "subscription", func() bool { return l.Stats().Subscriptions > 0 })
+	return l
+}
+
+func (e *env) sku(t *testing.T, id, stockQty, limit int64) {
+	t.Helper()
+	if _, err := e.svc.PutSKU(context.Background(), order.SKU{SKU: id, Name: "sku " + strconv.FormatInt(id, 10), PriceCents: 250, Available: stockQty, LimitPerUser: limit}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *env) order(t *testing.T, id int64) order.Order {
+	t.Helper()
+	o, err := e.store.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+// checkRedisStock fails unless the Redis counter of sku equals the database.
+func (e *env) checkRedisStock(t *testing.T, sku int64) {
+	t.Helper()
+	k, err := e.store.GetSKU(context.Background(), sku)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, ok, err := e.counter.Available(context.Background(), sku)
+	if err != nil || !ok || n != k.Available {
+		t.Fatalf("redis counter of sku %d = %d (ok %v, err %v), database says %d", sku, n, ok, err, k.Available)
+	}
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (e *env) waitStatus(t *testing.T, timeout time.Duration, want order.Status, ids ...int64) {
+	t.Helper()
+	waitFor(t, timeout, "orders "+string(want), func() bool {
+		for _, id := range ids {
+			if e.order(t, id).Status != want {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func TestPayKeyExpiresOrderAndConfirmKeyCompletesIt(t *testing.T) {
+	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
+		e := newEnv(t, st, order.Config{PayTimeout: 200 * time.Millisecond, ConfirmTimeout: 200 * time.Millisecond})
+		e.sku(t, 1, 10, 0)
+		e.daemon(t, order.DaemonConfig{SweepInterval: time.Hour})
+		ctx := context.Background()
+
+		unpaid, err := e.svc.Create(ctx, 7, 1, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		shipped, err := e.svc.Create(ctx, 7, 1, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.svc.Pay(ctx, 7, shipped.ID); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.svc.Ship(ctx, shipped.ID); err != nil {
+			t.Fatal(err)
+		}
+		e.waitStatus(t, 10*time.Second, order.Expired, unpaid.ID)
+		e.waitStatus(t, 10*time.Second, order.Completed, shipped.ID)
+
+		o := e.order(t, unpaid.ID)
+		if o.CancelledAt == nil || o.CancelledAt.Before(o.PayDeadline) {
+			t.Fatalf("expired order: %+v", o)
+		}
+		c := e.order(t, shipped.ID)
+		if !c.AutoConfirmed || c.CompletedAt == nil || c.CompletedAt.Before(*c.ConfirmDeadline) {
+			t.Fatalf("auto-confirmed order: %+v", c)
+		}
+		if k, _ := st.GetSKU(ctx, 1); k.Available != 8 {
+			t.Fatalf("available %d, want 8 (3 back from the expired order)", k.Available)
+		}
+		ordertest.CheckStock(t, st, 1, 10)
+		e.checkRedisStock(t, 1)
+	})
+}
+
+// The same key handled twice, events racing sweeps, and two daemons side by
+// side: stock comes back exactly once.
+func TestExpiryIsExactlyOnce(t *testing.T) {
+	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
+		e := newEnv(t, st, order.Config{PayTimeout: 300 * time.Millisecond})
+		const n, total = 120, 1000
+		e.sku(t, 1, total, 0)
+		ctx := context.Background()
+		var ids []int64
+		for i := range n {
+			o, err := e.svc.Create(ctx, int64(i%10+1), 1, int64(i%3+1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, o.ID)
+		}
+		// Two daemons, each with its own sweeps, plus direct repeated calls.
+		e.daemon(t, order.DaemonConfig{SweepInterval: 50 * time.Millisecond})
+		e.daemon(t, order.DaemonConfig{SweepInterval: 70 * time.Millisecond})
+		time.Sleep(time.Until(e.order(t, ids[n-1]).PayDeadline))
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				if _, err := e.svc.ExpireOrders(ctx, ids, "event"); err != nil {
+					t.Error(err)
+				}
+			})
+			wg.Go(func() {
+				if _, err := e.svc.Sweep(ctx); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		e.waitStatus(t, 10*time.Second, order.Expired, ids...)
+		time.Sleep(200 * time.Millisecond) // let late events and sweeps land too
+		if k, _ := st.GetSKU(ctx, 1); k.Available != total {
+			t.Fatalf("available %d, want %d", k.Available, total)
+		}
+		ordertest.CheckStock(t, st, 1, total)
+		e.checkRedisStock(t, 1)
+	})
+}
+
+// Payments race the deadline on many orders from many goroutines while a
+// daemon expires them: each order ends paid or expired, never both, and stock
+// adds up.
+func TestPayRacesExpiry(t *testing.T) {
+	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
+		e := newEnv(t, st, order.Config{PayTimeout: 400 * time.Millisecond})
+		const n, total = 150, 500
+		e.sku(t, 1, total, 0)
+		e.daemon(t, order.DaemonConfig{SweepInterval: 30 * time.Millisecond})
+		ctx := context.Background()
+		orders := make([]order.Order, n)
+		for i := range n {
+			o, err := e.svc.Create(ctx, int64(i+1), 1, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			orders[i] = o
+		}
+		var paidOK atomic.Int64
+		var wg sync.WaitGroup
+		for i := range n {
+			o := orders[i]
+			for range 2 { // two payment attempts per order, around the deadline
+				wg.Go(func() {
+					time.Sleep(time.Until(o.PayDeadline) + time.Duration(rand.IntN(40)-20)*time.Millisecond)
+					_, err := e.svc.Pay(ctx, o.UserID, o.ID)
+					switch {
+					case err == nil:
+						paidOK.Add(1)
+					case errors.Is(err, order.ErrInvalidTransition):
+						var oe *order.Error
+						errors.As(err, &oe)
+						if oe.Status != order.Paid && oe.Status != order.Expired {
+							t.Errorf("order %d: refused with status %q", o.ID, oe.Status)
+						}
+					default:
+						t.Errorf("order %d: %v", o.ID, err)
+					}
+				})
+			}
+		}
+		wg.Wait()
+		waitFor(t, 10*time.Second, "every order settled", func() bool {
+			for _, o := range orders {
+				if e.order(t, o.ID).Status == order.Pending {
+					return false
+				}
+			}
+			return true
+		})
+		var paid, expired int64
+		for _, o := range orders {
+			got := e.order(t, o.ID)
+			switch got.Status {
+			case order.Paid:
+				paid++
+				if got.CancelledAt != nil || got.PaidAt == nil || !got.PaidAt.Before(got.PayDeadline) {
+					t.Errorf("paid order looks wrong: %+v", got)
+				}
+			case order.Expired:
+				expired++
+				if got.PaidAt != nil {
+					t.Errorf("expired order was paid: %+v", got)
+				}
+			default:
+				t.Errorf("%s: neither paid nor expired", ordertest.Describe(got))
+			}
+		}
+		if paidOK.Load() != paid {
+			t.Fatalf("%d payments succeeded but %d orders are paid", paidOK.Load(), paid)
+		}
+		t.Logf("%d paid, %d expired", paid, expired)
+		if k, _ := st.GetSKU(ctx, 1); k.Available != total-paid {
+			t.Fatalf("available %d, want %d", k.Available, total-paid)
+		}
+		ordertest.CheckStock(t, st, 1, total)
+		e.checkRedisStock(t, 1)
+	})
+}
+
+// Events lost while no daemon runs: the start-up sweep handles them.
+func TestStartupSweepHandlesMissedEvents(t *testing.T) {
+	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
+		e := newEnv(t, st, order.Config{PayTimeout: 50 * time.Millisecond, ConfirmTimeout: 50 * time.Millisecond})
+		e.sku(t, 1, 100, 0)
+		ctx := context.Background()
+		var unpaid []int64
+		for range 30 {
+			o, _ := e.svc.Create(ctx, 1, 1, 1)
+			unpaid = append(unpaid, o.ID)
+		}
+		o, _ := e.svc.Create(ctx, 2, 1, 1)
+		e.svc.Pay(ctx, 2, o.ID)
+		e.svc.Ship(ctx, o.ID)
+		// Wait until Redis has expired (and announced, to nobody) every key.
+		waitFor(t, 30*time.Second, "keys gone", func() bool {
+			e.sched.Reap(ctx)
+			keys, _ := e.rdb.Keys(ctx, "order_*").Result()
+			return len(keys) == 0
+		})
+		var swept atomic.Int64
+		e.daemon(t, order.DaemonConfig{SweepInterval: time.Hour, OnSweep: func(n int, _ error) { swept.Add(int64(n)) }})
+		e.waitStatus(t, 5*time.Second, order.Expired, unpaid...)
+		e.waitStatus(t, 5*time.Second, order.Completed, o.ID)
+		if swept.Load() != 31 {
+			t.Fatalf("the start-up sweep moved %d orders, want 31", swept.Load())
+		}
+		ordertest.CheckStock(t, st, 1, 100)
+	})
+}
+
+// Redis flushed (every key lost): the periodic sweep still handles every order.
+func TestRedisFlushedSweepStillHandlesEveryOrder(t *testing.T) {
+	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
+		e := newEnv(t, st, order.Config{PayTimeout: 300 * time.Millisecond})
+		e.sku(t, 1, 100, 0)
+		e.daemon(t, order.DaemonConfig{SweepInterval: 100 * time.Millisecond})
+		ctx := context.Background()
+		var ids []int64
+		for range 20 {
+			o, _ := e.svc.Create(ctx, 1, 1, 1)
+			ids = append(ids, o.ID)
+		}
+		if err := e.rdb.FlushDB(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		e.waitStatus(t, 10*time.Second, order.Expired, ids...)
+		for _, id := range ids {
+			o := e.order(t, id)
+			if late := o.CancelledAt.Sub(o.PayDeadline); late < 0 || late > 5*time.Second {
+				t.Errorf("order %d expired %v after its deadline", id, late)
+			}
+		}
+		ordertest.CheckStock(t, st, 1, 100)
+	})
+}
+
+// Keys written by other programs: redis-cli, and a Laravel app with its
+// cache prefix. A key with a malformed id is logged and ignored.
+func TestKeysFromOtherPrograms(t *testing.T) {
+	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
+		core, logs := observer.New(zapcore.WarnLevel)
+		e := newEnv(t, st, order.Config{PayTimeout: 20 * time.Millisecond, KeyPrefix: "laravel_cache:", Logger: zap.New(core)})
+		// A service without timers: the keys come from the other programs.
+		svc := order.NewService(st, e.counter, nil, order.Config{PayTimeout: 20 * time.Millisecond})
+		e.sku(t, 1, 10, 0)
+		ctx := context.Background()
+		a, _ := svc.Create(ctx, 1, 1, 1)
+		b, _ := svc.Create(ctx, 1, 1, 1)
+		e.daemon(t, order.DaemonConfig{SweepInterval: time.Hour})
+		time.Sleep(50 * time.Millisecond) // past both deadlines; nothing has announced them
+
+		host, port, _ := strings.Cut(ordertest.RedisAddr(), ":")
+		out, err := exec.Command("redis-cli", "-h", host, "-p", port, "-n", strconv.Itoa(redisDB),
+			"SET", "laravel_cache:order_pay:"+strconv.FormatInt(a.ID, 10), "1", "PX", "100").CombinedOutput()
+		if err != nil {
+			t.Fatalf("redis-cli: %v %s", err, out)
+		}
+		e.rdb.Set(ctx, "laravel_cache:order_pay:abc", "1", 10*time.Millisecond)
+		e.rdb.Set(ctx, "order_pay:"+strconv.FormatInt(b.ID, 10), "1", 10*time.Millisecond) // no prefix: not ours
+		e.waitStatus(t, 10*time.Second, order.Expired, a.ID)
+		waitFor(t, 5*time.Second, "malformed key logged", func() bool {
+			return logs.FilterMessageSnippet("malformed").Len() == 1
+		})
+		if got := logs.FilterMessageSnippet("malformed").All()[0].ContextMap()["key"]; got != "laravel_cache:order_pay:abc" {
+			t.Fatalf("logged key %v", got)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if s := e.order(t, b.ID).Status; s != order.Pending {
+			t.Fatalf("a key without the prefix moved order %d to %s", b.ID, s)
+		}
+	})
+}
+
+// The deadline decides: a payment after it is refused even when nothing has
+// expired the order yet, and the order is expired on the spot.
+func TestPayAfterDeadlineRefused(t *testing.T) {
+	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
+		svc := order.NewService(st, nil, nil, order.Config{PayTimeout: 30 * time.Millisecond})
+		ctx := context.Background()
+		svc.PutSKU(ctx, order.SKU{SKU: 1, Name: "x", Available: 5})
+		o, err := svc.Create(ctx, 1, 1, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(40 * time.Millisecond)
+		_, err = svc.Pay(ctx, 1, o.ID)
+		var oe *order.Error
+		if !errors.As(err, &oe) || oe.Code != order.CodeInvalidTransition || oe.Status != order.Expired {
+			t.Fatalf("late payment: %v, want invalid_transition with status expired", err)
+		}
+		if k, _ := st.GetSKU(ctx, 1); k.Available != 5 {
+			t.Fatalf("available %d, want 5", k.Available)
+		}
+		if _, err := svc.Cancel(ctx, 1, o.ID); !errors.Is(err, order.ErrInvalidTransition) {
+			t.Fatalf("cancel of an expired order: %v", err)
+		}
+	})
+}
+
+func TestTransitionsAndOwnership(t *testing.T) {
+	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
+		svc := order.NewService(st, nil, nil, order.Config{})
+		ctx := context.Background()
+		svc.PutSKU(ctx, order.SKU{SKU: 1, Name: "x", PriceCents: 199, Available: 5})
+		o, err := svc.Create(ctx, 1, 1, 2)
+		if err != nil || o.AmountCents != 398 || o.Status != order.Pending {
+			t.Fatalf("create: %+v %v", o, err)
+		}
+		if _, err := svc.Pay(ctx, 2, o.ID); !errors.Is(err, order.ErrNotFound) {
+			t.Fatalf("someone else's order: %v", err)
+		}
+		if _, err := svc.Ship(ctx, o.ID); order.ErrorCode(err) != order.CodeInvalidTransition {
+			t.Fatalf("ship a pending order: %v", err)
+		}
+		if _, err := svc.Confirm(ctx, 1, o.ID); order.ErrorCode(err) != order.CodeInvalidTransition {
+			t.Fatalf("confirm a pending order: %v", err)
+		}
+		c, err := svc.Create(ctx, 1, 1, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c, err = svc.Cancel(ctx, 1, c.ID); err != nil || c.Status != order.Cancelled || c.CancelledAt == nil {
+			t.Fatalf("cancel: %+v %v", c, err)
+		}
+		if _, err := svc.Pay(ctx, 1, c.ID); order.ErrorCode(err) != order.CodeInvalidTransition {
+			t.Fatalf("pay a cancelled order: %v", err)
+		}
+		if o, err = svc.Pay(ctx, 1, o.ID); err != nil || o.Status != order.Paid {
+			t.Fatalf("pay: %+v %v", o, err)
+		}
+		if _, err := svc.Pay(ctx, 1, o.ID); order.ErrorCode(err) != order.CodeInvalidTransition {
+			t.Fatalf("pay twice: %v", err)
+		}
+		if o, err = svc.Ship(ctx, o.ID); err != nil || o.Status != order.Shipped || o.ConfirmDeadline == nil {
+			t.Fatalf("ship: %+v %v", o, err)
+		}
+		if o, err = svc.Confirm(ctx, 1, o.ID); err != nil || o.Status != order.Completed || o.AutoConfirmed {
+			t.Fatalf("confirm: %+v %v", o, err)
+		}
+		list, err := svc.List(ctx, 1)
+		if err != nil || len(list) != 2 || list[0].ID != c.ID {
+			t.Fatalf("list (newest first): %+v %v", list, err)
+		}
+		if _, err := svc.Create(ctx, 1, 1, 4); !errors.Is(err, order.ErrSoldOut) {
+			t.Fatalf("more than available: %v", err)
+		}
+		if _, err := svc.Create(ctx, 1, 99, 1); !errors.Is(err, order.ErrNotFound) {
+			t.Fatalf("unknown sku: %v", err)
+		}
+		for _, qty := range []int64{0, -1, 1 << 40} {
+			if _, err := svc.Create(ctx, 1, 1, qty); order.ErrorCode(err) != order.CodeInvalidRequest {
+				t.Fatalf("qty %d: %v", qty, err)
+			}
+		}
+		ordertest.CheckStock(t, st, 1, 5)
+	})
+}
+
+// The database never oversells and enforces the per-user limit on its own,
+// even with no Redis counter at all.
+func TestDatabaseAloneNeverOversells(t *testing.T) {
+	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
+		svc := order.NewService(st, nil, nil, order.Config{})
+		ctx := context.Background()
+		svc.PutSKU(ctx, order.SKU{SKU: 1, Name: "x", Available: 20, LimitPerUser: 2})
+		var ok, soldOut, limited atomic.Int64
+		var wg sync.WaitGroup
+		for i := range 60 {
+			wg.Go(func() {
+				_, err := svc.Create(ctx, int64(i%15), 1, 1)
+				switch {
+				case err == nil:
+					ok.Add(1)
+				case errors.Is(err, order.ErrSoldOut):
+					soldOut.Add(1)
+				case errors.Is(err, order.ErrLimitExceeded):
+					limited.Add(1)
+				default:
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		// 15 users × limit 2 = 30 wanted, 20 available.
+		if ok.Load() != 20 {
+			t.Fatalf("%d orders created from 20 units (%d sold out, %d over the limit)", ok.Load(), soldOut.Load(), limited.Load())
+		}
+		for u := range int64(15) {
+			list, _ := svc.List(ctx, u)
+			if len(list) > 2 {
+				t.Fatalf("user %d holds %d orders, limit 2", u, len(list))
+			}
+		}
+		ordertest.CheckStock(t, st, 1, 20)
+	})
+}
+
+func TestParseKeyID(t *testing.T) {
+	for key, want := range map[string]int64{"order_pay:1": 1, "order_pay:9223372036854775807": 9223372036854775807} {
+		if id, err := order.ParseKeyID(key, order.PayKeyPrefix); err != nil || id != want {
+			t.Errorf("ParseKeyID(%q) = %d, %v", key, id, err)
+		}
+	}
+	for _, key := range []string{"order_pay:", "order_pay:abc", "order_pay:0", "order_pay:-1", "order_pay:01", "order_pay:+1",
+		"order_pay:1 ", "order_pay:1:2", "order_pay:99999999999999999999", "order_confirm:1", "order_pay:\x00"} {
+		if _, err := order.ParseKeyID(key, order.PayKeyPrefix); !errors.Is(err, expiry.SkipRetry) {
+			t.Errorf("ParseKeyID(%q) err = %v, want SkipRetry", key, err)
+		}
+	}
+}
+
+func FuzzParseKeyID(f *testing.F) {
+	for _, s := range []string{"order_pay:1", "order_pay:", "order_pay:-0", "\xff", "order_pay:18446744073709551616"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, key string) {
+		id, err := order.ParseKeyID(key, order.PayKeyPrefix)
+		if err == nil && (id <= 0 || order.PayKey(id) != key) {
+			t.Fatalf("ParseKeyID(%q) = %d", key, id)
+		}
+	})
+}

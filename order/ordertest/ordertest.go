@@ -1,0 +1,128 @@
+// Package ordertest starts nothing: it connects tests to the Redis and
+// MariaDB that contrib/dev/test.sh starts (ORDERD_TEST_REDIS, ORDERD_TEST_MYSQL)
+// and fails loudly when they are missing.
+package ordertest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/orderd/orderd/order"
+	"github.com/orderd/orderd/order/sqlstore"
+)
+
+// RedisAddr is the test Redis, host:port.
+func RedisAddr() string {
+	if a := os.Getenv("ORDERD_TEST_REDIS"); a != "" {
+		return a
+	}
+	return "127.0.0.1:16379"
+}
+
+// MySQLBase is the test MariaDB as a mysql:// URL without a database name.
+func MySQLBase() string {
+	if u := os.Getenv("ORDERD_TEST_MYSQL"); u != "" {
+		return u
+	}
+	return "mysql://orderd:orderd@127.0.0.1:13306"
+}
+
+// Redis returns a client for database db, emptied. Each package uses its own
+// database so packages can run side by side.
+func Redis(tb testing.TB, db int) *redis.Client {
+	tb.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: RedisAddr(), DB: db, PoolSize: 64})
+	ctx := context.Background()
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		tb.Fatalf("no Redis at %s (set ORDERD_TEST_REDIS or run contrib/dev/test.sh): %v", RedisAddr(), err)
+	}
+	if err := rdb.FlushDB(ctx).Err(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { rdb.Close() })
+	return rdb
+}
+
+var unsafeName = regexp.MustCompile(`[^a-zA-Z0-9_]`)
+
+// MySQLURL creates a fresh, empty database named after the test and returns
+// its URL.
+func MySQLURL(tb testing.TB) string {
+	tb.Helper()
+	name := "t_" + unsafeName.ReplaceAllString(tb.Name(), "_")
+	if len(name) > 64 {
+		name = name[:64]
+	}
+	admin, err := sqlstore.Open(context.Background(), MySQLBase()+"/mysql")
+	if err != nil {
+		tb.Fatalf("no MariaDB at %s (set ORDERD_TEST_MYSQL or run contrib/dev/test.sh): %v", MySQLBase(), err)
+	}
+	defer admin.Close()
+	for _, q := range []string{"DROP DATABASE IF EXISTS " + name, "CREATE DATABASE " + name} {
+		if _, err := admin.DB().Exec(q); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return MySQLBase() + "/" + name
+}
+
+// SQLiteURL returns the URL of a new SQLite file in the test's temp dir.
+func SQLiteURL(tb testing.TB) string {
+	return "sqlite:" + filepath.Join(tb.TempDir(), "orderd.db")
+}
+
+// Open opens and migrates the database at url, closed at the test's end.
+func Open(tb testing.TB, url string) *sqlstore.Store {
+	tb.Helper()
+	st, err := sqlstore.Open(context.Background(), url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { st.Close() })
+	if _, err := st.Migrate(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	return st
+}
+
+// EachStore runs f as a subtest against a fresh SQLite and a fresh MariaDB
+// database.
+func EachStore(t *testing.T, f func(t *testing.T, st *sqlstore.Store)) {
+	t.Helper()
+	t.Run("sqlite", func(t *testing.T) { f(t, Open(t, SQLiteURL(t))) })
+	t.Run("mysql", func(t *testing.T) { f(t, Open(t, MySQLURL(t))) })
+}
+
+// CheckStock fails the test unless stock of sku is conserved: total equals
+// available plus the units of live orders, and available is not negative.
+func CheckStock(tb testing.TB, st order.Store, sku, total int64) {
+	tb.Helper()
+	ctx := context.Background()
+	k, err := st.GetSKU(ctx, sku)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	held, err := st.LiveQty(ctx, sku)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var live int64
+	for _, q := range held {
+		live += q
+	}
+	if k.Available < 0 || k.Available+live != total {
+		tb.Fatalf("stock of sku %d not conserved: available %d + live %d = %d, want %d",
+			sku, k.Available, live, k.Available+live, total)
+	}
+}
+
+// Describe is a short text of an order for failure messages.
+func Describe(o order.Order) string {
+	return fmt.Sprintf("order %d (%s, qty %d, deadline %s)", o.ID, o.Status, o.Qty, o.PayDeadline.Format("15:04:05.000"))
+}

@@ -1,0 +1,409 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/orderd/orderd/order"
+)
+
+const orderColumns = `id, user_id, sku, qty, amount_cents, status, created_at, pay_deadline,
+	paid_at, cancelled_at, shipped_at, confirm_deadline, completed_at, auto_confirmed`
+
+type orderRow struct {
+	ID              int64         `db:"id"`
+	UserID          int64         `db:"user_id"`
+	SKU             int64         `db:"sku"`
+	Qty             int64         `db:"qty"`
+	AmountCents     int64         `db:"amount_cents"`
+	Status          string        `db:"status"`
+	CreatedAt       int64         `db:"created_at"`
+	PayDeadline     int64         `db:"pay_deadline"`
+	PaidAt          sql.NullInt64 `db:"paid_at"`
+	CancelledAt     sql.NullInt64 `db:"cancelled_at"`
+	ShippedAt       sql.NullInt64 `db:"shipped_at"`
+	ConfirmDeadline sql.NullInt64 `db:"confirm_deadline"`
+	CompletedAt     sql.NullInt64 `db:"completed_at"`
+	AutoConfirmed   bool          `db:"auto_confirmed"`
+}
+
+func ms(t time.Time) int64 { return t.UnixMilli() }
+
+func fromMS(v int64) time.Time { return time.UnixMilli(v).UTC() }
+
+func fromNull(v sql.NullInt64) *time.Time {
+	if !v.Valid {
+		return nil
+	}
+	t := fromMS(v.Int64)
+	return &t
+}
+
+func (r orderRow) order() order.Order {
+	return order.Order{
+		ID: r.ID, UserID: r.UserID, SKU: r.SKU, Qty: r.Qty, AmountCents: r.AmountCents,
+		Status: order.Status(r.Status), CreatedAt: fromMS(r.CreatedAt), PayDeadline: fromMS(r.PayDeadline),
+		PaidAt: fromNull(r.PaidAt), CancelledAt: fromNull(r.CancelledAt), ShippedAt: fromNull(r.ShippedAt),
+		ConfirmDeadline: fromNull(r.ConfirmDeadline), CompletedAt: fromNull(r.CompletedAt),
+		AutoConfirmed: r.AutoConfirmed,
+	}
+}
+
+type skuRow struct {
+	SKU          int64  `db:"sku"`
+	Name         string `db:"name"`
+	PriceCents   int64  `db:"price_cents"`
+	Available    int64  `db:"available"`
+	LimitPerUser int64  `db:"limit_per_user"`
+}
+
+func (r skuRow) sku() order.SKU { return order.SKU(r) }
+
+// PutSKU creates or replaces a SKU.
+func (s *Store) PutSKU(ctx context.Context, k order.SKU) (order.SKU, error) {
+	q := `INSERT INTO skus (sku, name, price_cents, available, limit_per_user) VALUES (?, ?, ?, ?, ?)
+		ON DUPLICATE KEY UPDATE name = VALUES(name), price_cents = VALUES(price_cents),
+		available = VALUES(available), limit_per_user = VALUES(limit_per_user)`
+	if s.dialect == "sqlite" {
+		q = `INSERT INTO skus (sku, name, price_cents, available, limit_per_user) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (sku) DO UPDATE SET name = excluded.name, price_cents = excluded.price_cents,
+		available = excluded.available, limit_per_user = excluded.limit_per_user`
+	}
+	if _, err := s.db.ExecContext(ctx, q, k.SKU, k.Name, k.PriceCents, k.Available, k.LimitPerUser); err != nil {
+		return order.SKU{}, fmt.Errorf("sqlstore: put sku %d: %w", k.SKU, err)
+	}
+	return k, nil
+}
+
+// GetSKU returns one SKU or order.ErrNotFound.
+func (s *Store) GetSKU(ctx context.Context, sku int64) (order.SKU, error) {
+	var r skuRow
+	err := s.db.GetContext(ctx, &r, `SELECT sku, name, price_cents, available, limit_per_user FROM skus WHERE sku = ?`, sku)
+	if errors.Is(err, sql.ErrNoRows) {
+		return order.SKU{}, order.Errorf(order.CodeNotFound, "sku %d not found", sku)
+	}
+	if err != nil {
+		return order.SKU{}, fmt.Errorf("sqlstore: get sku %d: %w", sku, err)
+	}
+	return r.sku(), nil
+}
+
+// ListSKUs returns every SKU by number.
+func (s *Store) ListSKUs(ctx context.Context) ([]order.SKU, error) {
+	var rows []skuRow
+	if err := s.db.SelectContext(ctx, &rows, `SELECT sku, name, price_cents, available, limit_per_user FROM skus ORDER BY sku`); err != nil {
+		return nil, fmt.Errorf("sqlstore: list skus: %w", err)
+	}
+	out := make([]order.SKU, len(rows))
+	for i, r := range rows {
+		out[i] = r.sku()
+	}
+	return out, nil
+}
+
+// Create takes the stock and inserts the order, in one transaction. The SKU
+// row, locked by the stock update, serialises buyers of one SKU, so the
+// per-user limit check cannot race.
+func (s *Store) Create(ctx context.Context, o *order.Order) error {
+	return s.tx(ctx, func(tx *sqlx.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE skus SET available = available - ? WHERE sku = ? AND available >= ?`, o.Qty, o.SKU, o.Qty)
+		if err != nil {
+			return fmt.Errorf("sqlstore: take stock: %w", err)
+		}
+		var k skuRow
+		if err := tx.GetContext(ctx, &k, `SELECT sku, name, price_cents, available, limit_per_user FROM skus WHERE sku = ?`, o.SKU); err != nil {
+			if errors.Is(err, sql.ErrNoRows) {
+				return order.Errorf(order.CodeNotFound, "sku %d not found", o.SKU)
+			}
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return order.ErrSoldOut
+		}
+		if k.LimitPerUser > 0 {
+			var held int64
+			if err := tx.GetContext(ctx, &held, `SELECT COALESCE(SUM(qty), 0) FROM orders
+				WHERE user_id = ? AND sku = ? AND status IN ('pending', 'paid', 'shipped', 'completed')`, o.UserID, o.SKU); err != nil {
+				return err
+			}
+			if held+o.Qty > k.LimitPerUser {
+				return order.ErrLimitExceeded
+			}
+		}
+		o.AmountCents = k.PriceCents * o.Qty
+		res, err = tx.ExecContext(ctx, `INSERT INTO orders (user_id, sku, qty, amount_cents, status, created_at, pay_deadline, auto_confirmed)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, o.UserID, o.SKU, o.Qty, o.AmountCents, order.Pending, ms(o.CreatedAt), ms(o.PayDeadline), false)
+		if err != nil {
+			return fmt.Errorf("sqlstore: insert order: %w", err)
+		}
+		o.ID, err = res.LastInsertId()
+		o.Status = order.Pending
+		return err
+	})
+}
+
+// Get returns one order or order.ErrNotFound.
+func (s *Store) Get(ctx context.Context, id int64) (order.Order, error) {
+	return s.get(ctx, s.db, id)
+}
+
+func (s *Store) get(ctx context.Context, q sqlx.QueryerContext, id int64) (order.Order, error) {
+	var r orderRow
+	err := sqlx.GetContext(ctx, q, &r, `SELECT `+orderColumns+` FROM orders WHERE id = ?`, id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return order.Order{}, order.Errorf(order.CodeNotFound, "order %d not found", id)
+	}
+	if err != nil {
+		return order.Order{}, fmt.Errorf("sqlstore: get order %d: %w", id, err)
+	}
+	return r.order(), nil
+}
+
+// ListByUser returns the user's orders, newest first.
+func (s *Store) ListByUser(ctx context.Context, userID int64, limit int) ([]order.Order, error) {
+	var rows []orderRow
+	if err := s.db.SelectContext(ctx, &rows, `SELECT `+orderColumns+` FROM orders WHERE user_id = ? ORDER BY id DESC LIMIT ?`, userID, limit); err != nil {
+		return nil, fmt.Errorf("sqlstore: list orders: %w", err)
+	}
+	out := make([]order.Order, len(rows))
+	for i, r := range rows {
+		out[i] = r.order()
+	}
+	return out, nil
+}
+
+// transition runs one conditional update of order id (args: those of set,
+// then those of where) and returns the order
+// after it; when no row matched it returns order.ErrNotFound or an
+// invalid-transition error naming the order's status.
+func (s *Store) transition(ctx context.Context, id int64, action, set, where string, args ...any) (order.Order, error) {
+	res, err := s.db.ExecContext(ctx, `UPDATE orders SET `+set+` WHERE `+where+` AND id = ?`, append(args, id)...)
+	if err != nil {
+		return order.Order{}, fmt.Errorf("sqlstore: %s order %d: %w", action, id, err)
+	}
+	o, err := s.Get(ctx, id)
+	if err != nil {
+		return order.Order{}, err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return o, &order.Error{Code: order.CodeInvalidTransition, Status: o.Status,
+			Message: fmt.Sprintf("cannot %s order %d: it is %s", action, id, o.Status)}
+	}
+	return o, nil
+}
+
+// Pay moves a pending order to paid if its pay deadline is after now.
+func (s *Store) Pay(ctx context.Context, id int64, now time.Time) (order.Order, error) {
+	return s.transition(ctx, id, "pay", `status = 'paid', paid_at = ?`,
+		`status = 'pending' AND pay_deadline > ?`, ms(now), ms(now))
+}
+
+// Ship moves a paid order to shipped.
+func (s *Store) Ship(ctx context.Context, id int64, now, confirmDeadline time.Time) (order.Order, error) {
+	return s.transition(ctx, id, "ship", `status = 'shipped', shipped_at = ?, confirm_deadline = ?`,
+		`status = 'paid'`, ms(now), ms(confirmDeadline))
+}
+
+// Confirm moves a shipped order to completed, confirmed by its owner.
+func (s *Store) Confirm(ctx context.Context, id int64, now time.Time) (order.Order, error) {
+	return s.transition(ctx, id, "confirm", `status = 'completed', completed_at = ?, auto_confirmed = ?`,
+		`status = 'shipped'`, ms(now), false)
+}
+
+// Cancel moves a pending order whose deadline is after now to cancelled and
+// gives its stock back, in one transaction.
+func (s *Store) Cancel(ctx context.Context, id int64, now time.Time) (order.Order, error) {
+	var ok bool
+	err := s.tx(ctx, func(tx *sqlx.Tx) error {
+		var r orderRow
+		err := tx.GetContext(ctx, &r, `SELECT `+orderColumns+` FROM orders WHERE id = ?`+s.forUpdate(), id)
+		if errors.Is(err, sql.ErrNoRows) {
+			return order.Errorf(order.CodeNotFound, "order %d not found", id)
+		}
+		if err != nil {
+			return err
+		}
+		if r.Status != string(order.Pending) || r.PayDeadline <= ms(now) {
+			return nil
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE orders SET status = 'cancelled', cancelled_at = ? WHERE id = ? AND status = 'pending'`, ms(now), id); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE skus SET available = available + ? WHERE sku = ?`, r.Qty, r.SKU); err != nil {
+			return err
+		}
+		ok = true
+		return nil
+	})
+	if err != nil {
+		return order.Order{}, err
+	}
+	o, err := s.Get(ctx, id)
+	if err != nil {
+		return order.Order{}, err
+	}
+	if !ok {
+		return o, &order.Error{Code: order.CodeInvalidTransition, Status: o.Status,
+			Message: fmt.Sprintf("cannot cancel order %d: it is %s", id, o.Status)}
+	}
+	return o, nil
+}
+
+// lockOrders reads and locks the orders of ids (ascending id, so that
+// concurrent batches lock in one order).
+func (s *Store) lockOrders(ctx context.Context, tx *sqlx.Tx, ids []int64) ([]orderRow, error) {
+	q, args, err := sqlx.In(`SELECT `+orderColumns+` FROM orders WHERE id IN (?) ORDER BY id`+s.forUpdate(), ids)
+	if err != nil {
+		return nil, err
+	}
+	var rows []orderRow
+	if err := tx.SelectContext(ctx, &rows, q, args...); err != nil {
+		return nil, fmt.Errorf("sqlstore: lock orders: %w", err)
+	}
+	return rows, nil
+}
+
+// moveBatch sets status to, with the time column set to now, on the rows of
+// due that are still in status from; it fails if any row did not move (they
+// are locked, so none may).
+func moveBatch(ctx context.Context, tx *sqlx.Tx, due []int64, from order.Status, set string, args ...any) error {
+	q, qargs, err := sqlx.In(`UPDATE orders SET `+set+` WHERE id IN (?) AND status = ?`, append(args, due, from)...)
+	if err != nil {
+		return err
+	}
+	res, err := tx.ExecContext(ctx, q, qargs...)
+	if err != nil {
+		return fmt.Errorf("sqlstore: move orders: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n != int64(len(due)) {
+		return fmt.Errorf("sqlstore: moved %d of %d locked orders", n, len(due))
+	}
+	return nil
+}
+
+// Expire expires the due pending orders of ids and gives their stock back,
+// set-based, in one transaction: the orders are locked, moved by one UPDATE,
+// and each SKU's stock is given back by one UPDATE, SKUs in ascending order.
+func (s *Store) Expire(ctx context.Context, ids []int64, now time.Time) (moved, notDue []order.Order, err error) {
+	if len(ids) == 0 {
+		return nil, nil, nil
+	}
+	err = s.tx(ctx, func(tx *sqlx.Tx) error {
+		moved, notDue = nil, nil
+		rows, err := s.lockOrders(ctx, tx, ids)
+		if err != nil {
+			return err
+		}
+		var due []int64
+		give := map[int64]int64{}
+		for _, r := range rows {
+			if r.Status != string(order.Pending) {
+				continue
+			}
+			if r.PayDeadline > ms(now) {
+				notDue = append(notDue, r.order())
+				continue
+			}
+			r.Status, r.CancelledAt = string(order.Expired), sql.NullInt64{Int64: ms(now), Valid: true}
+			moved = append(moved, r.order())
+			due = append(due, r.ID)
+			give[r.SKU] += r.Qty
+		}
+		if len(due) == 0 {
+			return nil
+		}
+		if err := moveBatch(ctx, tx, due, order.Pending, `status = 'expired', cancelled_at = ?`, ms(now)); err != nil {
+			return err
+		}
+		skus := make([]int64, 0, len(give))
+		for k := range give {
+			skus = append(skus, k)
+		}
+		slices.Sort(skus)
+		for _, k := range skus {
+			if _, err := tx.ExecContext(ctx, `UPDATE skus SET available = available + ? WHERE sku = ?`, give[k], k); err != nil {
+				return fmt.Errorf("sqlstore: give back stock of sku %d: %w", k, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return moved, notDue, nil
+}
+
+// Complete confirms receipt of the due shipped orders of ids, in one
+// transaction.
+func (s *Store) Complete(ctx context.Context, ids []int64, now time.Time) (moved, notDue []order.Order, err error) {
+	if len(ids) == 0 {
+		return nil, nil, nil
+	}
+	err = s.tx(ctx, func(tx *sqlx.Tx) error {
+		moved, notDue = nil, nil
+		rows, err := s.lockOrders(ctx, tx, ids)
+		if err != nil {
+			return err
+		}
+		var due []int64
+		for _, r := range rows {
+			if r.Status != string(order.Shipped) || !r.ConfirmDeadline.Valid {
+				continue
+			}
+			if r.ConfirmDeadline.Int64 > ms(now) {
+				notDue = append(notDue, r.order())
+				continue
+			}
+			r.Status, r.CompletedAt, r.AutoConfirmed = string(order.Completed), sql.NullInt64{Int64: ms(now), Valid: true}, true
+			moved = append(moved, r.order())
+			due = append(due, r.ID)
+		}
+		if len(due) == 0 {
+			return nil
+		}
+		return moveBatch(ctx, tx, due, order.Shipped, `status = 'completed', completed_at = ?, auto_confirmed = ?`, ms(now), true)
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return moved, notDue, nil
+}
+
+// DuePay returns ids of pending orders past their pay deadline.
+func (s *Store) DuePay(ctx context.Context, now time.Time, limit int) ([]int64, error) {
+	var ids []int64
+	err := s.db.SelectContext(ctx, &ids, `SELECT id FROM orders WHERE status = 'pending' AND pay_deadline <= ?
+		ORDER BY pay_deadline LIMIT ?`, ms(now), limit)
+	return ids, err
+}
+
+// DueConfirm returns ids of shipped orders past their confirm deadline.
+func (s *Store) DueConfirm(ctx context.Context, now time.Time, limit int) ([]int64, error) {
+	var ids []int64
+	err := s.db.SelectContext(ctx, &ids, `SELECT id FROM orders WHERE status = 'shipped' AND confirm_deadline <= ?
+		ORDER BY confirm_deadline LIMIT ?`, ms(now), limit)
+	return ids, err
+}
+
+// LiveQty returns, per user, the units of sku held by live orders.
+func (s *Store) LiveQty(ctx context.Context, sku int64) (map[int64]int64, error) {
+	var rows []struct {
+		UserID int64 `db:"user_id"`
+		Qty    int64 `db:"qty"`
+	}
+	if err := s.db.SelectContext(ctx, &rows, `SELECT user_id, SUM(qty) AS qty FROM orders
+		WHERE sku = ? AND status IN ('pending', 'paid', 'shipped', 'completed') GROUP BY user_id`, sku); err != nil {
+		return nil, fmt.Errorf("sqlstore: live quantities of sku %d: %w", sku, err)
+	}
+	out := make(map[int64]int64, len(rows))
+	for _, r := range rows {
+		out[r.UserID] = r.Qty
+	}
+	return out, nil
+}

@@ -1,0 +1,204 @@
+// Package sqlstore keeps orders and SKUs in MySQL/MariaDB (through sqlx and
+// go-sql-driver/mysql) or in an embedded SQLite file (pure Go, no cgo). The
+// schema comes from versioned SQL files embedded in the binary.
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/jmoiron/sqlx"
+	"github.com/pressly/goose/v3"
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+
+	"github.com/orderd/orderd/order"
+)
+
+//go:embed migrations
+var migrations embed.FS
+
+// Store is an order.Store on a SQL database.
+type Store struct {
+	db        *sqlx.DB
+	dialect   string // "mysql" or "sqlite"
+	txOptions *sql.TxOptions
+}
+
+var _ order.Store = (*Store)(nil)
+
+// ParseURL turns a database URL into a driver name and its DSN:
+// "sqlite:PATH" or "mysql://user:pass@host:port/dbname[?param=value…]".
+func ParseURL(raw string) (driver, dsn string, err error) {
+	switch {
+	case strings.HasPrefix(raw, "sqlite:"):
+		path := strings.TrimPrefix(raw, "sqlite:")
+		path = strings.TrimPrefix(path, "//")
+		if path == "" {
+			return "", "", errors.New("sqlite URL needs a path, as in sqlite:orderd.db")
+		}
+		// One connection: SQLite writes one at a time anyway, and a single
+		// connection never meets SQLITE_BUSY. WAL keeps readers of other
+		// processes out of the writer's way.
+		q := url.Values{}
+		q.Add("_pragma", "busy_timeout(10000)")
+		q.Add("_pragma", "journal_mode(WAL)")
+		q.Add("_pragma", "synchronous(NORMAL)")
+		q.Set("_txlock", "immediate")
+		return "sqlite", "file:" + path + "?" + q.Encode(), nil
+	case strings.HasPrefix(raw, "mysql://"):
+		u, err := url.Parse(raw)
+		if err != nil {
+			return "", "", fmt.Errorf("bad mysql URL: %v", err)
+		}
+		cfg := mysql.NewConfig()
+		cfg.Net = "tcp"
+		cfg.Addr = u.Host
+		if u.Port() == "" {
+			cfg.Addr = u.Host + ":3306"
+		}
+		cfg.User = u.User.Username()
+		cfg.Passwd, _ = u.User.Password()
+		cfg.DBName = strings.TrimPrefix(u.Path, "/")
+		if u.Hostname() == "" || cfg.DBName == "" || strings.Contains(cfg.DBName, "/") {
+			return "", "", errors.New("mysql URL needs a host and a database name, as in mysql://user:pass@127.0.0.1:3306/orderd")
+		}
+		cfg.InterpolateParams = true
+		for k, v := range u.Query() {
+			if cfg.Params == nil {
+				cfg.Params = map[string]string{}
+			}
+			cfg.Params[k] = v[len(v)-1]
+		}
+		return "mysql", cfg.FormatDSN(), nil
+	default:
+		return "", "", fmt.Errorf("unsupported database URL %q: use sqlite:PATH or mysql://user:pass@host:port/dbname", raw)
+	}
+}
+
+// Open connects to the database at raw (see ParseURL) and checks that it
+// answers. It does not change the schema: call Migrate for that.
+func Open(ctx context.Context, raw string) (*Store, error) {
+	driver, dsn, err := ParseURL(raw)
+	if err != nil {
+		return nil, err
+	}
+	db, err := sqlx.Open(driver, dsn)
+	if err != nil {
+		return nil, err
+	}
+	if driver == "sqlite" {
+		db.SetMaxOpenConns(1)
+	} else {
+		db.SetMaxOpenConns(64)
+		db.SetMaxIdleConns(64)
+		db.SetConnMaxLifetime(time.Hour)
+	}
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("sqlstore: connect: %w", err)
+	}
+	st := &Store{db: db, dialect: driver}
+	if driver == "mysql" {
+		// READ COMMITTED: no gap locks, so concurrent batches and new orders
+		// do not block each other on index ranges. (Set per transaction: the
+		// session variable's name differs between MySQL and MariaDB.)
+		st.txOptions = &sql.TxOptions{Isolation: sql.LevelReadCommitted}
+	}
+	return st, nil
+}
+
+// DB returns the underlying handle.
+func (s *Store) DB() *sqlx.DB { return s.db }
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
+
+func (s *Store) provider() (*goose.Provider, error) {
+	dialect, dir := goose.DialectMySQL, "migrations/mysql"
+	if s.dialect == "sqlite" {
+		dialect, dir = goose.DialectSQLite3, "migrations/sqlite"
+	}
+	sub, err := fs.Sub(migrations, dir)
+	if err != nil {
+		return nil, err
+	}
+	return goose.NewProvider(dialect, s.db.DB, sub)
+}
+
+// Migrate creates or upgrades the schema. It is idempotent and returns the
+// versions it applied.
+func (s *Store) Migrate(ctx context.Context) ([]int64, error) {
+	p, err := s.provider()
+	if err != nil {
+		return nil, err
+	}
+	res, err := p.Up(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: migrate: %w", err)
+	}
+	var applied []int64
+	for _, r := range res {
+		applied = append(applied, r.Source.Version)
+	}
+	return applied, nil
+}
+
+// ErrSchemaOutdated is returned by CheckSchema when migrations are pending.
+var ErrSchemaOutdated = errors.New("sqlstore: database schema is not up to date (run `orderd migrate`)")
+
+// CheckSchema returns ErrSchemaOutdated unless every migration is applied.
+func (s *Store) CheckSchema(ctx context.Context) error {
+	p, err := s.provider()
+	if err != nil {
+		return err
+	}
+	pending, err := p.HasPending(ctx)
+	if err != nil {
+		return fmt.Errorf("sqlstore: read schema version: %w", err)
+	}
+	if pending {
+		return ErrSchemaOutdated
+	}
+	return nil
+}
+
+// tx runs fn in a transaction, trying again when MySQL reports a deadlock or a
+// lock wait timeout (the transaction was rolled back and may simply be redone).
+func (s *Store) tx(ctx context.Context, fn func(*sqlx.Tx) error) error {
+	for attempt := 1; ; attempt++ {
+		tx, err := s.db.BeginTxx(ctx, s.txOptions)
+		if err != nil {
+			return err
+		}
+		err = fn(tx)
+		if err == nil {
+			err = tx.Commit()
+		} else {
+			_ = tx.Rollback()
+		}
+		var me *mysql.MySQLError
+		if attempt < 10 && errors.As(err, &me) && (me.Number == 1213 || me.Number == 1205) {
+			time.Sleep(time.Duration(attempt) * 5 * time.Millisecond)
+			continue
+		}
+		return err
+	}
+}
+
+func (s *Store) forUpdate() string {
+	if s.dialect == "mysql" {
+		return " FOR UPDATE"
+	}
+	return "" // SQLite: the immediate transaction already holds the write lock
+}

@@ -1,0 +1,148 @@
+// Package stock keeps a Redis pre-deduction counter per SKU, used to turn
+// buyers away fast in a flash sale. The database holds the truth: a counter
+// that is wrong or gone costs speed, never an oversold unit.
+package stock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Result is what Reserve decided.
+type Result int
+
+// Results of Reserve.
+const (
+	Reserved      Result = iota // taken from the counter and recorded for the user
+	SoldOut                     // the counter has fewer units than asked for
+	LimitExceeded               // the user would hold more than the SKU's limit
+	Unknown                     // no counter for this SKU in Redis (never set, or flushed)
+)
+
+func (r Result) String() string {
+	switch r {
+	case Reserved:
+		return "reserved"
+	case SoldOut:
+		return "sold_out"
+	case LimitExceeded:
+		return "limit_exceeded"
+	case Unknown:
+		return "unknown"
+	}
+	return "Result(" + strconv.Itoa(int(r)) + ")"
+}
+
+// Counter is the Redis side of stock: for each SKU a hash
+// "<prefix>stock:{<sku>}" with fields available and limit, and a hash
+// "<prefix>stock:{<sku>}:buyers" of units held per user. The hash tag keeps
+// both in one Redis Cluster slot.
+type Counter struct {
+	client redis.UniversalClient
+	prefix string
+}
+
+// NewCounter returns a Counter whose keys start with prefix.
+func NewCounter(client redis.UniversalClient, prefix string) *Counter {
+	return &Counter{client: client, prefix: prefix}
+}
+
+func (c *Counter) keys(sku int64) []string {
+	k := c.prefix + "stock:{" + strconv.FormatInt(sku, 10) + "}"
+	return []string{k, k + ":buyers"}
+}
+
+var reserveScript = redis.NewScript(`
+local avail = redis.call('HGET', KEYS[1], 'available')
+if not avail then return 3 end
+local qty = tonumber(ARGV[2])
+local limit = tonumber(redis.call('HGET', KEYS[1], 'limit') or '0')
+if limit > 0 then
+  local had = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+  if had + qty > limit then return 2 end
+end
+if tonumber(avail) < qty then return 1 end
+redis.call('HINCRBY', KEYS[1], 'available', -qty)
+redis.call('HINCRBY', KEYS[2], ARGV[1], qty)
+return 0`)
+
+var releaseScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'available', ARGV[2])
+end
+if redis.call('HINCRBY', KEYS[2], ARGV[1], -tonumber(ARGV[2])) <= 0 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+return 0`)
+
+// Reserve atomically checks and takes qty units of sku for user.
+func (c *Counter) Reserve(ctx context.Context, sku, user, qty int64) (Result, error) {
+	n, err := reserveScript.Run(ctx, c.client, c.keys(sku), user, qty).Int()
+	if err != nil {
+		return Unknown, fmt.Errorf("stock: reserve sku %d: %w", sku, err)
+	}
+	return Result(n), nil
+}
+
+// Hold is qty units of a SKU held by a user: what Release gives back.
+type Hold struct {
+	SKU, User, Qty int64
+}
+
+// Release gives holds back to their counters, in one round trip. A counter
+// that is gone stays gone (the next Set or Reserve's resync rebuilds it).
+func (c *Counter) Release(ctx context.Context, holds ...Hold) error {
+	if len(holds) == 0 {
+		return nil
+	}
+	_, err := c.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, h := range holds {
+			// EVAL: a pipeline cannot fall back from EVALSHA.
+			releaseScript.Eval(ctx, p, c.keys(h.SKU), h.User, h.Qty)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("stock: release: %w", err)
+	}
+	return nil
+}
+
+// Set replaces the counter of sku: available units, the per-user limit (0 for
+// none) and the units each user holds in live orders, all in one transaction.
+func (c *Counter) Set(ctx context.Context, sku, available, limit int64, held map[int64]int64) error {
+	k := c.keys(sku)
+	_, err := c.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Del(ctx, k...)
+		p.HSet(ctx, k[0], "available", available, "limit", limit)
+		if len(held) > 0 {
+			args := make([]any, 0, 2*len(held))
+			for u, q := range held {
+				args = append(args, u, q)
+			}
+			p.HSet(ctx, k[1], args...)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("stock: set sku %d: %w", sku, err)
+	}
+	return nil
+}
+
+// Available returns the counter's available units, or ok false when there is
+// no counter for sku.
+func (c *Counter) Available(ctx context.Context, sku int64) (n int64, ok bool, err error) {
+	n, err = c.client.HGet(ctx, c.keys(sku)[0], "available").Int64()
+	if errors.Is(err, redis.Nil) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("stock: read sku %d: %w", sku, err)
+	}
+	return n, true, nil
+}
