@@ -18,6 +18,8 @@ type BatchConfig struct {
 	// Wait is how long the first event of a batch waits for others.
 	// If zero, 2 ms is used.
 	Wait time.Duration
+	// OnBatch, if set, is told the size of every batch applied.
+	OnBatch func(size int)
 }
 
 // Register routes the two timer keys of mux to the service: an expired
@@ -47,9 +49,10 @@ func (s *Service) batchHandler(prefix string, b *batcher) expiry.Handler {
 // nothing to start or stop; a batch never holds more ids than there are
 // concurrent callers (the listener's workers).
 type batcher struct {
-	max   int
-	wait  time.Duration
-	apply func(ctx context.Context, ids []int64, source string) (int, error)
+	max     int
+	wait    time.Duration
+	apply   func(ctx context.Context, ids []int64, source string) (int, error)
+	onBatch func(size int)
 
 	mu  sync.Mutex
 	cur *batch
@@ -69,7 +72,7 @@ func newBatcher(cfg BatchConfig, apply func(context.Context, []int64, string) (i
 	if cfg.Wait <= 0 {
 		cfg.Wait = 2 * time.Millisecond
 	}
-	return &batcher{max: cfg.Max, wait: cfg.Wait, apply: apply}
+	return &batcher{max: cfg.Max, wait: cfg.Wait, apply: apply, onBatch: cfg.OnBatch}
 }
 
 func (b *batcher) do(ctx context.Context, id int64) error {
@@ -102,6 +105,9 @@ func (b *batcher) do(ctx context.Context, id int64) error {
 	}
 	ids := bt.ids
 	b.mu.Unlock()
+	if b.onBatch != nil {
+		b.onBatch(len(ids))
+	}
 	_, bt.err = b.apply(ctx, ids, "event")
 	close(bt.done)
 	return bt.err

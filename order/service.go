@@ -112,7 +112,9 @@ func (s *Service) PutSKU(ctx context.Context, sku SKU) (SKU, error) {
 }
 
 // GetSKU returns one SKU.
-func (s *Service) GetSKU(ctx context.Context, sku int64) (SKU, error) { return s.store.GetSKU(ctx, sku) }
+func (s *Service) GetSKU(ctx context.Context, sku int64) (SKU, error) {
+	return s.store.GetSKU(ctx, sku)
+}
 
 // ListSKUs returns every SKU.
 func (s *Service) ListSKUs(ctx context.Context) ([]SKU, error) { return s.store.ListSKUs(ctx) }

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/orderd/orderd/expiry"
+	"github.com/orderd/orderd/order"
+)
+
+type listenOptions struct {
+	*globalOptions
+	MetricsAddr     string
+	SetNotifyConfig bool
+	SkipNotifyCheck bool
+	Workers         int
+}
+
+func newListenCmd(g *globalOptions) *cobra.Command {
+	o := &listenOptions{globalOptions: g}
+	cmd := &cobra.Command{
+		Use:   "listen",
+		Short: "Run the expiry daemon (under systemd, supervisor or nohup)",
+		Long: `Run the expiry daemon: expire unpaid orders (order_pay:<id>) and confirm
+receipt of shipped ones (order_confirm:<id>) when their Redis keys expire, and
+sweep the database at start-up, after every reconnect and every
+--sweep-interval for anything the events missed. Stops cleanly on SIGTERM.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runtimeError(runListen(cmd.Context(), o))
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.MetricsAddr, "metrics-addr", "127.0.0.1:9464", "serve /metrics and /healthz here (empty disables)")
+	f.BoolVar(&o.SetNotifyConfig, "set-notify-config", false, "turn on expired-key events (notify-keyspace-events) if they are off")
+	f.BoolVar(&o.SkipNotifyCheck, "skip-notify-check", false, "do not read notify-keyspace-events (for Redis services that disable CONFIG)")
+	f.IntVar(&o.Workers, "workers", 512, "concurrent expiry handlers (also the largest batch)")
+	return cmd
+}
+
+// checkNotify makes sure Redis publishes expired-key events, or says what to do.
+func checkNotify(ctx context.Context, o *listenOptions, d *deps) error {
+	if o.SkipNotifyCheck {
+		return nil
+	}
+	err := expiry.CheckNotify(ctx, d.rdb)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, expiry.ErrNotifyDisabled) && o.SetNotifyConfig:
+		if err := expiry.EnableNotify(ctx, d.rdb); err != nil {
+			return usageErrorf("--set-notify-config: %v", err)
+		}
+		o.log.Warn("turned on expired-key events (notify-keyspace-events) as asked; persist it in the Redis configuration")
+		return nil
+	case errors.Is(err, expiry.ErrNotifyDisabled):
+		return usageErrorf("%v; or run with --set-notify-config to let orderd set it", err)
+	case errors.Is(err, expiry.ErrConfigUnavailable):
+		return usageErrorf("%v; once it is set, run with --skip-notify-check", err)
+	default:
+		return err
+	}
+}
+
+func runListen(ctx context.Context, o *listenOptions) error {
+	if o.Workers <= 0 {
+		return usageErrorf("--workers must be positive, not %d", o.Workers)
+	}
+	d, err := o.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer d.close()
+	if err := checkNotify(ctx, o, d); err != nil {
+		return err
+	}
+
+	m := newDaemonMetrics()
+	svc := order.NewService(d.store, d.counter, d.sched, o.serviceConfig(m.onTransition))
+	l := svc.Listener(d.rdb, order.DaemonConfig{
+		KeyPrefix:     o.KeyPrefix,
+		SweepInterval: o.SweepInterval,
+		Workers:       o.Workers,
+		Batch:         order.BatchConfig{OnBatch: m.onBatch},
+		Scheduler:     d.sched,
+		Logger:        o.log,
+		OnSweep:       m.onSweep,
+	})
+	m.watchListener(l)
+	wait := func() {}
+	if o.MetricsAddr != "" {
+		if wait, err = serveOps(ctx, o.MetricsAddr, m.reg, d.health, o.log); err != nil {
+			return usageErrorf("--metrics-addr %q: %v", o.MetricsAddr, err)
+		}
+	}
+	o.log.Info("orderd listen starting", zap.String("redis", d.rdb.Options().Addr), zap.Int("redis_db", d.rdb.Options().DB),
+		zap.String("key_prefix", o.KeyPrefix), zap.Duration("sweep_interval", o.SweepInterval))
+	err = l.Run(ctx)
+	wait()
+	if err != nil {
+		return fmt.Errorf("listener: %w", err)
+	}
+	s := l.Stats()
+	o.log.Info("orderd listen stopped", zap.Uint64("received", s.Received), zap.Uint64("handled", s.Handled),
+		zap.Uint64("failed", s.Failed), zap.Uint64("dropped", s.Dropped))
+	return nil
+}

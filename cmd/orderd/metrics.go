@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"github.com/orderd/orderd/expiry"
+	"github.com/orderd/orderd/order"
+)
+
+// daemonMetrics are the Prometheus metrics of `orderd listen`.
+type daemonMetrics struct {
+	reg      *prometheus.Registry
+	lateness *prometheus.HistogramVec
+	rescued  *prometheus.CounterVec
+	sweeps   *prometheus.CounterVec
+	batches  prometheus.Histogram
+}
+
+func newDaemonMetrics() *daemonMetrics {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := &daemonMetrics{
+		reg: reg,
+		lateness: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "orderd_transition_lateness_seconds",
+			Help:    "Time from an order's deadline to the commit of its transition.",
+			Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300},
+		}, []string{"to", "source"}),
+		rescued: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "orderd_sweep_rescued_total",
+			Help: "Orders the sweep moved because no event had: lost or late events.",
+		}, []string{"to"}),
+		sweeps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "orderd_sweeps_total", Help: "Sweeps run, by result.",
+		}, []string{"result"}),
+		batches: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "orderd_batch_size",
+			Help:    "Orders per transaction applied from expiry events.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 10),
+		}),
+	}
+	reg.MustRegister(m.lateness, m.rescued, m.sweeps, m.batches)
+	return m
+}
+
+func (m *daemonMetrics) onTransition(t order.Transition) {
+	m.lateness.WithLabelValues(string(t.To), t.Source).Observe(t.Lateness.Seconds())
+	if t.Source == "sweep" {
+		m.rescued.WithLabelValues(string(t.To)).Inc()
+	}
+}
+
+func (m *daemonMetrics) onSweep(_ int, err error) {
+	if err != nil {
+		m.sweeps.WithLabelValues("error").Inc()
+		return
+	}
+	m.sweeps.WithLabelValues("ok").Inc()
+}
+
+func (m *daemonMetrics) onBatch(n int) { m.batches.Observe(float64(n)) }
+
+// watchListener exports the listener's counters.
+func (m *daemonMetrics) watchListener(l *expiry.Listener) {
+	counter := func(name, help string, f func(expiry.Stats) uint64) {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
+			func() float64 { return float64(f(l.Stats())) }))
+	}
+	counter("orderd_events_received_total", "Expired-key events read from Redis.", func(s expiry.Stats) uint64 { return s.Received })
+	counter("orderd_events_handled_total", "Events handled without error.", func(s expiry.Stats) uint64 { return s.Handled })
+	counter("orderd_events_failed_total", "Events whose handler failed (the sweep retries them).", func(s expiry.Stats) uint64 { return s.Failed })
+	counter("orderd_events_ignored_total", "Events for keys that are not orderd's.", func(s expiry.Stats) uint64 { return s.Ignored })
+	counter("orderd_events_dropped_total", "Events dropped because the queue stayed full.", func(s expiry.Stats) uint64 { return s.Dropped })
+	counter("orderd_subscriptions_total", "(Re)subscriptions to Redis; each one runs a catch-up sweep.", func(s expiry.Stats) uint64 { return s.Subscriptions })
+	counter("orderd_reaped_total", "Due timers the reaper found expired.", func(s expiry.Stats) uint64 { return s.Reaped })
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "orderd_queue_depth", Help: "Events read but not yet handled.",
+	}, func() float64 { return float64(l.Stats().QueueDepth) }))
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "orderd_handlers_in_flight", Help: "Handler calls running now.",
+	}, func() float64 { return float64(l.Stats().InFlight) }))
+}
+
+// serveOps serves /metrics and /healthz on addr until ctx ends. It returns
+// once the listening socket is open, or with the error that kept it closed.
+func serveOps(ctx context.Context, addr string, reg *prometheus.Registry, health func(context.Context) error, log *zap.Logger) (wait func(), err error) {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		hctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		w.Header().Set("Content-Type", "application/json")
+		if err := health(hctx); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"error":"unavailable","message":"redis or database does not answer"}` + "\n"))
+			return
+		}
+		_, _ = w.Write([]byte(`{"status":"ok"}` + "\n"))
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server failed", zap.Error(err))
+		}
+	}()
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	log.Info("serving /metrics and /healthz", zap.String("addr", ln.Addr().String()))
+	return func() { <-done }, nil
+}

@@ -1,0 +1,202 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/orderd/orderd/expiry"
+	"github.com/orderd/orderd/order"
+	"github.com/orderd/orderd/order/sqlstore"
+	"github.com/orderd/orderd/stock"
+)
+
+// globalOptions are the flags every subcommand takes (CONTRACT.md).
+type globalOptions struct {
+	RedisURL       string
+	DB             string
+	KeyPrefix      string
+	PayTimeout     time.Duration
+	ConfirmTimeout time.Duration
+	SweepInterval  time.Duration
+	JWTSecret      string
+	LogFormat      string
+	LogLevel       string
+
+	redisOpts *redis.Options
+	log       *zap.Logger
+}
+
+func newRootCmd() *cobra.Command {
+	opts := &globalOptions{}
+	root := &cobra.Command{
+		Use:   "orderd",
+		Short: "Close unpaid orders and confirm receipt of shipped ones on time, from Redis key expiry",
+		Long: `orderd closes unpaid orders and confirms receipt of shipped ones on time.
+
+Every flag can also be set in the environment as ORDERD_ + the flag name in
+upper case with - as _ (ORDERD_REDIS_URL, ORDERD_JWT_SECRET, …); a flag given
+on the command line wins.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return opts.complete(cmd)
+		},
+	}
+	root.CompletionOptions.DisableDefaultCmd = true
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErrorf("%v", err) })
+	f := root.PersistentFlags()
+	f.StringVar(&opts.RedisURL, "redis-url", "redis://127.0.0.1:6379/0", "Redis URL; the path's number is the database")
+	f.StringVar(&opts.DB, "db", "sqlite:orderd.db", "database: sqlite:PATH or mysql://user:pass@host:port/dbname")
+	f.StringVar(&opts.KeyPrefix, "key-prefix", "", "prepended to every key orderd writes and stripped from expired keys it reads")
+	f.DurationVar(&opts.PayTimeout, "pay-timeout", 15*time.Minute, "time to pay after ordering")
+	f.DurationVar(&opts.ConfirmTimeout, "confirm-timeout", 24*time.Hour, "time after shipping until receipt is confirmed automatically")
+	f.DurationVar(&opts.SweepInterval, "sweep-interval", 30*time.Second, "how often the daemon checks the database for overdue orders")
+	f.StringVar(&opts.JWTSecret, "jwt-secret", "", "HMAC secret for tokens (required by serve and token)")
+	f.StringVar(&opts.LogFormat, "log-format", "", "log encoder: console or json (default console on a terminal, json otherwise)")
+	f.StringVar(&opts.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+
+	root.AddCommand(
+		newMigrateCmd(opts),
+		newServeCmd(opts),
+		newListenCmd(opts),
+		newTokenCmd(opts),
+		newDemoCmd(opts),
+		newVersionCmd(),
+	)
+	return root
+}
+
+// complete reads the environment for flags not given, then checks them.
+func (o *globalOptions) complete(cmd *cobra.Command) error {
+	var envErr error
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		if f.Changed || envErr != nil {
+			return
+		}
+		name := "ORDERD_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(name); ok {
+			if err := cmd.Flags().Set(f.Name, v); err != nil {
+				envErr = usageErrorf("%s (for --%s): %v", name, f.Name, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return envErr
+	}
+	ropts, err := redis.ParseURL(o.RedisURL)
+	if err != nil {
+		return usageErrorf("--redis-url %q: %v", o.RedisURL, err)
+	}
+	ropts.PoolSize = max(ropts.PoolSize, 64)
+	o.redisOpts = ropts
+	if _, _, err := sqlstore.ParseURL(o.DB); err != nil {
+		return usageErrorf("--db: %v", err)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"pay-timeout", o.PayTimeout}, {"confirm-timeout", o.ConfirmTimeout}, {"sweep-interval", o.SweepInterval}} {
+		if d.v <= 0 {
+			return usageErrorf("--%s must be positive, not %v", d.name, d.v)
+		}
+	}
+	o.log, err = newLogger(o.LogFormat, o.LogLevel)
+	return err
+}
+
+func newLogger(format, level string) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, usageErrorf("--log-level %q: use debug, info, warn or error", level)
+	}
+	if format == "" {
+		format = "json"
+		if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			format = "console"
+		}
+	}
+	var cfg zap.Config
+	switch format {
+	case "json":
+		cfg = zap.NewProductionConfig()
+		cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	case "console":
+		cfg = zap.NewDevelopmentConfig()
+		cfg.DisableStacktrace = true
+	default:
+		return nil, usageErrorf("--log-format %q: use console or json", format)
+	}
+	cfg.Level = zap.NewAtomicLevelAt(lvl)
+	cfg.Sampling = nil
+	return cfg.Build()
+}
+
+// deps are the parts serve, listen and demo share.
+type deps struct {
+	rdb     *redis.Client
+	store   *sqlstore.Store
+	sched   *expiry.Scheduler
+	counter *stock.Counter
+}
+
+// open connects to Redis and the database and checks the schema.
+func (o *globalOptions) open(ctx context.Context) (*deps, error) {
+	rdb := redis.NewClient(o.redisOpts)
+	pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := rdb.Ping(pingCtx).Err(); err != nil {
+		rdb.Close()
+		return nil, runtimeError(fmt.Errorf("redis at %s does not answer (--redis-url): %w", o.redisOpts.Addr, err))
+	}
+	store, err := sqlstore.Open(ctx, o.DB)
+	if err != nil {
+		rdb.Close()
+		return nil, runtimeError(fmt.Errorf("database (--db): %w", err))
+	}
+	if err := store.CheckSchema(ctx); err != nil {
+		rdb.Close()
+		store.Close()
+		return nil, runtimeError(err)
+	}
+	return &deps{
+		rdb:     rdb,
+		store:   store,
+		sched:   expiry.NewScheduler(rdb, expiry.SchedulerConfig{Index: o.KeyPrefix + "orderd:due"}),
+		counter: stock.NewCounter(rdb, o.KeyPrefix),
+	}, nil
+}
+
+func (d *deps) close() {
+	d.rdb.Close()
+	d.store.Close()
+}
+
+// health reports whether Redis and the database answer.
+func (d *deps) health(ctx context.Context) error {
+	if err := d.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
+	if err := d.store.Ping(ctx); err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	return nil
+}
+
+func (o *globalOptions) serviceConfig(onTransition func(order.Transition)) order.Config {
+	return order.Config{
+		PayTimeout:     o.PayTimeout,
+		ConfirmTimeout: o.ConfirmTimeout,
+		KeyPrefix:      o.KeyPrefix,
+		Logger:         o.log,
+		OnTransition:   onTransition,
+	}
+}

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/orderd/orderd/order"
+	"github.com/orderd/orderd/order/httpapi"
+)
+
+type serveOptions struct {
+	*globalOptions
+	Addr string
+}
+
+func newServeCmd(g *globalOptions) *cobra.Command {
+	o := &serveOptions{globalOptions: g}
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve the order HTTP API",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runtimeError(runServe(cmd.Context(), o))
+		},
+	}
+	cmd.Flags().StringVar(&o.Addr, "addr", "127.0.0.1:8080", "listen address of the HTTP API")
+	return cmd
+}
+
+func runServe(ctx context.Context, o *serveOptions) error {
+	if o.JWTSecret == "" {
+		return usageErrorf("--jwt-secret (or ORDERD_JWT_SECRET) is required: serve refuses to start without one")
+	}
+	d, err := o.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer d.close()
+
+	svc := order.NewService(d.store, d.counter, d.sched, o.serviceConfig(nil))
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	h, err := httpapi.New(svc, httpapi.Config{JWTSecret: []byte(o.JWTSecret), Logger: o.log, Registry: reg, Health: d.health})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", o.Addr)
+	if err != nil {
+		return usageErrorf("--addr %q: %v", o.Addr, err)
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          zap.NewStdLog(o.log),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	o.log.Info("orderd serve listening", zap.String("addr", ln.Addr().String()))
+
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	o.log.Info("stopping: finishing in-flight requests")
+	sctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return err
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	o.log.Info("orderd serve stopped")
+	return nil
+}
