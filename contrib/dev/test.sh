@@ -23,5 +23,6 @@ while read -r pkg fuzz; do
 done <<'LIST'
 ./expiry FuzzNewEvent
 ./order FuzzParseKeyID
+./order/httpapi FuzzAPI
 LIST
 echo "all tests passed"

@@ -1,0 +1,375 @@
+package httpapi_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+
+	"github.com/orderd/orderd/expiry"
+	"github.com/orderd/orderd/order"
+	"github.com/orderd/orderd/order/httpapi"
+	"github.com/orderd/orderd/order/ordertest"
+	"github.com/orderd/orderd/order/sqlstore"
+	"github.com/orderd/orderd/stock"
+)
+
+const redisDB = 4 // this package's Redis database
+
+var secret = []byte("test-secret")
+
+type api struct {
+	t       testing.TB
+	srv     *httptest.Server
+	svc     *order.Service
+	store   *sqlstore.Store
+	counter *stock.Counter
+	client  *http.Client
+}
+
+func newAPI(t testing.TB, st *sqlstore.Store, cfg order.Config) *api {
+	t.Helper()
+	rdb := ordertest.Redis(t, redisDB)
+	sched := expiry.NewScheduler(rdb, expiry.SchedulerConfig{})
+	counter := stock.NewCounter(rdb, "")
+	svc := order.NewService(st, counter, sched, cfg)
+	h, err := httpapi.New(svc, httpapi.Config{JWTSecret: secret, Health: func(ctx context.Context) error {
+		return rdb.Ping(ctx).Err()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	tr := &http.Transport{MaxConnsPerHost: 128, MaxIdleConnsPerHost: 128}
+	t.Cleanup(tr.CloseIdleConnections)
+	a := &api{t: t, srv: srv, svc: svc, store: st, counter: counter, client: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
+	if d, ok := t.(*testing.T); ok {
+		// The daemon, so that orders expire on their own.
+		l := svc.Listener(rdb, order.DaemonConfig{Scheduler: sched, SweepInterval: time.Hour, Logger: zaptest.NewLogger(d, zaptest.Level(zapWarn))})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); l.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+	}
+	return a
+}
+
+func token(t testing.TB, user int64, admin bool) string {
+	tok, err := httpapi.IssueToken(secret, user, admin, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// do sends a request and returns the status and the decoded JSON body.
+func (a *api) do(method, path, tok string, body any) (int, map[string]any) {
+	a.t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		j, _ := json.Marshal(b)
+		rd = bytes.NewReader(j)
+	}
+	req, _ := http.NewRequest(method, a.srv.URL+path, rd)
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := a.client.Do(req)
+	if err != nil {
+		a.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	if resp.Header.Get("Content-Type") == "application/json" {
+		if err := json.Unmarshal(raw, &out); err != nil {
+			a.t.Fatalf("%s %s: body is not JSON: %q", method, path, raw)
+		}
+	}
+	return resp.StatusCode, out
+}
+
+// expect checks status and, for errors, the error code.
+func (a *api) expect(method, path, tok string, body any, status int, code string) map[string]any {
+	a.t.Helper()
+	got, out := a.do(method, path, tok, body)
+	if got != status || (code != "" && out["error"] != code) {
+		a.t.Fatalf("%s %s: %d %v, want %d %s", method, path, got, out, status, code)
+	}
+	if status >= 400 && (out["error"] == nil || out["message"] == nil) {
+		a.t.Fatalf("%s %s: error body without error/message: %v", method, path, out)
+	}
+	return out
+}
+
+func id(o map[string]any) string { return strconv.FormatInt(int64(o["id"].(float64)), 10) }
+
+func TestEveryEndpoint(t *testing.T) {
+	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
+		a := newAPI(t, st, order.Config{PayTimeout: 300 * time.Millisecond, ConfirmTimeout: 300 * time.Millisecond})
+		admin, alice, bob := token(t, 1, true), token(t, 2, false), token(t, 3, false)
+
+		a.expect("PUT", "/v1/skus/7", alice, `{"name":"Mug","price_cents":1250,"stock":5,"limit_per_user":2}`, 403, "forbidden")
+		a.expect("PUT", "/v1/skus/7", "", `{"name":"Mug","price_cents":1250,"stock":5}`, 401, "unauthorized")
+		k := a.expect("PUT", "/v1/skus/7", admin, `{"name":"Mug","price_cents":1250,"stock":5,"limit_per_user":2}`, 200, "")
+		if k["available"] != 5.0 || k["name"] != "Mug" || k["limit_per_user"] != 2.0 {
+			t.Fatalf("sku %v", k)
+		}
+		a.expect("GET", "/v1/skus/7", "", nil, 200, "")
+		a.expect("GET", "/v1/skus/9", "", nil, 404, "not_found")
+		if l := a.expect("GET", "/v1/skus", "", nil, 200, ""); len(l["skus"].([]any)) != 1 {
+			t.Fatalf("skus %v", l)
+		}
+
+		o := a.expect("POST", "/v1/orders", alice, `{"sku":7,"qty":1}`, 201, "")
+		if o["status"] != "pending" || o["amount_cents"] != 1250.0 || o["paid_at"] != nil || o["user_id"] != 2.0 {
+			t.Fatalf("order %v", o)
+		}
+		if _, err := time.Parse("2006-01-02T15:04:05.000Z", o["pay_deadline"].(string)); err != nil {
+			t.Fatalf("pay_deadline %q: %v", o["pay_deadline"], err)
+		}
+		for _, field := range []string{"id", "user_id", "sku", "qty", "amount_cents", "status", "created_at", "pay_deadline",
+			"paid_at", "cancelled_at", "shipped_at", "confirm_deadline", "completed_at", "auto_confirmed"} {
+			if _, ok := o[field]; !ok {
+				t.Errorf("order lacks %q", field)
+			}
+		}
+		a.expect("POST", "/v1/orders", alice, `{"sku":7,"qty":2}`, 409, "limit_exceeded")
+		a.expect("PUT", "/v1/skus/8", admin, `{"name":"Gone","price_cents":1,"stock":0}`, 200, "")
+		a.expect("POST", "/v1/orders", bob, `{"sku":8,"qty":1}`, 409, "sold_out")
+		a.expect("POST", "/v1/orders", bob, `{"sku":99,"qty":1}`, 404, "not_found")
+
+		a.expect("GET", "/v1/orders/"+id(o), alice, nil, 200, "")
+		a.expect("GET", "/v1/orders/"+id(o), admin, nil, 200, "")
+		a.expect("GET", "/v1/orders/"+id(o), bob, nil, 404, "not_found")
+		a.expect("POST", "/v1/orders/"+id(o)+"/pay", bob, nil, 404, "not_found")
+		a.expect("POST", "/v1/orders/"+id(o)+"/ship", alice, nil, 403, "forbidden")
+		if e := a.expect("POST", "/v1/orders/"+id(o)+"/ship", admin, nil, 409, "invalid_transition"); e["status"] != "pending" {
+			t.Fatalf("ship pending: %v", e)
+		}
+		a.expect("POST", "/v1/orders/"+id(o)+"/pay", alice, nil, 200, "")
+		if e := a.expect("POST", "/v1/orders/"+id(o)+"/pay", alice, nil, 409, "invalid_transition"); e["status"] != "paid" {
+			t.Fatalf("pay twice: %v", e)
+		}
+		a.expect("POST", "/v1/orders/"+id(o)+"/cancel", alice, nil, 409, "invalid_transition")
+		s := a.expect("POST", "/v1/orders/"+id(o)+"/ship", admin, nil, 200, "")
+		if s["status"] != "shipped" || s["confirm_deadline"] == nil {
+			t.Fatalf("shipped %v", s)
+		}
+		c := a.expect("POST", "/v1/orders/"+id(o)+"/confirm", alice, nil, 200, "")
+		if c["status"] != "completed" || c["auto_confirmed"] != false {
+			t.Fatalf("confirmed %v", c)
+		}
+
+		// Cancel gives stock back; an unpaid order expires on its own; a
+		// shipped one is confirmed automatically.
+		x := a.expect("POST", "/v1/orders", bob, `{"sku":7,"qty":2}`, 201, "")
+		if k := a.expect("GET", "/v1/skus/7", "", nil, 200, ""); k["available"] != 2.0 {
+			t.Fatalf("available %v", k["available"])
+		}
+		if x = a.expect("POST", "/v1/orders/"+id(x)+"/cancel", bob, nil, 200, ""); x["status"] != "cancelled" || x["cancelled_at"] == nil {
+			t.Fatalf("cancelled %v", x)
+		}
+		late := a.expect("POST", "/v1/orders", bob, `{"sku":7,"qty":1}`, 201, "")
+		auto := a.expect("POST", "/v1/orders", bob, `{"sku":7,"qty":1}`, 201, "")
+		a.expect("POST", "/v1/orders/"+id(auto)+"/pay", bob, nil, 200, "")
+		a.expect("POST", "/v1/orders/"+id(auto)+"/ship", admin, nil, 200, "")
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			e := a.expect("GET", "/v1/orders/"+id(late), bob, nil, 200, "")
+			c := a.expect("GET", "/v1/orders/"+id(auto), bob, nil, 200, "")
+			if e["status"] == "expired" && c["status"] == "completed" && c["auto_confirmed"] == true {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("not expired / auto-confirmed in time: %v %v", e, c)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if e := a.expect("POST", "/v1/orders/"+id(late)+"/pay", bob, nil, 409, "invalid_transition"); e["status"] != "expired" {
+			t.Fatalf("pay after expiry: %v", e)
+		}
+		l := a.expect("GET", "/v1/orders", bob, nil, 200, "")
+		list := l["orders"].([]any)
+		if len(list) != 3 || id(list[0].(map[string]any)) != id(auto) {
+			t.Fatalf("bob's orders, newest first: %v", l)
+		}
+		if k := a.expect("GET", "/v1/skus/7", "", nil, 200, ""); k["available"] != 3.0 {
+			t.Fatalf("available %v, want 3 (5 - alice's - bob's auto)", k["available"])
+		}
+		a.expect("GET", "/healthz", "", nil, 200, "")
+		if code, _ := a.do("GET", "/metrics", "", nil); code != 200 {
+			t.Fatalf("/metrics: %d", code)
+		}
+		a.expect("GET", "/nope", "", nil, 404, "not_found")
+		ordertest.CheckStock(t, st, 7, 5)
+	})
+}
+
+func forge(header, claims string) string {
+	enc := base64.RawURLEncoding.EncodeToString
+	return enc([]byte(header)) + "." + enc([]byte(claims)) + "."
+}
+
+func TestBadInput(t *testing.T) {
+	st := ordertest.Open(t, ordertest.SQLiteURL(t))
+	a := newAPI(t, st, order.Config{})
+	admin, alice := token(t, 1, true), token(t, 2, false)
+	a.expect("PUT", "/v1/skus/1", admin, `{"name":"x","price_cents":1,"stock":10}`, 200, "")
+	expired, _ := httpapi.IssueToken(secret, 2, false, -time.Minute)
+	otherKey, _ := httpapi.IssueToken([]byte("other"), 2, true, time.Hour)
+	exp := time.Now().Add(time.Hour).Unix()
+	tests := []struct {
+		name, method, path, tok string
+		body                    any
+		status                  int
+		code                    string
+	}{
+		{"bad json", "POST", "/v1/orders", alice, `{"sku":1,`, 400, "invalid_request"},
+		{"not an object", "POST", "/v1/orders", alice, `[1,2]`, 400, "invalid_request"},
+		{"empty body", "POST", "/v1/orders", alice, ``, 400, "invalid_request"},
+		{"unknown field", "POST", "/v1/orders", alice, `{"sku":1,"qty":1,"price":0}`, 400, "invalid_request"},
+		{"wrong type", "POST", "/v1/orders", alice, `{"sku":"1","qty":1}`, 400, "invalid_request"},
+		{"float qty", "POST", "/v1/orders", alice, `{"sku":1,"qty":1.5}`, 400, "invalid_request"},
+		{"two objects", "POST", "/v1/orders", alice, `{"sku":1,"qty":1}{"sku":1,"qty":1}`, 400, "invalid_request"},
+		{"qty 0", "POST", "/v1/orders", alice, `{"sku":1,"qty":0}`, 400, "invalid_request"},
+		{"qty missing", "POST", "/v1/orders", alice, `{"sku":1}`, 400, "invalid_request"},
+		{"qty negative", "POST", "/v1/orders", alice, `{"sku":1,"qty":-3}`, 400, "invalid_request"},
+		{"qty absurd", "POST", "/v1/orders", alice, `{"sku":1,"qty":1000000000000}`, 400, "invalid_request"},
+		{"qty overflow", "POST", "/v1/orders", alice, `{"sku":1,"qty":99999999999999999999999}`, 400, "invalid_request"},
+		{"sku 0", "POST", "/v1/orders", alice, `{"sku":0,"qty":1}`, 400, "invalid_request"},
+		{"huge body", "POST", "/v1/orders", alice, `{"sku":1,"qty":1,"x":"` + strings.Repeat("a", 70<<10) + `"}`, 400, "invalid_request"},
+		{"id not a number", "GET", "/v1/orders/abc", alice, nil, 400, "invalid_request"},
+		{"id negative", "POST", "/v1/orders/-1/pay", alice, nil, 400, "invalid_request"},
+		{"id overflow", "GET", "/v1/orders/99999999999999999999", alice, nil, 400, "invalid_request"},
+		{"sku not a number", "GET", "/v1/skus/x", "", nil, 400, "invalid_request"},
+		{"unknown order", "GET", "/v1/orders/424242", alice, nil, 404, "not_found"},
+		{"sku missing fields", "PUT", "/v1/skus/2", admin, `{"name":"x"}`, 400, "invalid_request"},
+		{"sku negative stock", "PUT", "/v1/skus/2", admin, `{"name":"x","price_cents":1,"stock":-1}`, 400, "invalid_request"},
+		{"sku empty name", "PUT", "/v1/skus/2", admin, `{"name":"","price_cents":1,"stock":1}`, 400, "invalid_request"},
+		{"no token", "GET", "/v1/orders", "", nil, 401, "unauthorized"},
+		{"garbage token", "GET", "/v1/orders", "abc.def.ghi", nil, 401, "unauthorized"},
+		{"expired token", "GET", "/v1/orders", expired, nil, 401, "unauthorized"},
+		{"forged signature", "GET", "/v1/orders", otherKey, nil, 401, "unauthorized"},
+		{"alg none", "PUT", "/v1/skus/3", forge(`{"alg":"none","typ":"JWT"}`, fmt.Sprintf(`{"sub":"1","admin":true,"exp":%d}`, exp)), `{"name":"x","price_cents":1,"stock":1}`, 401, "unauthorized"},
+		{"no exp", "GET", "/v1/orders", forge(`{"alg":"none"}`, `{"sub":"1"}`), nil, 401, "unauthorized"},
+		{"sub not a number", "GET", "/v1/orders", mustSign(t, `{"sub":"alice","exp":`+strconv.FormatInt(exp, 10)+`}`), nil, 401, "unauthorized"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a.t = t
+			a.expect(tt.method, tt.path, tt.tok, tt.body, tt.status, tt.code)
+		})
+	}
+	a.t = t
+	ordertest.CheckStock(t, st, 1, 10)
+}
+
+// mustSign signs raw claims with the test secret (HS256).
+func mustSign(t testing.TB, claims string) string {
+	t.Helper()
+	return signHS256(secret, `{"alg":"HS256","typ":"JWT"}`, claims)
+}
+
+// The flash sale: 100 units, one per user, 2,000 buyers at once (some trying
+// twice) through the real HTTP server.
+func TestFlashSale(t *testing.T) {
+	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
+		a := newAPI(t, st, order.Config{PayTimeout: 2 * time.Second})
+		admin := token(t, 1, true)
+		a.expect("PUT", "/v1/skus/42", admin, `{"name":"Phone","price_cents":99900,"stock":100,"limit_per_user":1}`, 200, "")
+
+		const buyers = 2000
+		type result struct {
+			user   int64
+			status int
+			body   map[string]any
+		}
+		results := make(chan result, buyers+buyers/4)
+		var wg sync.WaitGroup
+		for u := int64(100); u < 100+buyers; u++ {
+			tries := 1
+			if u%4 == 0 {
+				tries = 2 // a quarter of the buyers click twice
+			}
+			tok := token(t, u, false)
+			for range tries {
+				wg.Go(func() {
+					s, b := a.do("POST", "/v1/orders", tok, `{"sku":42,"qty":1}`)
+					results <- result{u, s, b}
+				})
+			}
+		}
+		wg.Wait()
+		close(results)
+		created := map[int64][]map[string]any{}
+		var soldOut, limited int
+		for r := range results {
+			switch {
+			case r.status == 201:
+				created[r.user] = append(created[r.user], r.body)
+			case r.status == 409 && r.body["error"] == "sold_out":
+				soldOut++
+			case r.status == 409 && r.body["error"] == "limit_exceeded":
+				limited++
+			default:
+				t.Fatalf("buyer %d: %d %v", r.user, r.status, r.body)
+			}
+		}
+		n := 0
+		for u, os := range created {
+			n += len(os)
+			if len(os) > 1 {
+				t.Fatalf("user %d got %d orders", u, len(os))
+			}
+		}
+		if n != 100 {
+			t.Fatalf("%d orders created from 100 units", n)
+		}
+		t.Logf("created %d, sold out %d, over the limit %d", n, soldOut, limited)
+
+		// Pay 30 of them; the other 70 expire and their stock comes back.
+		paid := 0
+		for u, os := range created {
+			if paid == 30 {
+				break
+			}
+			a.expect("POST", "/v1/orders/"+id(os[0])+"/pay", token(t, u, false), nil, 200, "")
+			paid++
+		}
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			k := a.expect("GET", "/v1/skus/42", "", nil, 200, "")
+			if k["available"] == 70.0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("available %v, want 70 after the unpaid orders expire", k["available"])
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		ordertest.CheckStock(t, st, 42, 100)
+		time.Sleep(50 * time.Millisecond) // the Redis give-back follows the commit
+		if n, ok, err := a.counter.Available(context.Background(), 42); err != nil || !ok || n != 70 {
+			t.Fatalf("redis counter %d (ok %v, err %v), want 70 as in the database", n, ok, err)
+		}
+	})
+}
