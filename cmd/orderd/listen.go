@@ -18,6 +18,8 @@ type listenOptions struct {
 	SetNotifyConfig bool
 	SkipNotifyCheck bool
 	Workers         int
+	BatchMax        int
+	Reaper          bool
 }
 
 func newListenCmd(g *globalOptions) *cobra.Command {
@@ -38,7 +40,9 @@ sweep the database at start-up, after every reconnect and every
 	f.StringVar(&o.MetricsAddr, "metrics-addr", "127.0.0.1:9464", "serve /metrics and /healthz here (empty disables)")
 	f.BoolVar(&o.SetNotifyConfig, "set-notify-config", false, "turn on expired-key events (notify-keyspace-events) if they are off")
 	f.BoolVar(&o.SkipNotifyCheck, "skip-notify-check", false, "do not read notify-keyspace-events (for Redis services that disable CONFIG)")
-	f.IntVar(&o.Workers, "workers", 512, "concurrent expiry handlers (also the largest batch)")
+	f.IntVar(&o.Workers, "workers", 512, "concurrent expiry handlers (also bounds a batch)")
+	f.IntVar(&o.BatchMax, "batch-max", 500, "most orders applied in one transaction (1: one transaction per order)")
+	f.BoolVar(&o.Reaper, "reaper", true, "touch due timers so Redis announces them at once (false: wait for Redis to notice)")
 	return cmd
 }
 
@@ -70,6 +74,9 @@ func runListen(ctx context.Context, o *listenOptions) error {
 	if o.Workers <= 0 {
 		return usageErrorf("--workers must be positive, not %d", o.Workers)
 	}
+	if o.BatchMax <= 0 {
+		return usageErrorf("--batch-max must be positive, not %d", o.BatchMax)
+	}
 	d, err := o.open(ctx)
 	if err != nil {
 		return err
@@ -81,12 +88,16 @@ func runListen(ctx context.Context, o *listenOptions) error {
 
 	m := newDaemonMetrics()
 	svc := order.NewService(d.store, d.counter, d.sched, o.serviceConfig(m.onTransition))
+	reaped := d.sched
+	if !o.Reaper {
+		reaped = nil
+	}
 	l := svc.Listener(d.rdb, order.DaemonConfig{
 		KeyPrefix:     o.KeyPrefix,
 		SweepInterval: o.SweepInterval,
 		Workers:       o.Workers,
-		Batch:         order.BatchConfig{OnBatch: m.onBatch},
-		Scheduler:     d.sched,
+		Batch:         order.BatchConfig{Max: o.BatchMax, OnBatch: m.onBatch},
+		Scheduler:     reaped,
 		Logger:        o.log,
 		OnSweep:       m.onSweep,
 	})

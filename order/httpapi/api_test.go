@@ -293,7 +293,11 @@ func mustSign(t testing.TB, claims string) string {
 // twice) through the real HTTP server.
 func TestFlashSale(t *testing.T) {
 	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
-		a := newAPI(t, st, order.Config{PayTimeout: 2 * time.Second})
+		// Long enough that no order expires during the sale, even under -race
+		// on a busy machine: the sale itself must not see stock come back.
+		const payTimeout = 8 * time.Second
+		a := newAPI(t, st, order.Config{PayTimeout: payTimeout})
+		saleStart := time.Now()
 		admin := token(t, 1, true)
 		a.expect("PUT", "/v1/skus/42", admin, `{"name":"Phone","price_cents":99900,"stock":100,"limit_per_user":1}`, 200, "")
 
@@ -341,6 +345,9 @@ func TestFlashSale(t *testing.T) {
 				t.Fatalf("user %d got %d orders", u, len(os))
 			}
 		}
+		if time.Since(saleStart) > payTimeout {
+			t.Fatalf("the sale took %v, longer than the pay timeout: orders expired during it", time.Since(saleStart))
+		}
 		if n != 100 {
 			t.Fatalf("%d orders created from 100 units", n)
 		}
@@ -355,7 +362,7 @@ func TestFlashSale(t *testing.T) {
 			a.expect("POST", "/v1/orders/"+id(os[0])+"/pay", token(t, u, false), nil, 200, "")
 			paid++
 		}
-		deadline := time.Now().Add(20 * time.Second)
+		deadline := time.Now().Add(payTimeout + 20*time.Second)
 		for {
 			k := a.expect("GET", "/v1/skus/42", "", nil, 200, "")
 			if k["available"] == 70.0 {
