@@ -70,17 +70,29 @@ func (s *Scheduler) shard(key string) string {
 // past fires at once: the key gets a TTL of 1 ms, so Redis still announces it
 // as expired.
 func (s *Scheduler) Schedule(ctx context.Context, key string, deadline time.Time) error {
-	ms := deadline.UnixMilli()
+	return s.ScheduleMany(ctx, Timer{Key: key, Deadline: deadline})
+}
+
+// Timer is one key to expire at Deadline.
+type Timer struct {
+	Key      string
+	Deadline time.Time
+}
+
+// ScheduleMany sets many timers, as Schedule does, in one round trip.
+func (s *Scheduler) ScheduleMany(ctx context.Context, timers ...Timer) error {
 	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		// A relative TTL, not PXAT: Redis's clock may differ from ours, and a
-		// PXAT that Redis deems past deletes the key without an event.
-		ttl := max(time.Until(deadline).Truncate(time.Millisecond)+time.Millisecond, time.Millisecond)
-		p.Set(ctx, key, "1", ttl)
-		p.ZAdd(ctx, s.shard(key), redis.Z{Score: float64(ms), Member: key})
+		for _, t := range timers {
+			// A relative TTL, not PXAT: Redis's clock may differ from ours,
+			// and a PXAT that Redis deems past deletes the key without an event.
+			ttl := max(time.Until(t.Deadline).Truncate(time.Millisecond)+time.Millisecond, time.Millisecond)
+			p.Set(ctx, t.Key, "1", ttl)
+			p.ZAdd(ctx, s.shard(t.Key), redis.Z{Score: float64(t.Deadline.UnixMilli()), Member: t.Key})
+		}
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("expiry: schedule %q: %w", key, err)
+		return fmt.Errorf("expiry: schedule %d timers: %w", len(timers), err)
 	}
 	return nil
 }

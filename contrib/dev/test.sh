@@ -25,4 +25,8 @@ done <<'LIST'
 ./order FuzzParseKeyID
 ./order/httpapi FuzzAPI
 LIST
+echo "== benchmark smoke run (speed is reported, never asserted)"
+go build -o "$ORDERD_SCRATCH/orderd" ./cmd/orderd
+go run ./cmd/orderd-bench --preset smoke --orderd "$ORDERD_SCRATCH/orderd" \
+	--redis-url "redis://$ORDERD_TEST_REDIS/15" --mysql "$ORDERD_TEST_MYSQL" 2>/dev/null
 echo "all tests passed"

@@ -1,0 +1,441 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/orderd/orderd/expiry"
+	"github.com/orderd/orderd/order/sqlstore"
+)
+
+const (
+	benchDB   = "orderd_bench"
+	skuID     = 1
+	skuTotal  = 1_000_000_000
+	dueIndex  = "orderd:due" // what `orderd listen` reaps with an empty --key-prefix
+	insertRow = 1000         // rows per INSERT when seeding
+	keysBatch = 10000        // keys per pipeline when seeding
+)
+
+// result is one scenario in one mode.
+type result struct {
+	Scenario   string  `json:"scenario"`
+	Mode       string  `json:"mode"`
+	Orders     int     `json:"orders"`
+	Handled    int     `json:"handled"`
+	NotHandled int     `json:"not_handled"`
+	P50ms      float64 `json:"lateness_p50_ms"`
+	P99ms      float64 `json:"lateness_p99_ms"`
+	MaxMs      float64 `json:"lateness_max_ms"`
+	LateOver1s int     `json:"late_over_1s"`
+	// Burst: from the deadline to the last commit, and orders per second.
+	ElapsedS  float64 `json:"elapsed_s,omitempty"`
+	PerSecond float64 `json:"orders_per_s,omitempty"`
+	RSSMB     float64 `json:"daemon_peak_rss_mb"`
+	StockOK   bool    `json:"stock_conserved"`
+}
+
+type report struct {
+	Machine   map[string]string `json:"machine"`
+	Settings  map[string]string `json:"settings"`
+	Results   []result          `json:"results"`
+	StartedAt time.Time         `json:"started_at"`
+}
+
+func run(ctx context.Context, c config) (*report, error) {
+	ropts, err := redis.ParseURL(c.redisURL)
+	if err != nil {
+		return nil, fmt.Errorf("--redis-url: %w", err)
+	}
+	ropts.PoolSize = 32
+	rdb := redis.NewClient(ropts)
+	defer rdb.Close()
+	if err := rdb.ConfigSet(ctx, "notify-keyspace-events", "Ex").Err(); err != nil {
+		return nil, fmt.Errorf("redis: %w", err)
+	}
+	rep := &report{StartedAt: time.Now().UTC(), Machine: machine(ctx, rdb, c), Settings: map[string]string{
+		"other_keys": strconv.Itoa(c.otherKeys), "rate_per_s": strconv.Itoa(c.rate),
+		"duration": c.duration.String(), "burst": strconv.Itoa(c.burst), "naive_wait": c.naiveWait.String(),
+	}}
+	for _, sc := range c.scenarios {
+		for _, mode := range c.modes {
+			fmt.Fprintf(os.Stderr, "== %s, %s\n", sc, mode)
+			r, err := runOne(ctx, c, rdb, sc, mode)
+			if err != nil {
+				return rep, fmt.Errorf("%s/%s: %w", sc, mode, err)
+			}
+			rep.Results = append(rep.Results, r)
+		}
+	}
+	rdb.FlushDB(context.WithoutCancel(ctx))
+	return rep, nil
+}
+
+func machine(ctx context.Context, rdb *redis.Client, c config) map[string]string {
+	m := map[string]string{"cpus": strconv.Itoa(runtime.NumCPU()), "go": runtime.Version()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m["cpu"] = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		if line, _, ok := strings.Cut(string(b), "\n"); ok {
+			m["memory"] = strings.Join(strings.Fields(line)[1:], " ")
+		}
+	}
+	if info, err := rdb.Info(ctx, "server").Result(); err == nil {
+		for _, line := range strings.Split(info, "\r\n") {
+			if v, ok := strings.CutPrefix(line, "redis_version:"); ok {
+				m["redis"] = v
+			}
+		}
+	}
+	if st, err := sqlstore.Open(ctx, c.mysqlBase+"/mysql"); err == nil {
+		var v string
+		if st.DB().GetContext(ctx, &v, "SELECT VERSION()") == nil {
+			m["database"] = v
+		}
+		st.Close()
+	}
+	return m
+}
+
+func runOne(ctx context.Context, c config, rdb *redis.Client, scenario, mode string) (result, error) {
+	res := result{Scenario: scenario, Mode: mode}
+	if err := rdb.FlushDB(ctx).Err(); err != nil {
+		return res, err
+	}
+	store, err := freshDB(ctx, c.mysqlBase)
+	if err != nil {
+		return res, err
+	}
+	defer store.Close()
+	sched := expiry.NewScheduler(rdb, expiry.SchedulerConfig{Index: dueIndex})
+
+	if scenario == "steady" {
+		t0 := time.Now()
+		if err := seedOtherKeys(ctx, rdb, sched, c.otherKeys, mode); err != nil {
+			return res, err
+		}
+		fmt.Fprintf(os.Stderr, "   %d other timers set in %v\n", c.otherKeys, time.Since(t0).Round(time.Millisecond))
+	}
+
+	d, err := startDaemon(ctx, c, mode)
+	if err != nil {
+		return res, err
+	}
+	defer d.kill()
+
+	// Deadlines: steady spreads them at --rate per second; burst puts them
+	// all at one moment. Both start late enough for the seeding to finish.
+	n := c.burst
+	if scenario == "steady" {
+		n = int(float64(c.rate) * c.duration.Seconds())
+	}
+	start := time.Now().Add(5*time.Second + time.Duration(n)*40*time.Microsecond).Truncate(time.Millisecond)
+	deadline := func(i int) time.Time {
+		if scenario == "steady" {
+			return start.Add(time.Duration(i) * time.Second / time.Duration(c.rate))
+		}
+		return start
+	}
+	t0 := time.Now()
+	if err := seedOrders(ctx, store, n, deadline); err != nil {
+		return res, err
+	}
+	fmt.Fprintf(os.Stderr, "   %d orders inserted in %v\n", n, time.Since(t0).Round(time.Millisecond))
+	t0 = time.Now()
+	if err := seedOrderKeys(ctx, rdb, sched, store, mode); err != nil {
+		return res, err
+	}
+	fmt.Fprintf(os.Stderr, "   their keys set in %v; first deadline in %v\n", time.Since(t0).Round(time.Millisecond), time.Until(start).Round(time.Millisecond))
+	if time.Now().After(start) {
+		fmt.Fprintln(os.Stderr, "   warning: seeding ran past the first deadline; early orders count as late")
+	}
+
+	// Wait until every order is handled, or the mode's time is up.
+	last := deadline(n - 1)
+	limit := last.Add(c.naiveWait)
+	if mode == "orderd" {
+		limit = last.Add(max(c.naiveWait, 5*time.Minute))
+	}
+	for {
+		var pending int
+		if err := store.DB().GetContext(ctx, &pending, `SELECT COUNT(*) FROM orders WHERE status = 'pending'`); err != nil {
+			return res, err
+		}
+		if pending == 0 || time.Now().After(limit) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return res, ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+		if time.Now().After(last) {
+			fmt.Fprintf(os.Stderr, "\r   %d pending, %v after the last deadline   ", pending, time.Since(last).Round(time.Second))
+		}
+	}
+	fmt.Fprintln(os.Stderr)
+	res.RSSMB = d.peakRSSMB()
+	if err := d.stop(); err != nil {
+		return res, err
+	}
+	return collect(ctx, store, res, n, start)
+}
+
+// collect reads the outcome from the database.
+func collect(ctx context.Context, store *sqlstore.Store, res result, n int, start time.Time) (result, error) {
+	var rows []struct {
+		Deadline int64 `db:"pay_deadline"`
+		At       int64 `db:"cancelled_at"`
+	}
+	if err := store.DB().SelectContext(ctx, &rows, `SELECT pay_deadline, cancelled_at FROM orders WHERE status = 'expired'`); err != nil {
+		return res, err
+	}
+	late := make([]int64, len(rows))
+	var lastAt int64
+	for i, r := range rows {
+		late[i] = r.At - r.Deadline
+		lastAt = max(lastAt, r.At)
+		if late[i] > 1000 {
+			res.LateOver1s++
+		}
+	}
+	slices.Sort(late)
+	res.Orders, res.Handled, res.NotHandled = n, len(rows), n-len(rows)
+	if len(late) > 0 {
+		q := func(p float64) float64 { return float64(late[min(len(late)-1, int(p*float64(len(late))))]) }
+		res.P50ms, res.P99ms, res.MaxMs = q(0.5), q(0.99), float64(late[len(late)-1])
+	}
+	if res.Scenario == "burst" && len(rows) > 0 {
+		res.ElapsedS = float64(lastAt-start.UnixMilli()) / 1000
+		res.PerSecond = float64(len(rows)) / max(res.ElapsedS, 0.001)
+	}
+	var available, live int64
+	if err := store.DB().GetContext(ctx, &available, `SELECT available FROM skus WHERE sku = ?`, skuID); err != nil {
+		return res, err
+	}
+	if err := store.DB().GetContext(ctx, &live, `SELECT COALESCE(SUM(qty), 0) FROM orders WHERE status = 'pending'`); err != nil {
+		return res, err
+	}
+	res.StockOK = available+live == skuTotal
+	return res, nil
+}
+
+func freshDB(ctx context.Context, base string) (*sqlstore.Store, error) {
+	admin, err := sqlstore.Open(ctx, base+"/mysql")
+	if err != nil {
+		return nil, fmt.Errorf("--mysql: %w", err)
+	}
+	for _, q := range []string{"DROP DATABASE IF EXISTS " + benchDB, "CREATE DATABASE " + benchDB} {
+		if _, err := admin.DB().ExecContext(ctx, q); err != nil {
+			admin.Close()
+			return nil, err
+		}
+	}
+	admin.Close()
+	st, err := sqlstore.Open(ctx, base+"/"+benchDB)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := st.Migrate(ctx); err != nil {
+		st.Close()
+		return nil, err
+	}
+	return st, nil
+}
+
+// seedOtherKeys sets n keys with a 24 h TTL, as a shop's pending
+// receipt confirmations are; orderd also keeps them in its due index.
+func seedOtherKeys(ctx context.Context, rdb *redis.Client, sched *expiry.Scheduler, n int, mode string) error {
+	deadline := time.Now().Add(24 * time.Hour)
+	for i := 0; i < n; i += keysBatch {
+		var timers []expiry.Timer
+		for j := i; j < min(n, i+keysBatch); j++ {
+			timers = append(timers, expiry.Timer{Key: "order_confirm:" + strconv.Itoa(100_000_000+j), Deadline: deadline.Add(time.Duration(j) * time.Millisecond)})
+		}
+		if err := setTimers(ctx, rdb, sched, timers, mode); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func setTimers(ctx context.Context, rdb *redis.Client, sched *expiry.Scheduler, timers []expiry.Timer, mode string) error {
+	if mode == "orderd" {
+		return sched.ScheduleMany(ctx, timers...)
+	}
+	// The naive design: a plain key with a TTL, nothing else.
+	_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, t := range timers {
+			p.Set(ctx, t.Key, "1", max(time.Until(t.Deadline), time.Millisecond))
+		}
+		return nil
+	})
+	return err
+}
+
+// seedOrders inserts n pending orders straight into the database in bulk,
+// and takes their stock.
+func seedOrders(ctx context.Context, store *sqlstore.Store, n int, deadline func(int) time.Time) error {
+	db := store.DB()
+	if _, err := db.ExecContext(ctx, `INSERT INTO skus (sku, name, price_cents, available, limit_per_user) VALUES (?, 'bench', 100, ?, 0)`,
+		skuID, skuTotal-n); err != nil {
+		return err
+	}
+	now := time.Now().UnixMilli()
+	for i := 0; i < n; i += insertRow {
+		m := min(n, i+insertRow) - i
+		var sb strings.Builder
+		sb.WriteString(`INSERT INTO orders (user_id, sku, qty, amount_cents, status, created_at, pay_deadline, auto_confirmed) VALUES `)
+		args := make([]any, 0, 2*m)
+		for j := range m {
+			if j > 0 {
+				sb.WriteByte(',')
+			}
+			sb.WriteString(`(?, 1, 1, 100, 'pending', ?, ?, 0)`)
+			args = append(args, i+j+1, now)
+			args = append(args, deadline(i+j).UnixMilli())
+		}
+		if _, err := db.ExecContext(ctx, sb.String(), args...); err != nil {
+			return fmt.Errorf("seed orders: %w", err)
+		}
+	}
+	return nil
+}
+
+// seedOrderKeys sets order_pay:<id> for every order, expiring at its deadline.
+func seedOrderKeys(ctx context.Context, rdb *redis.Client, sched *expiry.Scheduler, store *sqlstore.Store, mode string) error {
+	rows, err := store.DB().QueryContext(ctx, `SELECT id, pay_deadline FROM orders ORDER BY id`)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	var timers []expiry.Timer
+	flush := func() error {
+		err := setTimers(ctx, rdb, sched, timers, mode)
+		timers = timers[:0]
+		return err
+	}
+	for rows.Next() {
+		var id, ms int64
+		if err := rows.Scan(&id, &ms); err != nil {
+			return err
+		}
+		timers = append(timers, expiry.Timer{Key: "order_pay:" + strconv.FormatInt(id, 10), Deadline: time.UnixMilli(ms)})
+		if len(timers) == keysBatch {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	return flush()
+}
+
+// daemon is `orderd listen` running under test.
+type daemon struct {
+	cmd  *exec.Cmd
+	done chan error
+	subs atomic.Bool
+}
+
+func startDaemon(ctx context.Context, c config, mode string) (*daemon, error) {
+	args := []string{"listen", "--redis-url", c.redisURL, "--db", c.mysqlBase + "/" + benchDB,
+		"--sweep-interval", "1h", "--metrics-addr", "", "--log-format", "json", "--log-level", "info"}
+	if mode == "naive" {
+		args = append(args, "--reaper=false", "--batch-max", "1")
+	}
+	cmd := exec.Command(c.orderd, args...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	d := &daemon{cmd: cmd, done: make(chan error, 1)}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			if strings.Contains(line, `"msg":"subscribed"`) {
+				d.subs.Store(true)
+			}
+			if strings.Contains(line, `"level":"error"`) || strings.Contains(line, `"level":"warn"`) {
+				fmt.Fprintln(os.Stderr, "   daemon:", line)
+			}
+		}
+		d.done <- cmd.Wait()
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for !d.subs.Load() {
+		if time.Now().After(deadline) {
+			d.kill()
+			return nil, fmt.Errorf("orderd listen did not subscribe within 30 s")
+		}
+		select {
+		case err := <-d.done:
+			return nil, fmt.Errorf("orderd listen exited: %v", err)
+		case <-ctx.Done():
+			d.kill()
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return d, nil
+}
+
+// peakRSSMB is the daemon's peak resident memory (VmHWM) so far.
+func (d *daemon) peakRSSMB() float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseFloat(strings.Fields(v)[0], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+func (d *daemon) stop() error {
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-d.done:
+		if err != nil {
+			return fmt.Errorf("orderd listen: %v", err)
+		}
+		return nil
+	case <-time.After(60 * time.Second):
+		d.kill()
+		return fmt.Errorf("orderd listen did not stop within 60 s of SIGTERM")
+	}
+}
+
+func (d *daemon) kill() {
+	if d.cmd.ProcessState == nil {
+		d.cmd.Process.Kill()
+	}
+}

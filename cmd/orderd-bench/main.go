@@ -1,0 +1,141 @@
+// Command orderd-bench measures orderd on real Redis and MariaDB: how late
+// orders are handled while a million other timers are pending (steady), and
+// how fast a burst of orders sharing one deadline is closed (burst), for
+// orderd as it ships and for the naive design (plain keyspace events, one
+// transaction per order) side by side.
+//
+// It starts nothing but the daemon under test (`orderd listen`, so that its
+// memory is its own) and uses — and empties — the Redis database of
+// --redis-url and a database "orderd_bench" on the MariaDB of --mysql. Point it
+// at private servers: contrib/dev/bench.sh starts them.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+type config struct {
+	redisURL  string
+	mysqlBase string
+	orderd    string
+	jsonPath  string
+
+	otherKeys int
+	rate      int
+	duration  time.Duration
+	burst     int
+	naiveWait time.Duration
+	modes     []string
+	scenarios []string
+}
+
+func main() {
+	var c config
+	var preset, modes, scenarios string
+	flag.StringVar(&c.redisURL, "redis-url", "redis://127.0.0.1:16379/0", "Redis to use (its database is emptied)")
+	flag.StringVar(&c.mysqlBase, "mysql", "mysql://orderd:orderd@127.0.0.1:13306", "MariaDB/MySQL URL without database name")
+	flag.StringVar(&c.orderd, "orderd", "./orderd", "the orderd binary to run as the daemon")
+	flag.StringVar(&c.jsonPath, "json", "", "also write the results as JSON to this file")
+	flag.StringVar(&preset, "preset", "full", "full (1M other timers, 1,000/s for 30 s, burst of 1M), quick (burst of 100k) or smoke (tiny, for CI)")
+	flag.IntVar(&c.otherKeys, "other-keys", -1, "other pending TTL keys during steady (overrides the preset)")
+	flag.IntVar(&c.rate, "rate", -1, "pay timeouts per second during steady (overrides the preset)")
+	flag.DurationVar(&c.duration, "duration", -1, "length of steady (overrides the preset)")
+	flag.IntVar(&c.burst, "burst", -1, "orders sharing one deadline in burst (overrides the preset)")
+	flag.DurationVar(&c.naiveWait, "naive-wait", -1, "how long the naive mode may take after the last deadline before the rest count as not handled")
+	flag.StringVar(&modes, "modes", "orderd,naive", "modes to run")
+	flag.StringVar(&scenarios, "scenarios", "steady,burst", "scenarios to run")
+	flag.Parse()
+
+	p, ok := presets[preset]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "orderd-bench: --preset %q: use full, quick or smoke\n", preset)
+		os.Exit(2)
+	}
+	setDefault(&c.otherKeys, p.otherKeys)
+	setDefault(&c.rate, p.rate)
+	setDefault(&c.burst, p.burst)
+	if c.duration < 0 {
+		c.duration = p.duration
+	}
+	if c.naiveWait < 0 {
+		c.naiveWait = p.naiveWait
+	}
+	c.modes = split(modes)
+	c.scenarios = split(scenarios)
+	for _, m := range c.modes {
+		if m != "orderd" && m != "naive" {
+			fmt.Fprintf(os.Stderr, "orderd-bench: --modes: unknown mode %q\n", m)
+			os.Exit(2)
+		}
+	}
+	for _, s := range c.scenarios {
+		if s != "steady" && s != "burst" {
+			fmt.Fprintf(os.Stderr, "orderd-bench: --scenarios: unknown scenario %q\n", s)
+			os.Exit(2)
+		}
+	}
+	if c.rate <= 0 || c.duration <= 0 || c.burst <= 0 || c.otherKeys < 0 {
+		fmt.Fprintln(os.Stderr, "orderd-bench: --rate, --duration and --burst must be positive")
+		os.Exit(2)
+	}
+	if _, err := os.Stat(c.orderd); err != nil {
+		fmt.Fprintf(os.Stderr, "orderd-bench: --orderd: %v (build it: go build -o orderd ./cmd/orderd)\n", err)
+		os.Exit(2)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	rep, err := run(ctx, c)
+	if rep != nil {
+		rep.print(os.Stdout)
+		if c.jsonPath != "" {
+			b, _ := json.MarshalIndent(rep, "", "  ")
+			if werr := os.WriteFile(c.jsonPath, append(b, '\n'), 0o644); werr != nil {
+				err = errors.Join(err, werr)
+			}
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "orderd-bench:", err)
+		os.Exit(1)
+	}
+}
+
+type preset struct {
+	otherKeys, rate, burst int
+	duration, naiveWait    time.Duration
+}
+
+var presets = map[string]preset{
+	"full":  {otherKeys: 1_000_000, rate: 1000, duration: 30 * time.Second, burst: 1_000_000, naiveWait: 150 * time.Second},
+	"quick": {otherKeys: 1_000_000, rate: 1000, duration: 30 * time.Second, burst: 100_000, naiveWait: 150 * time.Second},
+	"smoke": {otherKeys: 2_000, rate: 200, duration: 2 * time.Second, burst: 2_000, naiveWait: 20 * time.Second},
+}
+
+func setDefault(v *int, d int) {
+	if *v < 0 {
+		*v = d
+	}
+}
+
+func split(s string) []string {
+	var out []string
+	start := 0
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || s[i] == ',' {
+			if i > start {
+				out = append(out, s[start:i])
+			}
+			start = i + 1
+		}
+	}
+	return out
+}

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+)
+
+func (r *report) print(w io.Writer) {
+	keys := make([]string, 0, len(r.Machine))
+	for k := range r.Machine {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var m []string
+	for _, k := range keys {
+		m = append(m, k+": "+r.Machine[k])
+	}
+	fmt.Fprintf(w, "machine: %s\n", strings.Join(m, "; "))
+	fmt.Fprintf(w, "settings: other keys %s, steady %s/s for %s, burst %s, naive wait %s\n\n",
+		r.Settings["other_keys"], r.Settings["rate_per_s"], r.Settings["duration"], r.Settings["burst"], r.Settings["naive_wait"])
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "scenario\tmode\torders\thandled\tnot handled\tp50 late\tp99 late\tmax late\t>1 s late\tburst time\torders/s\tdaemon RSS\tstock ok\t")
+	for _, x := range r.Results {
+		burst, rate := "", ""
+		if x.Scenario == "burst" {
+			burst, rate = fmt.Sprintf("%.2f s", x.ElapsedS), fmt.Sprintf("%.0f", x.PerSecond)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\t%d\t%s\t%s\t%.0f MB\t%v\t\n",
+			x.Scenario, x.Mode, x.Orders, x.Handled, x.NotHandled, ms(x.P50ms), ms(x.P99ms), ms(x.MaxMs),
+			x.LateOver1s, burst, rate, x.RSSMB, x.StockOK)
+	}
+	tw.Flush()
+	for _, sc := range []string{"steady", "burst"} {
+		a, okA := r.find(sc, "orderd")
+		b, okB := r.find(sc, "naive")
+		if !okA || !okB {
+			continue
+		}
+		switch sc {
+		case "steady":
+			fmt.Fprintf(w, "\nsteady: naive p99 lateness is %s orderd's; %d of %d naive orders handled within the wait, %d of %d for orderd\n",
+				ratio(b.P99ms, a.P99ms), b.Handled, b.Orders, a.Handled, a.Orders)
+		case "burst":
+			fmt.Fprintf(w, "burst: orderd closes %s as many orders per second as naive\n", ratio(a.PerSecond, b.PerSecond))
+		}
+	}
+}
+
+func (r *report) find(scenario, mode string) (result, bool) {
+	for _, x := range r.Results {
+		if x.Scenario == scenario && x.Mode == mode {
+			return x, true
+		}
+	}
+	return result{}, false
+}
+
+func ms(v float64) string {
+	if v >= 1000 {
+		return fmt.Sprintf("%.1f s", v/1000)
+	}
+	return fmt.Sprintf("%.0f ms", v)
+}
+
+func ratio(a, b float64) string {
+	if b <= 0 {
+		return "∞×"
+	}
+	return fmt.Sprintf("%.1f×", a/b)
+}
