@@ -17,8 +17,10 @@ type DaemonConfig struct {
 	KeyPrefix string
 	// SweepInterval is the pause between periodic sweeps. If zero, 30 s is used.
 	SweepInterval time.Duration
-	// Workers is the number of concurrent handlers, which also bounds a
-	// batch. If zero, 512 are used.
+	// Workers is the number of concurrent handlers. A handler waits for its
+	// batch's transaction, so Workers bounds the orders in flight: a few
+	// times Batch.Max lets one batch fill while others commit.
+	// If zero, 2,048 are used.
 	Workers int
 	// Batch groups events into transactions.
 	Batch BatchConfig
@@ -38,7 +40,7 @@ func (s *Service) Listener(client redis.UniversalClient, cfg DaemonConfig) *expi
 		cfg.SweepInterval = 30 * time.Second
 	}
 	if cfg.Workers <= 0 {
-		cfg.Workers = 512
+		cfg.Workers = 2048
 	}
 	log := cfg.Logger
 	if log == nil {

@@ -84,8 +84,9 @@ type Store interface {
 
 	// Expire moves every pending order of ids whose pay deadline is at or
 	// before now to expired and gives its stock back, all in one
-	// transaction. It returns the orders it moved, and the ids that are
-	// pending but not due yet.
+	// transaction. It returns the orders it moved and those pending but not
+	// due yet, with ID, UserID, SKU, Qty, Status, the deadlines and the time
+	// of the transition set (other fields may be zero).
 	Expire(ctx context.Context, ids []int64, now time.Time) (moved []Order, notDue []Order, err error)
 	// Complete moves every shipped order of ids whose confirm deadline is at
 	// or before now to completed (auto_confirmed), in one transaction.

@@ -70,12 +70,16 @@ redis.call('HINCRBY', KEYS[1], 'available', -qty)
 redis.call('HINCRBY', KEYS[2], ARGV[1], qty)
 return 0`)
 
+// releaseScript gives units back to one SKU: ARGV[1] is the total, then
+// pairs of user and units.
 var releaseScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HINCRBY', KEYS[1], 'available', ARGV[2])
+  redis.call('HINCRBY', KEYS[1], 'available', ARGV[1])
 end
-if redis.call('HINCRBY', KEYS[2], ARGV[1], -tonumber(ARGV[2])) <= 0 then
-  redis.call('HDEL', KEYS[2], ARGV[1])
+for i = 2, #ARGV, 2 do
+  if redis.call('HINCRBY', KEYS[2], ARGV[i], -tonumber(ARGV[i+1])) <= 0 then
+    redis.call('HDEL', KEYS[2], ARGV[i])
+  end
 end
 return 0`)
 
@@ -93,16 +97,28 @@ type Hold struct {
 	SKU, User, Qty int64
 }
 
-// Release gives holds back to their counters, in one round trip. A counter
-// that is gone stays gone (the next Set or Reserve's resync rebuilds it).
+// Release gives holds back to their counters: one script call per SKU, all in
+// one round trip. A counter that is gone stays gone (the next Set, or the
+// resync a Reserve triggers, rebuilds it).
 func (c *Counter) Release(ctx context.Context, holds ...Hold) error {
 	if len(holds) == 0 {
 		return nil
 	}
+	bySKU := map[int64][]any{}
+	var skus []int64
+	for _, h := range holds {
+		args, ok := bySKU[h.SKU]
+		if !ok {
+			skus = append(skus, h.SKU)
+			args = []any{int64(0)}
+		}
+		args[0] = args[0].(int64) + h.Qty
+		bySKU[h.SKU] = append(args, h.User, h.Qty)
+	}
 	_, err := c.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, h := range holds {
+		for _, sku := range skus {
 			// EVAL: a pipeline cannot fall back from EVALSHA.
-			releaseScript.Eval(ctx, p, c.keys(h.SKU), h.User, h.Qty)
+			releaseScript.Eval(ctx, p, c.keys(sku), bySKU[sku]...)
 		}
 		return nil
 	})

@@ -40,7 +40,7 @@ sweep the database at start-up, after every reconnect and every
 	f.StringVar(&o.MetricsAddr, "metrics-addr", "127.0.0.1:9464", "serve /metrics and /healthz here (empty disables)")
 	f.BoolVar(&o.SetNotifyConfig, "set-notify-config", false, "turn on expired-key events (notify-keyspace-events) if they are off")
 	f.BoolVar(&o.SkipNotifyCheck, "skip-notify-check", false, "do not read notify-keyspace-events (for Redis services that disable CONFIG)")
-	f.IntVar(&o.Workers, "workers", 512, "concurrent expiry handlers (also bounds a batch)")
+	f.IntVar(&o.Workers, "workers", 2048, "concurrent expiry handlers (bounds the orders in flight)")
 	f.IntVar(&o.BatchMax, "batch-max", 500, "most orders applied in one transaction (1: one transaction per order)")
 	f.BoolVar(&o.Reaper, "reaper", true, "touch due timers so Redis announces them at once (false: wait for Redis to notice)")
 	return cmd

@@ -91,12 +91,15 @@ services_start() {
 	esac
 }
 
+# services_stop never fails: it runs from EXIT traps under set -e, where a
+# failing command would replace the script's exit status.
 services_stop() {
 	local pid
-	for pid in "${_services_pids[@]}"; do kill "$pid" 2>/dev/null; done
+	for pid in "${_services_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
 	for pid in "${_services_pids[@]}"; do
 		for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-		kill -9 "$pid" 2>/dev/null
+		kill -9 "$pid" 2>/dev/null || true
 	done
 	_services_pids=()
+	return 0
 }

@@ -255,10 +255,14 @@ func (s *Store) Cancel(ctx context.Context, id int64, now time.Time) (order.Orde
 	return o, nil
 }
 
+// lockColumns are what a batch transition needs of an order (the rest stay
+// zero in the rows lockOrders returns).
+const lockColumns = `id, user_id, sku, qty, status, pay_deadline, confirm_deadline`
+
 // lockOrders reads and locks the orders of ids (ascending id, so that
 // concurrent batches lock in one order).
 func (s *Store) lockOrders(ctx context.Context, tx *sqlx.Tx, ids []int64) ([]orderRow, error) {
-	q, args, err := sqlx.In(`SELECT `+orderColumns+` FROM orders WHERE id IN (?) ORDER BY id`+s.forUpdate(), ids)
+	q, args, err := sqlx.In(`SELECT `+lockColumns+` FROM orders WHERE id IN (?) ORDER BY id`+s.forUpdate(), ids)
 	if err != nil {
 		return nil, err
 	}
@@ -378,16 +382,16 @@ func (s *Store) Complete(ctx context.Context, ids []int64, now time.Time) (moved
 // DuePay returns ids of pending orders past their pay deadline.
 func (s *Store) DuePay(ctx context.Context, now time.Time, limit int) ([]int64, error) {
 	var ids []int64
-	err := s.db.SelectContext(ctx, &ids, `SELECT id FROM orders WHERE status = 'pending' AND pay_deadline <= ?
-		ORDER BY pay_deadline LIMIT ?`, ms(now), limit)
+	err := s.db.SelectContext(ctx, &ids, `SELECT id FROM orders WHERE status = 'pending' AND due_at <= ?
+		ORDER BY due_at LIMIT ?`, ms(now), limit)
 	return ids, err
 }
 
 // DueConfirm returns ids of shipped orders past their confirm deadline.
 func (s *Store) DueConfirm(ctx context.Context, now time.Time, limit int) ([]int64, error) {
 	var ids []int64
-	err := s.db.SelectContext(ctx, &ids, `SELECT id FROM orders WHERE status = 'shipped' AND confirm_deadline <= ?
-		ORDER BY confirm_deadline LIMIT ?`, ms(now), limit)
+	err := s.db.SelectContext(ctx, &ids, `SELECT id FROM orders WHERE status = 'shipped' AND due_at <= ?
+		ORDER BY due_at LIMIT ?`, ms(now), limit)
 	return ids, err
 }
 

@@ -23,12 +23,15 @@ CREATE TABLE orders (
     shipped_at       INTEGER,
     confirm_deadline INTEGER,
     completed_at     INTEGER,
-    auto_confirmed   INTEGER NOT NULL DEFAULT 0
+    auto_confirmed   INTEGER NOT NULL DEFAULT 0,
+    -- The deadline that the order's status waits for, if any: what the sweep
+    -- looks for. One index serves both deadlines.
+    due_at           INTEGER GENERATED ALWAYS AS (CASE status WHEN 'pending' THEN pay_deadline
+                                                             WHEN 'shipped' THEN confirm_deadline END) STORED
 );
-CREATE INDEX orders_pay_due ON orders (status, pay_deadline);
-CREATE INDEX orders_confirm_due ON orders (status, confirm_deadline);
+CREATE INDEX orders_due ON orders (status, due_at);
 CREATE INDEX orders_user ON orders (user_id, id);
-CREATE INDEX orders_user_sku ON orders (user_id, sku, status);
+CREATE INDEX orders_user_sku ON orders (user_id, sku);
 
 -- +goose Down
 DROP TABLE orders;
