@@ -8,9 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source contrib/dev/services.sh
-ORDERD_SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/orderd-bench.XXXXXX")
-export ORDERD_SCRATCH
-trap 'services_stop; rm -rf "$ORDERD_SCRATCH"' EXIT
+services_scratch bench
 
 services_install mysql
 services_start redis

@@ -6,9 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source contrib/dev/services.sh
-ORDERD_SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/orderd-demo.XXXXXX")
-export ORDERD_SCRATCH
-trap 'services_stop; rm -rf "$ORDERD_SCRATCH"' EXIT
+services_scratch demo
 
 services_install
 services_start redis

@@ -2,7 +2,8 @@
 # Private Redis and MariaDB for orderd's tests and demo.
 #
 # Source this file, then call:
-#   services_install            install redis-server / mariadb-server from Debian when missing
+#   services_scratch NAME       make $ORDERD_SCRATCH, removed with the servers on exit
+#   services_install [mysql]    install redis-server (and mariadb-server) from Debian when missing
 #   services_start redis|mysql  start a private server under $ORDERD_SCRATCH on a loopback port
 #   services_stop               stop every server this shell started (also run on EXIT)
 #
@@ -15,6 +16,12 @@
 ORDERD_DEV_REDIS_PORT=${ORDERD_DEV_REDIS_PORT:-16379}
 ORDERD_DEV_MYSQL_PORT=${ORDERD_DEV_MYSQL_PORT:-13306}
 _services_pids=()
+
+services_scratch() {
+	ORDERD_SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/orderd-$1.XXXXXX")
+	export ORDERD_SCRATCH
+	trap 'services_stop; rm -rf "$ORDERD_SCRATCH"' EXIT
+}
 
 _sudo() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 

@@ -5,9 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source contrib/dev/services.sh
-ORDERD_SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/orderd-test.XXXXXX")
-export ORDERD_SCRATCH
-trap 'services_stop; rm -rf "$ORDERD_SCRATCH"' EXIT
+services_scratch test
 
 services_install mysql
 services_start redis

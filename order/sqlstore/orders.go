@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -273,67 +274,63 @@ func (s *Store) lockOrders(ctx context.Context, tx *sqlx.Tx, ids []int64) ([]ord
 	return rows, nil
 }
 
-// moveBatch sets status to, with the time column set to now, on the rows of
-// due that are still in status from; it fails if any row did not move (they
-// are locked, so none may).
-func moveBatch(ctx context.Context, tx *sqlx.Tx, due []int64, from order.Status, set string, args ...any) error {
-	q, qargs, err := sqlx.In(`UPDATE orders SET `+set+` WHERE id IN (?) AND status = ?`, append(args, due, from)...)
-	if err != nil {
-		return err
-	}
-	res, err := tx.ExecContext(ctx, q, qargs...)
-	if err != nil {
-		return fmt.Errorf("sqlstore: move orders: %w", err)
-	}
-	if n, _ := res.RowsAffected(); n != int64(len(due)) {
-		return fmt.Errorf("sqlstore: moved %d of %d locked orders", n, len(due))
-	}
-	return nil
+// deadlineMove is a transition that a deadline makes, applied to a batch.
+type deadlineMove struct {
+	from     order.Status
+	deadline func(orderRow) sql.NullInt64     // the deadline that decides
+	mark     func(r *orderRow, now int64)     // the row as the move leaves it
+	set      string                           // the UPDATE's SET clause
+	setArgs  func(now int64) []any            // its arguments
+	after    func(*sqlx.Tx, []orderRow) error // more work in the same transaction
 }
 
-// Expire expires the due pending orders of ids and gives their stock back,
-// set-based, in one transaction: the orders are locked, moved by one UPDATE,
-// and each SKU's stock is given back by one UPDATE, SKUs in ascending order.
-func (s *Store) Expire(ctx context.Context, ids []int64, now time.Time) (moved, notDue []order.Order, err error) {
+// moveDue applies m, in one transaction, to the orders of ids that are in
+// m.from and whose deadline is at or before now: they are locked, moved by one
+// UPDATE, then m.after runs. It returns the orders moved and those in m.from
+// whose deadline has not come.
+func (s *Store) moveDue(ctx context.Context, ids []int64, now time.Time, m deadlineMove) (moved, notDue []order.Order, err error) {
 	if len(ids) == 0 {
 		return nil, nil, nil
 	}
+	nowMS := ms(now)
 	err = s.tx(ctx, func(tx *sqlx.Tx) error {
 		moved, notDue = nil, nil
 		rows, err := s.lockOrders(ctx, tx, ids)
 		if err != nil {
 			return err
 		}
-		var due []int64
-		give := map[int64]int64{}
+		var due []orderRow
+		var dueIDs []int64
 		for _, r := range rows {
-			if r.Status != string(order.Pending) {
+			d := m.deadline(r)
+			if r.Status != string(m.from) || !d.Valid {
 				continue
 			}
-			if r.PayDeadline > ms(now) {
+			if d.Int64 > nowMS {
 				notDue = append(notDue, r.order())
 				continue
 			}
-			r.Status, r.CancelledAt = string(order.Expired), sql.NullInt64{Int64: ms(now), Valid: true}
+			m.mark(&r, nowMS)
 			moved = append(moved, r.order())
-			due = append(due, r.ID)
-			give[r.SKU] += r.Qty
+			due, dueIDs = append(due, r), append(dueIDs, r.ID)
 		}
 		if len(due) == 0 {
 			return nil
 		}
-		if err := moveBatch(ctx, tx, due, order.Pending, `status = 'expired', cancelled_at = ?`, ms(now)); err != nil {
+		q, args, err := sqlx.In(`UPDATE orders SET `+m.set+` WHERE id IN (?) AND status = ?`,
+			append(m.setArgs(nowMS), dueIDs, m.from)...)
+		if err != nil {
 			return err
 		}
-		skus := make([]int64, 0, len(give))
-		for k := range give {
-			skus = append(skus, k)
+		res, err := tx.ExecContext(ctx, q, args...)
+		if err != nil {
+			return fmt.Errorf("sqlstore: move orders: %w", err)
 		}
-		slices.Sort(skus)
-		for _, k := range skus {
-			if _, err := tx.ExecContext(ctx, `UPDATE skus SET available = available + ? WHERE sku = ?`, give[k], k); err != nil {
-				return fmt.Errorf("sqlstore: give back stock of sku %d: %w", k, err)
-			}
+		if n, _ := res.RowsAffected(); n != int64(len(due)) { // they are locked: none may escape
+			return fmt.Errorf("sqlstore: moved %d of %d locked orders", n, len(due))
+		}
+		if m.after != nil {
+			return m.after(tx, due)
 		}
 		return nil
 	})
@@ -343,40 +340,46 @@ func (s *Store) Expire(ctx context.Context, ids []int64, now time.Time) (moved, 
 	return moved, notDue, nil
 }
 
+// Expire expires the due pending orders of ids and gives their stock back,
+// set-based, in one transaction: the orders are locked, moved by one UPDATE,
+// and each SKU's stock is given back by one UPDATE, SKUs in ascending order
+// (so that concurrent batches never deadlock on them).
+func (s *Store) Expire(ctx context.Context, ids []int64, now time.Time) (moved, notDue []order.Order, err error) {
+	return s.moveDue(ctx, ids, now, deadlineMove{
+		from:     order.Pending,
+		deadline: func(r orderRow) sql.NullInt64 { return sql.NullInt64{Int64: r.PayDeadline, Valid: true} },
+		mark: func(r *orderRow, now int64) {
+			r.Status, r.CancelledAt = string(order.Expired), sql.NullInt64{Int64: now, Valid: true}
+		},
+		set:     `status = 'expired', cancelled_at = ?`,
+		setArgs: func(now int64) []any { return []any{now} },
+		after: func(tx *sqlx.Tx, due []orderRow) error {
+			give := map[int64]int64{}
+			for _, r := range due {
+				give[r.SKU] += r.Qty
+			}
+			for _, k := range slices.Sorted(maps.Keys(give)) {
+				if _, err := tx.ExecContext(ctx, `UPDATE skus SET available = available + ? WHERE sku = ?`, give[k], k); err != nil {
+					return fmt.Errorf("sqlstore: give back stock of sku %d: %w", k, err)
+				}
+			}
+			return nil
+		},
+	})
+}
+
 // Complete confirms receipt of the due shipped orders of ids, in one
 // transaction.
 func (s *Store) Complete(ctx context.Context, ids []int64, now time.Time) (moved, notDue []order.Order, err error) {
-	if len(ids) == 0 {
-		return nil, nil, nil
-	}
-	err = s.tx(ctx, func(tx *sqlx.Tx) error {
-		moved, notDue = nil, nil
-		rows, err := s.lockOrders(ctx, tx, ids)
-		if err != nil {
-			return err
-		}
-		var due []int64
-		for _, r := range rows {
-			if r.Status != string(order.Shipped) || !r.ConfirmDeadline.Valid {
-				continue
-			}
-			if r.ConfirmDeadline.Int64 > ms(now) {
-				notDue = append(notDue, r.order())
-				continue
-			}
-			r.Status, r.CompletedAt, r.AutoConfirmed = string(order.Completed), sql.NullInt64{Int64: ms(now), Valid: true}, true
-			moved = append(moved, r.order())
-			due = append(due, r.ID)
-		}
-		if len(due) == 0 {
-			return nil
-		}
-		return moveBatch(ctx, tx, due, order.Shipped, `status = 'completed', completed_at = ?, auto_confirmed = ?`, ms(now), true)
+	return s.moveDue(ctx, ids, now, deadlineMove{
+		from:     order.Shipped,
+		deadline: func(r orderRow) sql.NullInt64 { return r.ConfirmDeadline },
+		mark: func(r *orderRow, now int64) {
+			r.Status, r.CompletedAt, r.AutoConfirmed = string(order.Completed), sql.NullInt64{Int64: now, Valid: true}, true
+		},
+		set:     `status = 'completed', completed_at = ?, auto_confirmed = ?`,
+		setArgs: func(now int64) []any { return []any{now, true} },
 	})
-	if err != nil {
-		return nil, nil, err
-	}
-	return moved, notDue, nil
 }
 
 // DuePay returns ids of pending orders past their pay deadline.
