@@ -345,15 +345,23 @@ func TestRedisFlushedSweepStillHandlesEveryOrder(t *testing.T) {
 func TestKeysFromOtherPrograms(t *testing.T) {
 	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
 		core, logs := observer.New(zapcore.WarnLevel)
-		e := newEnv(t, st, order.Config{PayTimeout: 20 * time.Millisecond, KeyPrefix: "laravel_cache:", Logger: zap.New(core)})
+		const payTimeout = time.Second
+		e := newEnv(t, st, order.Config{PayTimeout: payTimeout, KeyPrefix: "laravel_cache:", Logger: zap.New(core)})
 		// A service without timers: the keys come from the other programs.
-		svc := order.NewService(st, e.counter, nil, order.Config{PayTimeout: 20 * time.Millisecond})
+		svc := order.NewService(st, e.counter, nil, order.Config{PayTimeout: payTimeout})
 		e.sku(t, 1, 10, 0)
 		ctx := context.Background()
 		a, _ := svc.Create(ctx, 1, 1, 1)
 		b, _ := svc.Create(ctx, 1, 1, 1)
-		e.daemon(t, order.DaemonConfig{SweepInterval: time.Hour})
-		time.Sleep(50 * time.Millisecond) // past both deadlines; nothing has announced them
+		// The start-up sweep must run before the deadlines, so that only the
+		// keys below can move the orders (the next sweep is an hour away).
+		var sweeps, swept atomic.Int64
+		e.daemon(t, order.DaemonConfig{SweepInterval: time.Hour, OnSweep: func(n int, _ error) { swept.Add(int64(n)); sweeps.Add(1) }})
+		waitFor(t, 5*time.Second, "start-up sweep", func() bool { return sweeps.Load() > 0 })
+		if swept.Load() != 0 || time.Now().After(b.PayDeadline) {
+			t.Fatal("set-up too slow: the start-up sweep ran after the deadlines")
+		}
+		time.Sleep(time.Until(b.PayDeadline) + 20*time.Millisecond) // past both deadlines; nothing has announced them
 
 		host, port, _ := strings.Cut(ordertest.RedisAddr(), ":")
 		out, err := exec.Command("redis-cli", "-h", host, "-p", port, "-n", strconv.Itoa(redisDB),

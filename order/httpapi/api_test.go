@@ -124,7 +124,7 @@ func id(o map[string]any) string { return strconv.FormatInt(int64(o["id"].(float
 
 func TestEveryEndpoint(t *testing.T) {
 	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
-		a := newAPI(t, st, order.Config{PayTimeout: 300 * time.Millisecond, ConfirmTimeout: 300 * time.Millisecond})
+		a := newAPI(t, st, order.Config{PayTimeout: 1500 * time.Millisecond, ConfirmTimeout: 1500 * time.Millisecond})
 		admin, alice, bob := token(t, 1, true), token(t, 2, false), token(t, 3, false)
 
 		a.expect("PUT", "/v1/skus/7", alice, `{"name":"Mug","price_cents":1250,"stock":5,"limit_per_user":2}`, 403, "forbidden")
