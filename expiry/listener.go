@@ -22,13 +22,22 @@ type ListenerConfig struct {
 	Workers int
 
 	// QueueSize bounds the events read from Redis but not yet handled.
-	// If zero, 10,000 is used.
+	// If zero, 100,000 is used.
 	QueueSize int
 
 	// QueueWait is how long the reader waits for room in a full queue before
-	// it drops an event (counted in Stats.Dropped and logged; the next sweep
-	// finds what it stood for). If zero, 30 s is used.
+	// it drops the event (counted in Stats.Dropped, and OnDrop is called). If
+	// zero, it does not wait. Keep it short: while the reader waits, Redis
+	// buffers the events for this subscriber and disconnects it once the
+	// buffer passes client-output-buffer-limit pubsub (32 MB by default),
+	// losing everything in flight.
 	QueueWait time.Duration
+
+	// OnDrop is called after events were dropped because the queue was full:
+	// the moment for a catch-up sweep, which handles in bulk what the events
+	// stood for. Calls run on a goroutine of their own, one at a time, and
+	// triggers that arrive meanwhile are coalesced into one more call.
+	OnDrop func(ctx context.Context)
 
 	// OnSubscribe is called after every subscription, the first one and each
 	// one go-redis makes after a lost connection: events published in between
@@ -89,6 +98,8 @@ type Listener struct {
 	inFlight                                                  atomic.Int64
 	queue                                                     atomic.Pointer[chan Event]
 	running                                                   atomic.Bool
+	dropKick                                                  chan struct{}
+	lastDropLog                                               time.Time // reader goroutine only
 }
 
 // NewListener returns a Listener for the client's database (taken from the
@@ -101,10 +112,7 @@ func NewListener(client redis.UniversalClient, h Handler, cfg ListenerConfig) *L
 		cfg.Workers = 64
 	}
 	if cfg.QueueSize <= 0 {
-		cfg.QueueSize = 10000
-	}
-	if cfg.QueueWait <= 0 {
-		cfg.QueueWait = 30 * time.Second
+		cfg.QueueSize = 100000
 	}
 	if cfg.ReapInterval <= 0 {
 		cfg.ReapInterval = 10 * time.Millisecond
@@ -176,14 +184,21 @@ func (l *Listener) Run(ctx context.Context) error {
 
 	var bg sync.WaitGroup
 	kick := make(chan struct{}, 1)
-	if l.cfg.OnSubscribe != nil {
+	l.dropKick = make(chan struct{}, 1)
+	for _, h := range []struct {
+		trigger chan struct{}
+		f       func(context.Context)
+	}{{kick, l.cfg.OnSubscribe}, {l.dropKick, l.cfg.OnDrop}} {
+		if h.f == nil {
+			continue
+		}
 		bg.Go(func() {
 			for {
 				select {
 				case <-ctx.Done():
 					return
-				case <-kick:
-					l.cfg.OnSubscribe(hctx)
+				case <-h.trigger:
+					h.f(hctx)
 				}
 			}
 		})
@@ -214,10 +229,7 @@ read:
 				if m.Kind == "subscribe" {
 					n := l.subs.Add(1)
 					l.log.Info("subscribed", zap.String("channel", m.Channel), zap.Uint64("subscriptions", n))
-					select {
-					case kick <- struct{}{}:
-					default:
-					}
+					trigger(kick)
 				}
 			case *redis.Message:
 				l.enqueue(ctx, queue, m)
@@ -257,15 +269,30 @@ func (l *Listener) enqueue(ctx context.Context, queue chan Event, m *redis.Messa
 		return
 	default:
 	}
-	timer := time.NewTimer(l.cfg.QueueWait)
-	defer timer.Stop()
+	if l.cfg.QueueWait > 0 {
+		timer := time.NewTimer(l.cfg.QueueWait)
+		defer timer.Stop()
+		select {
+		case queue <- ev:
+			return
+		case <-timer.C:
+		case <-ctx.Done():
+		}
+	}
+	n := l.dropped.Add(1)
+	trigger(l.dropKick)
+	if now := time.Now(); now.Sub(l.lastDropLog) > time.Second { // one line a second, not one per event
+		l.lastDropLog = now
+		l.log.Warn("queue full: dropping expired-key events; a catch-up sweep handles them",
+			zap.Uint64("dropped", n), zap.Int("queue_size", cap(queue)))
+	}
+}
+
+// trigger asks a hook goroutine for one more call, without waiting.
+func trigger(c chan struct{}) {
 	select {
-	case queue <- ev:
-	case <-timer.C:
-		l.dropped.Add(1)
-		l.log.Warn("queue full: expired key dropped (a sweep will find it)", zap.String("key", ev.Key))
-	case <-ctx.Done():
-		l.dropped.Add(1)
+	case c <- struct{}{}:
+	default:
 	}
 }
 

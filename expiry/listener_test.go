@@ -93,7 +93,7 @@ func TestListenerSlowHandlerLosesNothing(t *testing.T) {
 		handled.Add(1)
 		return nil
 	})
-	l := expiry.NewListener(rdb, h, expiry.ListenerConfig{Workers: 8, QueueSize: 100})
+	l := expiry.NewListener(rdb, h, expiry.ListenerConfig{Workers: 8})
 	run(t, l)
 	waitSubscribed(t, l, 1)
 
@@ -115,6 +115,40 @@ func TestListenerSlowHandlerLosesNothing(t *testing.T) {
 	}
 	if s := l.Stats(); s.Dropped != 0 || s.Received != n {
 		t.Fatalf("stats %+v", s)
+	}
+}
+
+// A queue too small for a burst drops events rather than stall the reader
+// (which would make Redis disconnect it), counts them, and calls OnDrop.
+func TestListenerFullQueueDropsAndCallsOnDrop(t *testing.T) {
+	rdb := setup(t)
+	release := make(chan struct{})
+	var handled, drops atomic.Int64
+	h := expiry.HandlerFunc(func(context.Context, expiry.Event) error {
+		<-release
+		handled.Add(1)
+		return nil
+	})
+	l := expiry.NewListener(rdb, h, expiry.ListenerConfig{Workers: 2, QueueSize: 10,
+		OnDrop: func(context.Context) { drops.Add(1) }})
+	run(t, l)
+	waitSubscribed(t, l, 1)
+	ctx := context.Background()
+	_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := range 200 {
+			p.Set(ctx, "burst:"+strconv.Itoa(i), "1", 20*time.Millisecond)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "all events read", func() bool { return l.Stats().Received == 200 })
+	close(release)
+	waitFor(t, 10*time.Second, "queue drained", func() bool { s := l.Stats(); return s.QueueDepth == 0 && s.InFlight == 0 })
+	s := l.Stats()
+	if s.Dropped == 0 || drops.Load() == 0 || uint64(handled.Load())+s.Dropped != 200 {
+		t.Fatalf("stats %+v, OnDrop calls %d, handled %d: want drops reported and handled + dropped = 200", s, drops.Load(), handled.Load())
 	}
 }
 

@@ -74,6 +74,7 @@ func (s *Service) Listener(client redis.UniversalClient, cfg DaemonConfig) *expi
 		KeyPrefix:   cfg.KeyPrefix,
 		Workers:     cfg.Workers,
 		OnSubscribe: sweep("subscribed"),
+		OnDrop:      sweep("events dropped"),
 		Interval:    cfg.SweepInterval,
 		OnInterval:  sweep("interval"),
 		Scheduler:   cfg.Scheduler,

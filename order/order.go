@@ -57,6 +57,12 @@ type SKU struct {
 	LimitPerUser int64 // units one user may hold in live orders; 0: no limit
 }
 
+// DueCursor is a position in deadline order: the deadline (Unix ms) and the
+// id of the last order seen. The zero value is the start.
+type DueCursor struct {
+	At, ID int64
+}
+
 // A Store keeps orders and SKUs. Each method that changes an order is one
 // conditional transition; stock moves in the same transaction.
 type Store interface {
@@ -92,10 +98,10 @@ type Store interface {
 	// or before now to completed (auto_confirmed), in one transaction.
 	Complete(ctx context.Context, ids []int64, now time.Time) (moved []Order, notDue []Order, err error)
 
-	// DuePay and DueConfirm return up to limit ids of pending (shipped)
-	// orders whose pay (confirm) deadline is at or before now, earliest first.
-	DuePay(ctx context.Context, now time.Time, limit int) ([]int64, error)
-	DueConfirm(ctx context.Context, now time.Time, limit int) ([]int64, error)
+	// Due returns up to limit ids of orders in status (Pending or Shipped)
+	// whose deadline (pay or confirm) is at or before now, in deadline order,
+	// starting after the cursor; and the cursor after the last one returned.
+	Due(ctx context.Context, status Status, now time.Time, after DueCursor, limit int) ([]int64, DueCursor, error)
 
 	// LiveQty returns, per user, the units of sku held by live orders.
 	LiveQty(ctx context.Context, sku int64) (map[int64]int64, error)

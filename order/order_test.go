@@ -534,3 +534,39 @@ func FuzzParseKeyID(f *testing.F) {
 		}
 	})
 }
+
+// The sweep pages through a backlog larger than one batch, several batches
+// at once, and moves every overdue order exactly once.
+func TestSweepPagesThroughBacklog(t *testing.T) {
+	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
+		svc := order.NewService(st, nil, nil, order.Config{PayTimeout: 10 * time.Millisecond, ConfirmTimeout: 10 * time.Millisecond, SweepBatch: 7, SweepWorkers: 3})
+		ctx := context.Background()
+		svc.PutSKU(ctx, order.SKU{SKU: 1, Name: "x", Available: 100})
+		var shipped []int64
+		for i := range 60 {
+			o, err := svc.Create(ctx, int64(i+1), 1, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if i%4 == 0 {
+				svc.Pay(ctx, o.UserID, o.ID)
+				svc.Ship(ctx, o.ID)
+				shipped = append(shipped, o.ID)
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+		n, err := svc.Sweep(ctx)
+		if err != nil || n != 60 {
+			t.Fatalf("sweep moved %d (err %v), want 60", n, err)
+		}
+		if n, _ := svc.Sweep(ctx); n != 0 {
+			t.Fatalf("second sweep moved %d", n)
+		}
+		for _, id := range shipped {
+			if o, _ := st.Get(ctx, id); o.Status != order.Completed || !o.AutoConfirmed {
+				t.Fatalf("order %d: %s", id, o.Status)
+			}
+		}
+		ordertest.CheckStock(t, st, 1, 100)
+	})
+}

@@ -1,8 +1,11 @@
 package order
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -38,6 +41,9 @@ type Config struct {
 	// SweepBatch is the number of overdue orders one sweep transaction takes
 	// on. If zero, 500 is used.
 	SweepBatch int
+	// SweepWorkers is the number of sweep transactions run at once.
+	// If zero, 2 are used.
+	SweepWorkers int
 	// Logger receives the service's log lines. If nil, nothing is logged.
 	Logger *zap.Logger
 	// OnTransition, if set, is called for every order moved by a deadline.
@@ -70,6 +76,9 @@ func NewService(store Store, counter *stock.Counter, timers Timers, cfg Config) 
 	}
 	if cfg.SweepBatch <= 0 {
 		cfg.SweepBatch = 500
+	}
+	if cfg.SweepWorkers <= 0 {
+		cfg.SweepWorkers = 2
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -369,35 +378,60 @@ func (s *Service) observe(moved []Order, to Status, source string) {
 	}
 }
 
-// Sweep applies every overdue transition the database holds, in batches: it
-// is what makes "nothing lost" true when events are lost. It returns how many
-// orders it moved.
+// Sweep applies every overdue transition the database holds: it is what
+// makes "nothing lost" true when events are lost. It pages through the
+// overdue orders in deadline order and applies the pages as batches,
+// SweepWorkers at a time (pages are disjoint, so batches do not contend but
+// for stock rows). It returns how many orders it moved.
 func (s *Service) Sweep(ctx context.Context) (int, error) {
-	total := 0
+	var total atomic.Int64
 	for _, step := range []struct {
-		due   func(context.Context, time.Time, int) ([]int64, error)
-		apply func(context.Context, []int64, string) (int, error)
+		status Status
+		apply  func(context.Context, []int64, string) (int, error)
 	}{
-		{s.store.DuePay, s.ExpireOrders},
-		{s.store.DueConfirm, s.CompleteOrders},
+		{Pending, s.ExpireOrders},
+		{Shipped, s.CompleteOrders},
 	} {
+		now := s.now()
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var firstErr error
+		sem := make(chan struct{}, s.cfg.SweepWorkers)
+		var cursor DueCursor
 		for {
-			ids, err := step.due(ctx, s.now(), s.cfg.SweepBatch)
+			ids, next, err := s.store.Due(ctx, step.status, now, cursor, s.cfg.SweepBatch)
 			if err != nil {
-				return total, err
+				mu.Lock()
+				firstErr = cmp.Or(firstErr, err)
+				mu.Unlock()
+				break
 			}
 			if len(ids) == 0 {
 				break
 			}
-			n, err := step.apply(ctx, ids, "sweep")
-			total += n
-			if err != nil {
-				return total, err
-			}
-			if len(ids) < s.cfg.SweepBatch {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				n, err := step.apply(ctx, ids, "sweep")
+				total.Add(int64(n))
+				if err != nil {
+					mu.Lock()
+					firstErr = cmp.Or(firstErr, err)
+					mu.Unlock()
+				}
+			})
+			mu.Lock()
+			failed := firstErr != nil
+			mu.Unlock()
+			if failed || len(ids) < s.cfg.SweepBatch {
 				break
 			}
+			cursor = next
+		}
+		wg.Wait()
+		if firstErr != nil {
+			return int(total.Load()), firstErr
 		}
 	}
-	return total, nil
+	return int(total.Load()), nil
 }

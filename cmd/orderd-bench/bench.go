@@ -48,8 +48,10 @@ type result struct {
 	RSSMB     float64 `json:"daemon_peak_rss_mb"`
 	StockOK   bool    `json:"stock_conserved"`
 	// From the daemon's /metrics at the end.
-	MeanBatch float64 `json:"mean_batch_size"`
-	Dropped   float64 `json:"events_dropped"`
+	MeanBatch  float64 `json:"mean_batch_size"`
+	Dropped    float64 `json:"events_dropped"`
+	Reconnects float64 `json:"reconnects"`
+	Rescued    float64 `json:"rescued_by_sweep"`
 }
 
 type report struct {
@@ -207,6 +209,8 @@ func runOne(ctx context.Context, c config, rdb *redis.Client, scenario, mode str
 			res.MeanBatch = m["orderd_batch_size_sum"] / m["orderd_batch_size_count"]
 		}
 		res.Dropped = m["orderd_events_dropped_total"]
+		res.Reconnects = max(m["orderd_subscriptions_total"]-1, 0)
+		res.Rescued = m["orderd_sweep_rescued_total"]
 	} else {
 		fmt.Fprintln(os.Stderr, "   metrics:", err)
 	}
@@ -381,6 +385,9 @@ var addrField = regexp.MustCompile(`"addr":"([^"]+)"`)
 func startDaemon(ctx context.Context, c config, mode string) (*daemon, error) {
 	args := []string{"listen", "--redis-url", c.redisURL, "--db", c.mysqlBase + "/" + benchDB,
 		"--sweep-interval", "1h", "--metrics-addr", "127.0.0.1:0", "--log-format", "json", "--log-level", "info"}
+	if mode == "orderd" {
+		args = append(args, c.extra...)
+	}
 	if mode == "naive" {
 		// As the seed articles do it: no due index, one transaction per order;
 		// 8 workers, as DESIGN.md §1 measured (about 1,600 orders/s).

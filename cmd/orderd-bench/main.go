@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -35,6 +36,7 @@ type config struct {
 	naiveWait time.Duration
 	modes     []string
 	scenarios []string
+	extra     []string // more flags for `orderd listen` in orderd mode
 }
 
 func main() {
@@ -52,6 +54,8 @@ func main() {
 	flag.DurationVar(&c.naiveWait, "naive-wait", -1, "how long the naive mode may take after the last deadline before the rest count as not handled")
 	flag.StringVar(&modes, "modes", "orderd,naive", "modes to run")
 	flag.StringVar(&scenarios, "scenarios", "steady,burst", "scenarios to run")
+	var extra string
+	flag.StringVar(&extra, "listen-flags", "", "more flags for `orderd listen` in orderd mode, space-separated (tuning experiments)")
 	flag.Parse()
 
 	p, ok := presets[preset]
@@ -68,6 +72,7 @@ func main() {
 	if c.naiveWait < 0 {
 		c.naiveWait = p.naiveWait
 	}
+	c.extra = strings.Fields(extra)
 	c.modes = split(modes)
 	c.scenarios = split(scenarios)
 	for _, m := range c.modes {

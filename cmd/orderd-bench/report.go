@@ -22,15 +22,15 @@ func (r *report) print(w io.Writer) {
 	fmt.Fprintf(w, "settings: other keys %s, steady %s/s for %s, burst %s, naive wait %s\n\n",
 		r.Settings["other_keys"], r.Settings["rate_per_s"], r.Settings["duration"], r.Settings["burst"], r.Settings["naive_wait"])
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tmode\torders\thandled\tnot handled\tp50 late\tp99 late\tmax late\t>1 s late\tburst time\torders/s\tdaemon RSS\tmean batch\tdropped\tstock ok\t")
+	fmt.Fprintln(tw, "scenario\tmode\torders\thandled\tnot handled\tp50 late\tp99 late\tmax late\t>1 s late\tburst time\torders/s\tdaemon RSS\tmean batch\tdropped\tswept\treconnects\tstock ok\t")
 	for _, x := range r.Results {
 		burst, rate := "", ""
 		if x.Scenario == "burst" {
 			burst, rate = fmt.Sprintf("%.2f s", x.ElapsedS), fmt.Sprintf("%.0f", x.PerSecond)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\t%d\t%s\t%s\t%.0f MB\t%.1f\t%.0f\t%v\t\n",
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\t%d\t%s\t%s\t%.0f MB\t%.1f\t%.0f\t%.0f\t%.0f\t%v\t\n",
 			x.Scenario, x.Mode, x.Orders, x.Handled, x.NotHandled, ms(x.P50ms), ms(x.P99ms), ms(x.MaxMs),
-			x.LateOver1s, burst, rate, x.RSSMB, x.MeanBatch, x.Dropped, x.StockOK)
+			x.LateOver1s, burst, rate, x.RSSMB, x.MeanBatch, x.Dropped, x.Rescued, x.Reconnects, x.StockOK)
 	}
 	tw.Flush()
 	for _, sc := range []string{"steady", "burst"} {

@@ -83,7 +83,7 @@ services_start() {
 		/usr/sbin/mariadbd --no-defaults --datadir="$dir/data" --socket="$dir/mysql.sock" \
 			--pid-file="$dir/mysql.pid" --port="$port" --bind-address=127.0.0.1 \
 			--user="$(id -un)" --log-error="$dir/error.log" --skip-name-resolve \
-			--innodb-buffer-pool-size=256M --innodb-log-file-size=256M \
+			--innodb-buffer-pool-size=1G --innodb-log-file-size=256M \
 			--max-connections=500 >/dev/null 2>&1 &
 		_services_pids+=("$!")
 		_wait_for 60 mariadb --no-defaults --socket="$dir/mysql.sock" -uroot -e 'select 1' ||

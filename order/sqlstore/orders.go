@@ -382,20 +382,25 @@ func (s *Store) Complete(ctx context.Context, ids []int64, now time.Time) (moved
 	})
 }
 
-// DuePay returns ids of pending orders past their pay deadline.
-func (s *Store) DuePay(ctx context.Context, now time.Time, limit int) ([]int64, error) {
-	var ids []int64
-	err := s.db.SelectContext(ctx, &ids, `SELECT id FROM orders WHERE status = 'pending' AND due_at <= ?
-		ORDER BY due_at LIMIT ?`, ms(now), limit)
-	return ids, err
-}
-
-// DueConfirm returns ids of shipped orders past their confirm deadline.
-func (s *Store) DueConfirm(ctx context.Context, now time.Time, limit int) ([]int64, error) {
-	var ids []int64
-	err := s.db.SelectContext(ctx, &ids, `SELECT id FROM orders WHERE status = 'shipped' AND due_at <= ?
-		ORDER BY due_at LIMIT ?`, ms(now), limit)
-	return ids, err
+// Due pages through the orders of status whose deadline has passed, in
+// (deadline, id) order: the index orders_due serves it.
+func (s *Store) Due(ctx context.Context, status order.Status, now time.Time, after order.DueCursor, limit int) ([]int64, order.DueCursor, error) {
+	var rows []struct {
+		ID    int64 `db:"id"`
+		DueAt int64 `db:"due_at"`
+	}
+	err := s.db.SelectContext(ctx, &rows, `SELECT id, due_at FROM orders
+		WHERE status = ? AND due_at <= ? AND (due_at > ? OR (due_at = ? AND id > ?))
+		ORDER BY due_at, id LIMIT ?`, status, ms(now), after.At, after.At, after.ID, limit)
+	if err != nil {
+		return nil, after, fmt.Errorf("sqlstore: due %s orders: %w", status, err)
+	}
+	ids := make([]int64, len(rows))
+	for i, r := range rows {
+		ids[i] = r.ID
+		after = order.DueCursor{At: r.DueAt, ID: r.ID}
+	}
+	return ids, after, nil
 }
 
 // LiveQty returns, per user, the units of sku held by live orders.
