@@ -21,8 +21,10 @@
 // no subscriber is connected, and Redis publishes them only when it deletes
 // the key, which can be minutes late when many keys carry a TTL. Keep the
 // truth (a deadline) in your database, make handlers idempotent, and sweep for
-// overdue work at start-up, on every resubscription (OnSubscribe) and on a
-// timer (Interval, OnInterval).
+// overdue work at start-up, on every resubscription (OnSubscribe), when a
+// burst overflowed the queue (OnDrop) and on a timer (Interval, OnInterval).
+// The reader never waits on a handler for long: a subscriber that stops
+// reading is disconnected by Redis, losing everything in flight.
 //
 // A Scheduler fixes the lateness: it writes the TTL key together with an entry
 // in a due index, and a Listener given the Scheduler touches every key whose
