@@ -90,9 +90,6 @@ func NewService(store Store, counter *stock.Counter, timers Timers, cfg Config) 
 	return &Service{store: store, stock: counter, timers: timers, cfg: cfg, log: log}
 }
 
-// Store returns the service's store.
-func (s *Service) Store() Store { return s.store }
-
 func (s *Service) now() time.Time { return s.cfg.Now().UTC().Truncate(time.Millisecond) }
 
 // PutSKU creates or replaces a SKU; s.Available sets the available quantity.
