@@ -30,6 +30,13 @@ type DaemonConfig struct {
 	Logger *zap.Logger
 	// OnSweep, if set, is told the outcome of every sweep.
 	OnSweep func(moved int, err error)
+	// QueueWait is passed to the listener: how long its reader may wait for
+	// room in a full queue. If zero, it drops at once (and a sweep catches up).
+	QueueWait time.Duration
+	// EventsOnly turns every sweep off: events alone close orders, as in the
+	// usual keyspace-notification design. For comparisons only: events that
+	// are lost are never made up for.
+	EventsOnly bool
 }
 
 // Listener returns the daemon: an expiry.Listener routing order_pay: and
@@ -70,14 +77,19 @@ func (s *Service) Listener(client redis.UniversalClient, cfg DaemonConfig) *expi
 			}
 		}
 	}
-	return expiry.NewListener(client, mux, expiry.ListenerConfig{
+	lc := expiry.ListenerConfig{
 		KeyPrefix:   cfg.KeyPrefix,
 		Workers:     cfg.Workers,
+		QueueWait:   cfg.QueueWait,
 		OnSubscribe: sweep("subscribed"),
 		OnDrop:      sweep("events dropped"),
 		Interval:    cfg.SweepInterval,
 		OnInterval:  sweep("interval"),
 		Scheduler:   cfg.Scheduler,
 		Logger:      log,
-	})
+	}
+	if cfg.EventsOnly {
+		lc.OnSubscribe, lc.OnDrop, lc.OnInterval = nil, nil, nil
+	}
+	return expiry.NewListener(client, mux, lc)
 }

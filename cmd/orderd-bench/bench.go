@@ -389,9 +389,10 @@ func startDaemon(ctx context.Context, c config, mode string) (*daemon, error) {
 		args = append(args, c.extra...)
 	}
 	if mode == "naive" {
-		// As the seed articles do it: no due index, one transaction per order;
-		// 8 workers, as DESIGN.md §1 measured (about 1,600 orders/s).
-		args = append(args, "--reaper=false", "--batch-max", "1", "--workers", "8")
+		// The usual design: plain keyspace events handled one transaction per
+		// order (8 workers, as DESIGN.md §1 measured it), no due index, no
+		// sweep, a reader that waits for its handlers.
+		args = append(args, "--naive")
 	}
 	cmd := exec.Command(c.orderd, args...)
 	stderr, err := cmd.StderrPipe()
