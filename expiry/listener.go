@@ -156,8 +156,8 @@ func (l *Listener) Stats() Stats {
 var ErrListenerRunning = errors.New("expiry: listener already running")
 
 // Run subscribes and handles events until ctx ends. Then it stops reading,
-// lets the workers finish the queued and in-flight events (for at most
-// ShutdownTimeout) and returns nil, or ctx's error wrapped if handlers had to
+// lets the workers finish the queued and in-flight events and a hook that is
+// running finish its call (for at most ShutdownTimeout) and returns nil, or ctx's error wrapped if handlers had to
 // be cancelled. go-redis reconnects by itself after a lost connection; each
 // resubscription calls OnSubscribe.
 func (l *Listener) Run(ctx context.Context) error {
@@ -238,10 +238,9 @@ read:
 	}
 
 	_ = ps.Close()
-	bg.Wait()
 	close(queue)
 	done := make(chan struct{})
-	go func() { workers.Wait(); close(done) }()
+	go func() { workers.Wait(); bg.Wait(); close(done) }() // a running sweep counts as in flight
 	timer := time.NewTimer(l.cfg.ShutdownTimeout)
 	defer timer.Stop()
 	select {
