@@ -288,7 +288,7 @@ func demoSummary(out io.Writer, svc *order.Service, d *deps, o *demoOptions, sku
 	wantAvail := o.Stock - live
 
 	fmt.Fprintln(out, "\nsummary")
-	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "orders by status\twant\tgot\t")
 	for _, s := range []order.Status{order.Pending, order.Paid, order.Shipped, order.Completed, order.Expired, order.Cancelled} {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t\n", s, expected[s], got[s])
