@@ -34,9 +34,17 @@ services_install() {
 	[ ${#need[@]} -eq 0 ] && return 0
 	echo "installing ${need[*]} from Debian's packages" >&2
 	_sudo apt-get update -qq
-	# Keep the packages' own services from starting: we run private servers only.
-	_sudo sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d'
-	DEBIAN_FRONTEND=noninteractive _sudo apt-get install -y -qq "${need[@]}" >/dev/null
+	# Keep the packages' own services from starting (we run private servers
+	# only), and leave the machine's policy as it was.
+	local policy=""
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		_sudo sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d'
+		policy=made
+	fi
+	local rc=0
+	DEBIAN_FRONTEND=noninteractive _sudo apt-get install -y -qq "${need[@]}" >/dev/null || rc=$?
+	[ -z "$policy" ] || _sudo rm -f /usr/sbin/policy-rc.d
+	return "$rc"
 }
 
 _port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
