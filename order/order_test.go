@@ -67,6 +67,15 @@ func (e *env) daemon(t *testing.T, cfg order.DaemonConfig) *expiry.Listener {
 	return l
 }
 
+// patient returns a service on the same store and Redis parts whose pay
+// timeout is long: orders that a test pays and ships, so that a slow machine
+// cannot make their payment late. The confirm timeout is e's.
+func (e *env) patient() *order.Service {
+	cfg := e.cfg
+	cfg.PayTimeout = time.Minute
+	return order.NewService(e.store, e.counter, e.sched, cfg)
+}
+
 func (e *env) sku(t *testing.T, id, stockQty, limit int64) {
 	t.Helper()
 	if _, err := e.svc.PutSKU(context.Background(), order.SKU{SKU: id, Name: "sku " + strconv.FormatInt(id, 10), PriceCents: 250, Available: stockQty, LimitPerUser: limit}); err != nil {
@@ -130,7 +139,7 @@ func TestPayKeyExpiresOrderAndConfirmKeyCompletesIt(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		shipped, err := e.svc.Create(ctx, 7, 1, 2)
+		shipped, err := e.patient().Create(ctx, 7, 1, 2)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -294,9 +303,13 @@ func TestStartupSweepHandlesMissedEvents(t *testing.T) {
 			o, _ := e.svc.Create(ctx, 1, 1, 1)
 			unpaid = append(unpaid, o.ID)
 		}
-		o, _ := e.svc.Create(ctx, 2, 1, 1)
-		e.svc.Pay(ctx, 2, o.ID)
-		e.svc.Ship(ctx, o.ID)
+		o, _ := e.patient().Create(ctx, 2, 1, 1)
+		if _, err := e.svc.Pay(ctx, 2, o.ID); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.svc.Ship(ctx, o.ID); err != nil {
+			t.Fatal(err)
+		}
 		// Wait until Redis has expired (and announced, to nobody) every key.
 		waitFor(t, 30*time.Second, "keys gone", func() bool {
 			e.sched.Reap(ctx)
@@ -539,7 +552,11 @@ func FuzzParseKeyID(f *testing.F) {
 // at once, and moves every overdue order exactly once.
 func TestSweepPagesThroughBacklog(t *testing.T) {
 	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
-		svc := order.NewService(st, nil, nil, order.Config{PayTimeout: 10 * time.Millisecond, ConfirmTimeout: 10 * time.Millisecond, SweepBatch: 7, SweepWorkers: 3})
+		// A clock the test moves: the set-up takes as long as it takes, then
+		// every deadline is past.
+		var skew atomic.Int64
+		svc := order.NewService(st, nil, nil, order.Config{SweepBatch: 7, SweepWorkers: 3,
+			Now: func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }})
 		ctx := context.Background()
 		svc.PutSKU(ctx, order.SKU{SKU: 1, Name: "x", Available: 100})
 		var shipped []int64
@@ -554,7 +571,7 @@ func TestSweepPagesThroughBacklog(t *testing.T) {
 				shipped = append(shipped, o.ID)
 			}
 		}
-		time.Sleep(20 * time.Millisecond)
+		skew.Store(int64(48 * time.Hour))
 		n, err := svc.Sweep(ctx)
 		if err != nil || n != 60 {
 			t.Fatalf("sweep moved %d (err %v), want 60", n, err)

@@ -442,7 +442,7 @@ func TestListenNotifyCheck(t *testing.T) {
 func TestDemo(t *testing.T) {
 	ordertest.Redis(t, redisDB)
 	code, out := runCmd(t, []string{"ORDERD_REDIS_URL=redis://" + ordertest.RedisAddr() + "/" + strconv.Itoa(redisDB)},
-		"demo", "--shoppers", "80", "--stock", "30", "--pay-timeout", "1s", "--confirm-timeout", "1500ms")
+		"demo", "--shoppers", "80", "--stock", "30", "--pay-timeout", "4s", "--confirm-timeout", "1500ms")
 	if code != 0 || !strings.Contains(out, "every order reached the state it should") || !strings.Contains(out, "summary") {
 		t.Fatalf("demo: exit %d\n%s", code, out)
 	}
