@@ -3,6 +3,7 @@ package expiry
 import (
 	"context"
 	"errors"
+	"fmt"
 )
 
 // A Handler reacts to one expired key. Handlers must be idempotent: every
@@ -29,3 +30,9 @@ var ErrHandlerNotFound = errors.New("expiry: no handler for key")
 //
 //	return fmt.Errorf("order %d: %w", id, expiry.SkipRetry)
 var SkipRetry = errors.New("expiry: skip retry")
+
+// ErrMalformedKey is wrapped by the error a handler returns for a key it
+// cannot parse (a malformed id, say). Such a key never gets better: it wraps
+// SkipRetry, and the Listener counts it in Stats.Malformed and logs a bounded
+// prefix of it at most once a second.
+var ErrMalformedKey = fmt.Errorf("expiry: malformed key: %w", SkipRetry)

@@ -3,6 +3,7 @@ package expiry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,6 +34,11 @@ type ListenerConfig struct {
 	// losing everything in flight.
 	QueueWait time.Duration
 
+	// The hooks below (OnDrop, OnSubscribe, OnInterval) are called with a
+	// context that ends when the listener begins to stop: a hook should then
+	// finish the step in hand (one transaction, say), take no new work and
+	// return. Run waits for it until ShutdownTimeout passes.
+
 	// OnDrop is called after events were dropped because the queue was full:
 	// the moment for a catch-up sweep, which handles in bulk what the events
 	// stood for. Calls run on a goroutine of their own, one at a time, and
@@ -51,6 +57,16 @@ type ListenerConfig struct {
 	Interval   time.Duration
 	OnInterval func(ctx context.Context)
 
+	// Notify says what the listener does about Redis's notify-keyspace-events
+	// setting after every subscription (a restarted Redis may have lost a
+	// setting made at run time) and every NotifyInterval. The zero value,
+	// NotifyCheck, reports expired-key events that are off.
+	Notify NotifyPolicy
+
+	// NotifyInterval is the pause between checks of notify-keyspace-events
+	// besides the one after every subscription. If zero, 10 s is used.
+	NotifyInterval time.Duration
+
 	// Scheduler, when set, is reaped every ReapInterval: keys in its due index
 	// whose deadline has passed are touched so that Redis expires and
 	// announces them at once, however many other keys carry a TTL.
@@ -61,12 +77,38 @@ type ListenerConfig struct {
 	ReapInterval time.Duration
 
 	// ShutdownTimeout bounds how long Run waits, once its context ends, for
-	// queued and in-flight handlers. When it passes, handler contexts are
-	// cancelled. If zero, 10 s is used.
+	// queued and in-flight handlers and a running hook. When it passes,
+	// handler contexts are cancelled and Run returns at once, leaving behind
+	// any handler that ignores its context. If zero, 10 s is used.
 	ShutdownTimeout time.Duration
 
 	// Logger receives the listener's own log lines. If nil, nothing is logged.
 	Logger *zap.Logger
+}
+
+// NotifyPolicy says what a Listener does about notify-keyspace-events.
+type NotifyPolicy int
+
+const (
+	// NotifyCheck reads the setting and, when expired-key events are off,
+	// logs an error saying what to set and reports it in Health.
+	NotifyCheck NotifyPolicy = iota
+	// NotifyEnable does what NotifyCheck does, and turns the events on
+	// (adding "Ex" to the flags) when they are off.
+	NotifyEnable
+	// NotifyIgnore never reads the setting: for Redis services that refuse
+	// CONFIG, once the events are known to be on.
+	NotifyIgnore
+)
+
+// Health is what a Listener knows of its ability to hear expirations.
+type Health struct {
+	// Subscribed is true once Redis has confirmed the subscription, while
+	// Run runs.
+	Subscribed bool
+	// Notify, when not nil, says that Redis does not publish expired-key
+	// events (on which node) and what to set, as the last check found.
+	Notify error
 }
 
 // Stats are a Listener's counters since it was created.
@@ -75,6 +117,7 @@ type Stats struct {
 	Handled       uint64 // handler calls that returned nil
 	Failed        uint64 // handler calls that returned an error
 	Ignored       uint64 // keys without the prefix or without a handler
+	Malformed     uint64 // keys a handler could not parse (ErrMalformedKey)
 	Dropped       uint64 // events dropped because the queue stayed full
 	Subscriptions uint64 // (re)subscriptions confirmed by Redis
 	Reaped        uint64 // due keys the reaper found gone (expired by its touch or before)
@@ -94,12 +137,14 @@ type Listener struct {
 	db      int
 	log     *zap.Logger
 
-	received, handled, failed, ignored, dropped, subs, reaped atomic.Uint64
-	inFlight                                                  atomic.Int64
-	queue                                                     atomic.Pointer[chan Event]
-	running                                                   atomic.Bool
-	dropKick                                                  chan struct{}
-	lastDropLog                                               time.Time // reader goroutine only
+	received, handled, failed, ignored, malformed, dropped, subs, reaped atomic.Uint64
+	inFlight                                                             atomic.Int64
+	queue                                                                atomic.Pointer[chan Event]
+	running, subscribed                                                  atomic.Bool
+	notifyErr                                                            atomic.Pointer[error]
+	dropKick                                                             chan struct{}
+	lastDropLog                                                          time.Time // reader goroutine only
+	malformedLog                                                         sometimes
 }
 
 // NewListener returns a Listener for the client's database (taken from the
@@ -120,11 +165,14 @@ func NewListener(client redis.UniversalClient, h Handler, cfg ListenerConfig) *L
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = 10 * time.Second
 	}
+	if cfg.NotifyInterval <= 0 {
+		cfg.NotifyInterval = 10 * time.Second
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = zap.NewNop()
 	}
-	l := &Listener{client: client, handler: h, cfg: cfg, log: log}
+	l := &Listener{client: client, handler: h, cfg: cfg, log: log, malformedLog: sometimes{period: time.Second}}
 	if c, ok := client.(*redis.Client); ok {
 		l.db = c.Options().DB
 	}
@@ -141,6 +189,7 @@ func (l *Listener) Stats() Stats {
 		Handled:       l.handled.Load(),
 		Failed:        l.failed.Load(),
 		Ignored:       l.ignored.Load(),
+		Malformed:     l.malformed.Load(),
 		Dropped:       l.dropped.Load(),
 		Subscriptions: l.subs.Load(),
 		Reaped:        l.reaped.Load(),
@@ -152,21 +201,38 @@ func (l *Listener) Stats() Stats {
 	return s
 }
 
+// Health returns what the listener knows of its ability to hear expirations.
+func (l *Listener) Health() Health {
+	h := Health{Subscribed: l.subscribed.Load()}
+	if p := l.notifyErr.Load(); p != nil {
+		h.Notify = *p
+	}
+	return h
+}
+
 // ErrListenerRunning is returned by Run when the Listener is already running.
 var ErrListenerRunning = errors.New("expiry: listener already running")
 
+// ErrShutdownTimeout is wrapped by the error Run returns when ShutdownTimeout
+// passed before its handlers and hooks finished.
+var ErrShutdownTimeout = errors.New("expiry: shutdown timeout passed before handlers finished")
+
 // Run subscribes and handles events until ctx ends. Then it stops reading,
-// lets the workers finish the queued and in-flight events and a hook that is
-// running finish its call (for at most ShutdownTimeout) and returns nil, or ctx's error wrapped if handlers had to
-// be cancelled. go-redis reconnects by itself after a lost connection; each
-// resubscription calls OnSubscribe.
+// tells the hooks to stop (their context ends), and waits for the workers to
+// finish the queued and in-flight events and for a running hook to return,
+// for at most ShutdownTimeout. It returns nil when everything finished, or an
+// error wrapping ErrShutdownTimeout and ctx's error when the timeout passed:
+// then handler contexts are cancelled and Run returns without waiting more.
+// go-redis reconnects by itself after a lost connection; each resubscription
+// calls OnSubscribe and checks notify-keyspace-events again.
 func (l *Listener) Run(ctx context.Context) error {
 	if !l.running.CompareAndSwap(false, true) {
 		return ErrListenerRunning
 	}
 	defer l.running.Store(false)
+	defer l.subscribed.Store(false)
 
-	// Handlers and hooks outlive ctx until the drain is over.
+	// Handlers outlive ctx until the drain is over or the timeout passes.
 	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer hcancel()
 
@@ -183,28 +249,21 @@ func (l *Listener) Run(ctx context.Context) error {
 	}
 
 	var bg sync.WaitGroup
-	kick := make(chan struct{}, 1)
+	subKick, notifyKick := make(chan struct{}, 1), make(chan struct{}, 1)
 	l.dropKick = make(chan struct{}, 1)
 	for _, h := range []struct {
 		trigger chan struct{}
 		f       func(context.Context)
-	}{{kick, l.cfg.OnSubscribe}, {l.dropKick, l.cfg.OnDrop}} {
-		if h.f == nil {
-			continue
+	}{{subKick, l.cfg.OnSubscribe}, {l.dropKick, l.cfg.OnDrop}} {
+		if h.f != nil {
+			bg.Go(func() { onTrigger(ctx, h.trigger, func() { h.f(ctx) }) })
 		}
-		bg.Go(func() {
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-h.trigger:
-					h.f(hctx)
-				}
-			}
-		})
 	}
 	if l.cfg.Interval > 0 && l.cfg.OnInterval != nil {
-		bg.Go(func() { every(ctx, l.cfg.Interval, func() { l.cfg.OnInterval(hctx) }) })
+		bg.Go(func() { every(ctx, l.cfg.Interval, nil, func() { l.cfg.OnInterval(ctx) }) })
+	}
+	if l.cfg.Notify != NotifyIgnore {
+		bg.Go(func() { every(ctx, l.cfg.NotifyInterval, notifyKick, func() { l.checkNotify(ctx) }) })
 	}
 	if s := l.cfg.Scheduler; s != nil {
 		bg.Go(func() { l.reap(ctx, s) })
@@ -228,8 +287,10 @@ read:
 			case *redis.Subscription:
 				if m.Kind == "subscribe" {
 					n := l.subs.Add(1)
+					l.subscribed.Store(true)
 					l.log.Info("subscribed", zap.String("channel", m.Channel), zap.Uint64("subscriptions", n))
-					trigger(kick)
+					trigger(notifyKick)
+					trigger(subKick)
 				}
 			case *redis.Message:
 				l.enqueue(ctx, queue, m)
@@ -240,7 +301,7 @@ read:
 	_ = ps.Close()
 	close(queue)
 	done := make(chan struct{})
-	go func() { workers.Wait(); bg.Wait(); close(done) }() // a running sweep counts as in flight
+	go func() { workers.Wait(); bg.Wait(); close(done) }() // a running hook counts as in flight
 	timer := time.NewTimer(l.cfg.ShutdownTimeout)
 	defer timer.Stop()
 	select {
@@ -249,9 +310,40 @@ read:
 		return nil
 	case <-timer.C:
 		hcancel()
-		<-done
-		l.log.Warn("listener stopped before its handlers finished", zap.Duration("shutdown_timeout", l.cfg.ShutdownTimeout))
-		return errors.Join(errors.New("expiry: shutdown timeout passed before handlers finished"), ctx.Err())
+		l.log.Warn("listener stopped before its handlers finished: they were cancelled",
+			zap.Duration("shutdown_timeout", l.cfg.ShutdownTimeout), zap.Int64("in_flight", l.inFlight.Load()))
+		return errors.Join(ErrShutdownTimeout, ctx.Err())
+	}
+}
+
+// checkNotify reads notify-keyspace-events and records (and logs) whether
+// expired-key events are off; with NotifyEnable it turns them on again.
+func (l *Listener) checkNotify(ctx context.Context) {
+	err := CheckNotify(ctx, l.client)
+	if errors.Is(err, ErrNotifyDisabled) && l.cfg.Notify == NotifyEnable {
+		if eerr := EnableNotify(ctx, l.client); eerr != nil {
+			err = fmt.Errorf("%w; turning them on failed: %v", err, eerr)
+		} else {
+			l.log.Warn("expired-key events were off: turned them on again (notify-keyspace-events); persist it in the Redis configuration")
+			err = nil
+		}
+	}
+	prev := l.notifyErr.Load()
+	switch {
+	case err == nil:
+		if prev != nil {
+			l.log.Info("Redis publishes expired-key events again")
+		}
+		l.notifyErr.Store(nil)
+	case errors.Is(err, ErrNotifyDisabled):
+		l.log.Error("Redis does not publish expired-key events: orders wait for the sweep", zap.Error(err))
+		l.notifyErr.Store(&err)
+	case errors.Is(err, ErrConfigUnavailable):
+		if prev == nil && ctx.Err() == nil {
+			l.log.Warn("cannot check that Redis publishes expired-key events", zap.Error(err))
+		}
+	default: // Redis does not answer: the subscription and the health check say so
+		l.log.Debug("notify-keyspace-events not read", zap.Error(err))
 	}
 }
 
@@ -260,7 +352,7 @@ func (l *Listener) enqueue(ctx context.Context, queue chan Event, m *redis.Messa
 	ev, err := NewEvent(m.Channel, m.Payload, l.cfg.KeyPrefix, time.Now())
 	if err != nil {
 		l.ignored.Add(1)
-		l.log.Debug("expired key ignored", zap.String("key", m.Payload), zap.Error(err))
+		l.log.Debug("expired key ignored: not ours", KeyField(m.Payload))
 		return
 	}
 	select {
@@ -304,10 +396,15 @@ func (l *Listener) handle(ctx context.Context, ev Event) {
 		l.handled.Add(1)
 	case errors.Is(err, ErrHandlerNotFound):
 		l.ignored.Add(1)
-		l.log.Debug("expired key ignored: no handler", zap.String("key", ev.Key))
+		l.log.Debug("expired key ignored: no handler", KeyField(ev.RawKey))
+	case errors.Is(err, ErrMalformedKey):
+		l.malformed.Add(1)
+		if ok, suppressed := l.malformedLog.allow(time.Now()); ok {
+			l.log.Warn("expired key ignored: malformed", KeyField(ev.RawKey), zap.Uint64("suppressed", suppressed))
+		}
 	default:
 		l.failed.Add(1)
-		l.log.Error("expired key not handled", zap.String("key", ev.Key), zap.Error(err))
+		l.log.Error("expired key not handled", KeyField(ev.RawKey), zap.Error(err))
 	}
 }
 
@@ -334,8 +431,9 @@ func (l *Listener) reap(ctx context.Context, s *Scheduler) {
 	}
 }
 
-// every calls f every d until ctx ends.
-func every(ctx context.Context, d time.Duration, f func()) {
+// every calls f every d, and whenever kick (which may be nil) is triggered,
+// until ctx ends.
+func every(ctx context.Context, d time.Duration, kick <-chan struct{}, f func()) {
 	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
@@ -343,6 +441,19 @@ func every(ctx context.Context, d time.Duration, f func()) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-kick:
+		}
+		f()
+	}
+}
+
+// onTrigger calls f each time trigger fires, until ctx ends.
+func onTrigger(ctx context.Context, trigger <-chan struct{}, f func()) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-trigger:
 			f()
 		}
 	}

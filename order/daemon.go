@@ -17,6 +17,12 @@ type DaemonConfig struct {
 	KeyPrefix string
 	// SweepInterval is the pause between periodic sweeps. If zero, 30 s is used.
 	SweepInterval time.Duration
+	// SweepGrace is how long past its deadline a periodic sweep leaves an
+	// order to the event path, so that what the sweep moves (counted as
+	// rescued) was really missed by the events. Catch-up sweeps (at start-up,
+	// after a resubscription or dropped events) take every overdue order. If
+	// zero, 1 s is used, or a quarter of SweepInterval when that is shorter.
+	SweepGrace time.Duration
 	// Workers is the number of concurrent handlers. A handler waits for its
 	// batch's transaction, so Workers bounds the orders in flight: a few
 	// times Batch.Max lets one batch fill while others commit.
@@ -30,6 +36,15 @@ type DaemonConfig struct {
 	Logger *zap.Logger
 	// OnSweep, if set, is told the outcome of every sweep.
 	OnSweep func(moved int, err error)
+	// OnStockRebuilt, if set, is told how many Redis stock counters each
+	// stock check (after every sweep) rebuilt from the database.
+	OnStockRebuilt func(n int)
+	// ShutdownTimeout is passed to the listener: how long it waits, once
+	// stopped, for in-flight work. If zero, the listener's default is used.
+	ShutdownTimeout time.Duration
+	// Notify is passed to the listener: what it does about Redis's
+	// notify-keyspace-events after every subscription and periodically.
+	Notify expiry.NotifyPolicy
 	// QueueWait is passed to the listener: how long its reader may wait for
 	// room in a full queue. If zero, it drops at once (and a sweep catches up).
 	QueueWait time.Duration
@@ -41,13 +56,18 @@ type DaemonConfig struct {
 
 // Listener returns the daemon: an expiry.Listener routing order_pay: and
 // order_confirm: keys to the service in batches, sweeping the database at
-// start-up, after every resubscription and every SweepInterval.
+// start-up, after every resubscription and every SweepInterval, and after
+// every sweep mending Redis stock counters that lost a give-back
+// (ReconcileStock).
 func (s *Service) Listener(client redis.UniversalClient, cfg DaemonConfig) *expiry.Listener {
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = 30 * time.Second
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = 2048
+	}
+	if cfg.SweepGrace <= 0 {
+		cfg.SweepGrace = min(time.Second, cfg.SweepInterval/4)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -58,16 +78,19 @@ func (s *Service) Listener(client redis.UniversalClient, cfg DaemonConfig) *expi
 	s.Register(mux, cfg.Batch)
 
 	var mu sync.Mutex // sweeps never overlap
-	sweep := func(reason string) func(context.Context) {
+	sweep := func(reason string, olderThan time.Duration) func(context.Context) {
 		return func(ctx context.Context) {
 			mu.Lock()
 			defer mu.Unlock()
 			start := time.Now()
-			n, err := s.Sweep(ctx)
+			n, err := s.Sweep(ctx, olderThan)
 			if cfg.OnSweep != nil {
 				cfg.OnSweep(n, err)
 			}
 			switch {
+			case err != nil && ctx.Err() != nil:
+				log.Info("sweep stopped: shutting down (the next start takes the rest)", zap.String("reason", reason), zap.Int("moved", n))
+				return
 			case err != nil:
 				log.Error("sweep failed", zap.String("reason", reason), zap.Int("moved", n), zap.Error(err))
 			case n > 0:
@@ -75,18 +98,27 @@ func (s *Service) Listener(client redis.UniversalClient, cfg DaemonConfig) *expi
 			default:
 				log.Debug("sweep found nothing overdue", zap.String("reason", reason))
 			}
+			fixed, err := s.ReconcileStock(ctx)
+			if err != nil && ctx.Err() == nil {
+				log.Error("stock check failed", zap.Error(err))
+			}
+			if cfg.OnStockRebuilt != nil {
+				cfg.OnStockRebuilt(fixed)
+			}
 		}
 	}
 	lc := expiry.ListenerConfig{
-		KeyPrefix:   cfg.KeyPrefix,
-		Workers:     cfg.Workers,
-		QueueWait:   cfg.QueueWait,
-		OnSubscribe: sweep("subscribed"),
-		OnDrop:      sweep("events dropped"),
-		Interval:    cfg.SweepInterval,
-		OnInterval:  sweep("interval"),
-		Scheduler:   cfg.Scheduler,
-		Logger:      log,
+		KeyPrefix:       cfg.KeyPrefix,
+		Workers:         cfg.Workers,
+		QueueWait:       cfg.QueueWait,
+		OnSubscribe:     sweep("subscribed", 0),
+		OnDrop:          sweep("events dropped", 0),
+		Interval:        cfg.SweepInterval,
+		OnInterval:      sweep("interval", cfg.SweepGrace),
+		Scheduler:       cfg.Scheduler,
+		Notify:          cfg.Notify,
+		ShutdownTimeout: cfg.ShutdownTimeout,
+		Logger:          log,
 	}
 	if cfg.EventsOnly {
 		lc.OnSubscribe, lc.OnDrop, lc.OnInterval = nil, nil, nil

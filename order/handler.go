@@ -2,10 +2,9 @@ package order
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
-
-	"go.uber.org/zap"
 
 	"github.com/orderd/orderd/expiry"
 )
@@ -25,8 +24,9 @@ type BatchConfig struct {
 // Register routes the two timer keys of mux to the service: an expired
 // order_pay:<id> expires the order if it is still pending, an expired
 // order_confirm:<id> completes it if it is still shipped. Events that arrive
-// together are applied in batches, one transaction per batch. Keys with a
-// malformed id are logged and ignored.
+// together are applied in batches, one transaction per batch. A key with a
+// malformed id gets an error wrapping expiry.ErrMalformedKey (the listener
+// counts it and logs it, bounded).
 func (s *Service) Register(mux *expiry.ServeMux, cfg BatchConfig) {
 	mux.Handle(PayKeyPrefix, s.batchHandler(PayKeyPrefix, newBatcher(cfg, s.ExpireOrders)))
 	mux.Handle(ConfirmKeyPrefix, s.batchHandler(ConfirmKeyPrefix, newBatcher(cfg, s.CompleteOrders)))
@@ -36,8 +36,7 @@ func (s *Service) batchHandler(prefix string, b *batcher) expiry.Handler {
 	return expiry.HandlerFunc(func(ctx context.Context, ev expiry.Event) error {
 		id, err := ParseKeyID(ev.Key, prefix)
 		if err != nil {
-			s.log.Warn("expired key ignored: malformed order id", zap.String("key", ev.RawKey))
-			return nil
+			return err
 		}
 		return b.do(ctx, id)
 	})
@@ -75,11 +74,16 @@ func newBatcher(cfg BatchConfig, apply func(context.Context, []int64, string) (i
 	return &batcher{max: cfg.Max, wait: cfg.Wait, apply: apply, onBatch: cfg.OnBatch}
 }
 
+// errBatchAborted is what the members of a batch get when its leader did not
+// apply it (its apply panicked, or its context ended first). It is worth
+// retrying: the next attempt joins or leads another batch.
+var errBatchAborted = errors.New("order: batch not applied")
+
 func (b *batcher) do(ctx context.Context, id int64) error {
 	b.mu.Lock()
 	bt, leader := b.cur, false
 	if bt == nil {
-		bt = &batch{full: make(chan struct{}), done: make(chan struct{})}
+		bt = &batch{full: make(chan struct{}), done: make(chan struct{}), err: errBatchAborted}
 		b.cur, leader = bt, true
 	}
 	bt.ids = append(bt.ids, id)
@@ -90,13 +94,26 @@ func (b *batcher) do(ctx context.Context, id int64) error {
 	b.mu.Unlock()
 
 	if !leader {
-		<-bt.done
-		return bt.err
+		select {
+		case <-bt.done:
+			return bt.err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
+	return b.lead(ctx, bt)
+}
+
+// lead waits for bt to fill, applies it and tells its members the outcome.
+// The members are released whatever happens: bt.done is closed even when
+// apply panics (they see errBatchAborted, the panic goes on up).
+func (b *batcher) lead(ctx context.Context, bt *batch) error {
+	defer close(bt.done)
 	t := time.NewTimer(b.wait)
 	select {
 	case <-bt.full:
 	case <-t.C:
+	case <-ctx.Done():
 	}
 	t.Stop()
 	b.mu.Lock()
@@ -105,10 +122,13 @@ func (b *batcher) do(ctx context.Context, id int64) error {
 	}
 	ids := bt.ids
 	b.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	if b.onBatch != nil {
 		b.onBatch(len(ids))
 	}
-	_, bt.err = b.apply(ctx, ids, "event")
-	close(bt.done)
-	return bt.err
+	_, err := b.apply(ctx, ids, "event")
+	bt.err = err
+	return err
 }

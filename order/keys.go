@@ -19,16 +19,17 @@ func PayKey(id int64) string     { return PayKeyPrefix + strconv.FormatInt(id, 1
 func ConfirmKey(id int64) string { return ConfirmKeyPrefix + strconv.FormatInt(id, 10) }
 
 // ParseKeyID returns the order id of key, which must be prefix followed by a
-// positive decimal id and nothing else. The error wraps expiry.SkipRetry: a
-// malformed key never gets better.
+// positive decimal id and nothing else. The error wraps
+// expiry.ErrMalformedKey (and so expiry.SkipRetry): a malformed key never gets
+// better. It does not quote the key, which may be of any length.
 func ParseKeyID(key, prefix string) (int64, error) {
 	s, ok := strings.CutPrefix(key, prefix)
 	if !ok {
-		return 0, fmt.Errorf("order: key %q lacks %q: %w", key, prefix, expiry.SkipRetry)
+		return 0, fmt.Errorf("order: key lacks %q: %w", prefix, expiry.ErrMalformedKey)
 	}
 	id, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || id <= 0 || strconv.FormatInt(id, 10) != s {
-		return 0, fmt.Errorf("order: key %q: malformed order id: %w", key, expiry.SkipRetry)
+		return 0, fmt.Errorf("order: malformed order id after %q: %w", prefix, expiry.ErrMalformedKey)
 	}
 	return id, nil
 }

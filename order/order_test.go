@@ -196,7 +196,7 @@ func TestExpiryIsExactlyOnce(t *testing.T) {
 				}
 			})
 			wg.Go(func() {
-				if _, err := e.svc.Sweep(ctx); err != nil {
+				if _, err := e.svc.Sweep(ctx, 0); err != nil {
 					t.Error(err)
 				}
 			})
@@ -369,7 +369,8 @@ func TestKeysFromOtherPrograms(t *testing.T) {
 		// The start-up sweep must run before the deadlines, so that only the
 		// keys below can move the orders (the next sweep is an hour away).
 		var sweeps, swept atomic.Int64
-		e.daemon(t, order.DaemonConfig{SweepInterval: time.Hour, OnSweep: func(n int, _ error) { swept.Add(int64(n)); sweeps.Add(1) }})
+		e.daemon(t, order.DaemonConfig{SweepInterval: time.Hour, Logger: zap.New(core),
+			OnSweep: func(n int, _ error) { swept.Add(int64(n)); sweeps.Add(1) }})
 		waitFor(t, 5*time.Second, "start-up sweep", func() bool { return sweeps.Load() > 0 })
 		if swept.Load() != 0 || time.Now().After(b.PayDeadline) {
 			t.Fatal("set-up too slow: the start-up sweep ran after the deadlines")
@@ -572,11 +573,11 @@ func TestSweepPagesThroughBacklog(t *testing.T) {
 			}
 		}
 		skew.Store(int64(48 * time.Hour))
-		n, err := svc.Sweep(ctx)
+		n, err := svc.Sweep(ctx, 0)
 		if err != nil || n != 60 {
 			t.Fatalf("sweep moved %d (err %v), want 60", n, err)
 		}
-		if n, _ := svc.Sweep(ctx); n != 0 {
+		if n, _ := svc.Sweep(ctx, 0); n != 0 {
 			t.Fatalf("second sweep moved %d", n)
 		}
 		for _, id := range shipped {

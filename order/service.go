@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,6 +45,11 @@ type Config struct {
 	// SweepWorkers is the number of sweep transactions run at once.
 	// If zero, 2 are used.
 	SweepWorkers int
+	// StockSettle is how long ReconcileStock watches a Redis stock counter
+	// that disagrees with the database before it replaces it: a counter that
+	// nothing reserved from or gave back to for that long is wrong, not
+	// busy. If zero, 1 s is used.
+	StockSettle time.Duration
 	// Logger receives the service's log lines. If nil, nothing is logged.
 	Logger *zap.Logger
 	// OnTransition, if set, is called for every order moved by a deadline.
@@ -59,6 +65,9 @@ type Service struct {
 	timers Timers
 	cfg    Config
 	log    *zap.Logger
+
+	resyncMu sync.Mutex
+	resyncAt map[int64]time.Time // SKU → last resync after the database refused what Redis took
 }
 
 // NewService returns a Service over store. counter (the Redis stock
@@ -80,6 +89,9 @@ func NewService(store Store, counter *stock.Counter, timers Timers, cfg Config) 
 	if cfg.SweepWorkers <= 0 {
 		cfg.SweepWorkers = 2
 	}
+	if cfg.StockSettle <= 0 {
+		cfg.StockSettle = time.Second
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -87,7 +99,7 @@ func NewService(store Store, counter *stock.Counter, timers Timers, cfg Config) 
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Service{store: store, stock: counter, timers: timers, cfg: cfg, log: log}
+	return &Service{store: store, stock: counter, timers: timers, cfg: cfg, log: log, resyncAt: map[int64]time.Time{}}
 }
 
 func (s *Service) now() time.Time { return s.cfg.Now().UTC().Truncate(time.Millisecond) }
@@ -159,10 +171,7 @@ func (s *Service) Create(ctx context.Context, user, sku, qty int64) (Order, erro
 	o := Order{UserID: user, SKU: sku, Qty: qty, Status: Pending, CreatedAt: now, PayDeadline: now.Add(s.cfg.PayTimeout)}
 	if err := s.store.Create(ctx, &o); err != nil {
 		if reserved {
-			// The database said no (or failed): hand the Redis units back.
-			if rerr := s.stock.Release(context.WithoutCancel(ctx), stock.Hold{SKU: sku, User: user, Qty: qty}); rerr != nil {
-				s.log.Warn("stock reservation not given back", zap.Int64("sku", sku), zap.Error(rerr))
-			}
+			s.unreserve(context.WithoutCancel(ctx), stock.Hold{SKU: sku, User: user, Qty: qty}, err)
 		}
 		return Order{}, err
 	}
@@ -200,6 +209,32 @@ func (s *Service) reserve(ctx context.Context, sku, user, qty int64) (bool, erro
 			}
 			return false, nil
 		}
+	}
+}
+
+// unreserve hands back units that Redis reserved for an order the database
+// did not create. When the database refused the order (sold out, over the
+// limit), Redis believed in units or room that the database does not have:
+// the counter is rebuilt from the database instead, at most once a second per
+// SKU, so that a counter above the truth stops letting buyers through to the
+// database.
+func (s *Service) unreserve(ctx context.Context, h stock.Hold, createErr error) {
+	if errors.Is(createErr, ErrSoldOut) || errors.Is(createErr, ErrLimitExceeded) {
+		s.resyncMu.Lock()
+		due := s.now().Sub(s.resyncAt[h.SKU]) >= time.Second
+		if due {
+			s.resyncAt[h.SKU] = s.now()
+		}
+		s.resyncMu.Unlock()
+		if due {
+			if err := s.ResyncStock(ctx, h.SKU); err == nil {
+				s.log.Info("stock counter was above the database: rebuilt", zap.Int64("sku", h.SKU))
+				return
+			}
+		}
+	}
+	if err := s.stock.Release(ctx, h); err != nil {
+		s.log.Warn("stock reservation not given back (the daemon's stock check mends it)", zap.Int64("sku", h.SKU), zap.Error(err))
 	}
 }
 
@@ -324,7 +359,7 @@ func (s *Service) releaseRedis(ctx context.Context, orders ...Order) {
 		holds[i] = stock.Hold{SKU: o.SKU, User: o.UserID, Qty: o.Qty}
 	}
 	if err := s.stock.Release(context.WithoutCancel(ctx), holds...); err != nil {
-		s.log.Warn("stock counter not given back (resync will fix it)", zap.Int("orders", len(orders)), zap.Error(err))
+		s.log.Warn("stock counter not given back (the daemon's stock check mends it)", zap.Int("orders", len(orders)), zap.Error(err))
 	}
 }
 
@@ -375,12 +410,21 @@ func (s *Service) observe(moved []Order, to Status, source string) {
 	}
 }
 
-// Sweep applies every overdue transition the database holds: it is what
-// makes "nothing lost" true when events are lost. It pages through the
-// overdue orders in deadline order and applies the pages as batches,
-// SweepWorkers at a time (pages are disjoint, so batches do not contend but
-// for stock rows). It returns how many orders it moved.
-func (s *Service) Sweep(ctx context.Context) (int, error) {
+// Sweep applies the overdue transitions the database holds whose deadline
+// passed at least olderThan ago (0: every overdue one): it is what makes
+// "nothing lost" true when events are lost. A periodic sweep leaves the
+// orders that are only just due to the event path (a short olderThan), so
+// that what it moves was really missed; a catch-up sweep takes everything.
+//
+// It pages through the overdue orders in deadline order and applies the pages
+// as batches, SweepWorkers at a time (pages are disjoint, so batches do not
+// contend but for stock rows). When ctx ends it takes no new page, lets the
+// batches in hand commit, and returns ctx's error: the rest waits for the
+// next sweep. It returns how many orders it moved.
+func (s *Service) Sweep(ctx context.Context, olderThan time.Duration) (int, error) {
+	// A batch in hand finishes even when ctx ends: stopping means taking no
+	// new page, not abandoning a transaction.
+	work := context.WithoutCancel(ctx)
 	var total atomic.Int64
 	for _, step := range []struct {
 		status Status
@@ -389,32 +433,44 @@ func (s *Service) Sweep(ctx context.Context) (int, error) {
 		{Pending, s.ExpireOrders},
 		{Shipped, s.CompleteOrders},
 	} {
-		now := s.now()
+		before := s.now().Add(-olderThan)
 		var wg sync.WaitGroup
 		var mu sync.Mutex
 		var firstErr error
+		fail := func(err error) {
+			mu.Lock()
+			firstErr = cmp.Or(firstErr, err)
+			mu.Unlock()
+		}
 		sem := make(chan struct{}, s.cfg.SweepWorkers)
 		var cursor DueCursor
 		for {
-			ids, next, err := s.store.Due(ctx, step.status, now, cursor, s.cfg.SweepBatch)
+			if err := ctx.Err(); err != nil {
+				fail(err)
+				break
+			}
+			ids, next, err := s.store.Due(ctx, step.status, before, cursor, s.cfg.SweepBatch)
 			if err != nil {
-				mu.Lock()
-				firstErr = cmp.Or(firstErr, err)
-				mu.Unlock()
+				fail(cmp.Or(ctx.Err(), err))
 				break
 			}
 			if len(ids) == 0 {
 				break
 			}
-			sem <- struct{}{}
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				fail(ctx.Err())
+			}
+			if ctx.Err() != nil {
+				break
+			}
 			wg.Go(func() {
 				defer func() { <-sem }()
-				n, err := step.apply(ctx, ids, "sweep")
+				n, err := step.apply(work, ids, "sweep")
 				total.Add(int64(n))
 				if err != nil {
-					mu.Lock()
-					firstErr = cmp.Or(firstErr, err)
-					mu.Unlock()
+					fail(err)
 				}
 			})
 			mu.Lock()
@@ -431,4 +487,89 @@ func (s *Service) Sweep(ctx context.Context) (int, error) {
 		}
 	}
 	return int(total.Load()), nil
+}
+
+// ReconcileStock mends the Redis stock counters that disagree with the
+// database while nothing moves them: a give-back lost between a database
+// commit and Redis (Redis unreachable for a moment, the process killed in
+// between) leaves a counter below the truth, which would answer sold_out
+// for good. It reads every counter and every SKU's available units; those
+// that differ are read again after StockSettle, and each whose counter
+// nothing reserved from or gave back to meanwhile (its seq did not move) is
+// rebuilt from the database, unless it moved in the instant before the
+// rebuild. A busy counter is left alone: it is still selling, and once it
+// runs dry it is quiet and mended on the next call. The cost when all agree
+// is one query and one Redis round trip. It returns how many counters it
+// rebuilt.
+func (s *Service) ReconcileStock(ctx context.Context) (int, error) {
+	if s.stock == nil {
+		return 0, nil
+	}
+	suspects, err := s.stockSuspects(ctx, nil)
+	if err != nil || len(suspects) == 0 {
+		return 0, err
+	}
+	t := time.NewTimer(s.cfg.StockSettle)
+	select {
+	case <-ctx.Done():
+		t.Stop()
+		return 0, ctx.Err()
+	case <-t.C:
+	}
+	still, err := s.stockSuspects(ctx, suspects)
+	if err != nil {
+		return 0, err
+	}
+	fixed := 0
+	for sku, seq := range still {
+		if suspects[sku] != seq {
+			continue // it moved: busy, not lost
+		}
+		k, err := s.store.GetSKU(ctx, sku)
+		if err != nil {
+			return fixed, err
+		}
+		held, err := s.store.LiveQty(ctx, sku)
+		if err != nil {
+			return fixed, err
+		}
+		ok, err := s.stock.SetIf(ctx, sku, seq, k.Available, k.LimitPerUser, held)
+		if err != nil {
+			return fixed, err
+		}
+		if ok {
+			fixed++
+			s.log.Warn("stock counter disagreed with the database while idle: rebuilt",
+				zap.Int64("sku", sku), zap.Int64("available", k.Available))
+		}
+	}
+	return fixed, nil
+}
+
+// stockSuspects returns the SKUs (of only, when not nil) whose Redis counter
+// exists and differs from the database's available units, with the counter's
+// seq.
+func (s *Service) stockSuspects(ctx context.Context, only map[int64]int64) (map[int64]int64, error) {
+	skus, err := s.store.ListSKUs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if only != nil {
+		skus = slices.DeleteFunc(skus, func(k SKU) bool { _, ok := only[k.SKU]; return !ok })
+	}
+	ids := make([]int64, len(skus))
+	for i, k := range skus {
+		ids[i] = k.SKU
+	}
+	states, err := s.stock.States(ctx, ids...)
+	if err != nil {
+		return nil, err
+	}
+	out := map[int64]int64{}
+	for i, st := range states {
+		if st.OK && st.Available != skus[i].Available {
+			out[ids[i]] = st.Seq
+		}
+	}
+	return out, nil
 }

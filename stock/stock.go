@@ -38,9 +38,11 @@ func (r Result) String() string {
 }
 
 // Counter is the Redis side of stock: for each SKU a hash
-// "<prefix>stock:{<sku>}" with fields available and limit, and a hash
+// "<prefix>stock:{<sku>}" with fields available, limit and seq, and a hash
 // "<prefix>stock:{<sku>}:buyers" of units held per user. The hash tag keeps
-// both in one Redis Cluster slot.
+// both in one Redis Cluster slot. seq counts the changes (a Reserve that took
+// units, a Release, a Set), so a reader can tell a counter that nothing moved
+// from one that is busy.
 type Counter struct {
 	client redis.UniversalClient
 	prefix string
@@ -67,6 +69,7 @@ if limit > 0 then
 end
 if tonumber(avail) < qty then return 1 end
 redis.call('HINCRBY', KEYS[1], 'available', -qty)
+redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HINCRBY', KEYS[2], ARGV[1], qty)
 return 0`)
 
@@ -75,6 +78,7 @@ return 0`)
 var releaseScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HINCRBY', KEYS[1], 'available', ARGV[1])
+  redis.call('HINCRBY', KEYS[1], 'seq', 1)
 end
 for i = 2, #ARGV, 2 do
   if redis.call('HINCRBY', KEYS[2], ARGV[i], -tonumber(ARGV[i+1])) <= 0 then
@@ -128,26 +132,81 @@ func (c *Counter) Release(ctx context.Context, holds ...Hold) error {
 	return nil
 }
 
+// setScript replaces a counter: ARGV[1] is the seq the caller read ("" to
+// replace whatever is there), ARGV[2] available, ARGV[3] the limit, then pairs
+// of user and units held. It returns 0 when the seq no longer matched.
+var setScript = redis.NewScript(`
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= seq then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[1], 'available', ARGV[2], 'limit', ARGV[3], 'seq', seq + 1)
+for i = 4, #ARGV, 2 do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i+1])
+end
+return 1`)
+
 // Set replaces the counter of sku: available units, the per-user limit (0 for
-// none) and the units each user holds in live orders, all in one transaction.
+// none) and the units each user holds in live orders, atomically.
 func (c *Counter) Set(ctx context.Context, sku, available, limit int64, held map[int64]int64) error {
-	k := c.keys(sku)
-	_, err := c.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.Del(ctx, k...)
-		p.HSet(ctx, k[0], "available", available, "limit", limit)
-		if len(held) > 0 {
-			args := make([]any, 0, 2*len(held))
-			for u, q := range held {
-				args = append(args, u, q)
-			}
-			p.HSet(ctx, k[1], args...)
+	_, err := c.set(ctx, sku, "", available, limit, held)
+	return err
+}
+
+// SetIf replaces the counter of sku as Set does, but only if its seq is still
+// seq (as State read it): nothing reserved or released in between. It reports
+// whether it replaced the counter.
+func (c *Counter) SetIf(ctx context.Context, sku, seq, available, limit int64, held map[int64]int64) (bool, error) {
+	return c.set(ctx, sku, strconv.FormatInt(seq, 10), available, limit, held)
+}
+
+func (c *Counter) set(ctx context.Context, sku int64, seq string, available, limit int64, held map[int64]int64) (bool, error) {
+	args := make([]any, 0, 3+2*len(held))
+	args = append(args, seq, available, limit)
+	for u, q := range held {
+		if q > 0 {
+			args = append(args, u, q)
+		}
+	}
+	n, err := setScript.Run(ctx, c.client, c.keys(sku), args...).Int()
+	if err != nil {
+		return false, fmt.Errorf("stock: set sku %d: %w", sku, err)
+	}
+	return n == 1, nil
+}
+
+// State is a SKU's counter as Redis holds it.
+type State struct {
+	Available int64
+	Seq       int64 // changes so far
+	OK        bool  // false when Redis has no counter for the SKU
+}
+
+// States reads the counters of skus in one round trip.
+func (c *Counter) States(ctx context.Context, skus ...int64) ([]State, error) {
+	cmds := make([]*redis.SliceCmd, len(skus))
+	_, err := c.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, sku := range skus {
+			cmds[i] = p.HMGet(ctx, c.keys(sku)[0], "available", "seq")
 		}
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("stock: set sku %d: %w", sku, err)
+		return nil, fmt.Errorf("stock: read %d counters: %w", len(skus), err)
 	}
-	return nil
+	out := make([]State, len(skus))
+	for i, cmd := range cmds {
+		v := cmd.Val()
+		a, ok := v[0].(string)
+		if !ok {
+			continue
+		}
+		out[i].OK = true
+		out[i].Available, _ = strconv.ParseInt(a, 10, 64)
+		if q, ok := v[1].(string); ok {
+			out[i].Seq, _ = strconv.ParseInt(q, 10, 64)
+		}
+	}
+	return out, nil
 }
 
 // Available returns the counter's available units, or ok false when there is

@@ -11,6 +11,7 @@ import (
 
 	"github.com/orderd/orderd/expiry"
 	"github.com/orderd/orderd/order"
+	"github.com/orderd/orderd/order/httpapi"
 )
 
 type listenOptions struct {
@@ -103,21 +104,41 @@ func runListen(ctx context.Context, o *listenOptions) error {
 		reaped, o.BatchMax, o.Workers, queueWait = nil, 1, 8, time.Hour
 		o.log.Warn("naive mode: events only, one transaction per order; lost events are never made up for")
 	}
+	notify := expiry.NotifyCheck
+	switch {
+	case o.SkipNotifyCheck:
+		notify = expiry.NotifyIgnore
+	case o.SetNotifyConfig:
+		notify = expiry.NotifyEnable
+	}
 	l := svc.Listener(d.rdb, order.DaemonConfig{
-		QueueWait:     queueWait,
-		EventsOnly:    o.Naive,
-		KeyPrefix:     o.KeyPrefix,
-		SweepInterval: o.SweepInterval,
-		Workers:       o.Workers,
-		Batch:         order.BatchConfig{Max: o.BatchMax, OnBatch: m.onBatch},
-		Scheduler:     reaped,
-		Logger:        o.log,
-		OnSweep:       m.onSweep,
+		Notify:         notify,
+		OnStockRebuilt: m.onStockRebuilt,
+		QueueWait:      queueWait,
+		EventsOnly:     o.Naive,
+		KeyPrefix:      o.KeyPrefix,
+		SweepInterval:  o.SweepInterval,
+		Workers:        o.Workers,
+		Batch:          order.BatchConfig{Max: o.BatchMax, OnBatch: m.onBatch},
+		Scheduler:      reaped,
+		Logger:         o.log,
+		OnSweep:        m.onSweep,
 	})
 	m.watchListener(l)
 	wait := func() {}
 	if o.MetricsAddr != "" {
-		if wait, err = serveOps(ctx, o.MetricsAddr, m.reg, d.health, o.log); err != nil {
+		health := func(ctx context.Context) httpapi.Problems {
+			p := d.health(ctx)
+			h := l.Health()
+			if h.Notify != nil {
+				p["notify"] = h.Notify.Error()
+			}
+			if !h.Subscribed {
+				p["subscription"] = "not subscribed to expired-key events (yet): expirations are not heard"
+			}
+			return p
+		}
+		if wait, err = serveOps(ctx, o.MetricsAddr, m.reg, health, o.log); err != nil {
 			return usageErrorf("--metrics-addr %q: %v", o.MetricsAddr, err)
 		}
 	}

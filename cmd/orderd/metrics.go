@@ -14,6 +14,7 @@ import (
 
 	"github.com/orderd/orderd/expiry"
 	"github.com/orderd/orderd/order"
+	"github.com/orderd/orderd/order/httpapi"
 )
 
 // daemonMetrics are the Prometheus metrics of `orderd listen`.
@@ -23,6 +24,7 @@ type daemonMetrics struct {
 	rescued  *prometheus.CounterVec
 	sweeps   *prometheus.CounterVec
 	batches  prometheus.Histogram
+	rebuilt  prometheus.Counter
 }
 
 func newDaemonMetrics() *daemonMetrics {
@@ -47,8 +49,12 @@ func newDaemonMetrics() *daemonMetrics {
 			Help:    "Orders per transaction applied from expiry events.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 10),
 		}),
+		rebuilt: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "orderd_stock_counters_rebuilt_total",
+			Help: "Redis stock counters rebuilt from the database because a give-back was lost.",
+		}),
 	}
-	reg.MustRegister(m.lateness, m.rescued, m.sweeps, m.batches)
+	reg.MustRegister(m.lateness, m.rescued, m.sweeps, m.batches, m.rebuilt)
 	return m
 }
 
@@ -69,6 +75,8 @@ func (m *daemonMetrics) onSweep(_ int, err error) {
 
 func (m *daemonMetrics) onBatch(n int) { m.batches.Observe(float64(n)) }
 
+func (m *daemonMetrics) onStockRebuilt(n int) { m.rebuilt.Add(float64(n)) }
+
 // watchListener exports the listener's counters.
 func (m *daemonMetrics) watchListener(l *expiry.Listener) {
 	counter := func(name, help string, f func(expiry.Stats) uint64) {
@@ -79,6 +87,7 @@ func (m *daemonMetrics) watchListener(l *expiry.Listener) {
 	counter("orderd_events_handled_total", "Events handled without error.", func(s expiry.Stats) uint64 { return s.Handled })
 	counter("orderd_events_failed_total", "Events whose handler failed (the sweep retries them).", func(s expiry.Stats) uint64 { return s.Failed })
 	counter("orderd_events_ignored_total", "Events for keys that are not orderd's.", func(s expiry.Stats) uint64 { return s.Ignored })
+	counter("orderd_events_malformed_total", "Events for orderd's keys with a malformed order id (logged at most once a second).", func(s expiry.Stats) uint64 { return s.Malformed })
 	counter("orderd_events_dropped_total", "Events dropped because the queue stayed full.", func(s expiry.Stats) uint64 { return s.Dropped })
 	counter("orderd_subscriptions_total", "(Re)subscriptions to Redis; each one runs a catch-up sweep.", func(s expiry.Stats) uint64 { return s.Subscriptions })
 	counter("orderd_reaped_total", "Due timers the reaper found expired.", func(s expiry.Stats) uint64 { return s.Reaped })
@@ -88,24 +97,28 @@ func (m *daemonMetrics) watchListener(l *expiry.Listener) {
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "orderd_handlers_in_flight", Help: "Handler calls running now.",
 	}, func() float64 { return float64(l.Stats().InFlight) }))
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "orderd_notify_enabled",
+		Help: "1 when Redis publishes expired-key events (as last checked), 0 when it does not: orders then wait for the sweep.",
+	}, func() float64 { return boolFloat(l.Health().Notify == nil) }))
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "orderd_subscribed", Help: "1 while Redis has confirmed the subscription to expired-key events.",
+	}, func() float64 { return boolFloat(l.Health().Subscribed) }))
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // serveOps serves /metrics and /healthz on addr until ctx ends. It returns
 // once the listening socket is open, or with the error that kept it closed.
-func serveOps(ctx context.Context, addr string, reg *prometheus.Registry, health func(context.Context) error, log *zap.Logger) (wait func(), err error) {
+func serveOps(ctx context.Context, addr string, reg *prometheus.Registry, health func(context.Context) httpapi.Problems, log *zap.Logger) (wait func(), err error) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		hctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		w.Header().Set("Content-Type", "application/json")
-		if err := health(hctx); err != nil {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte(`{"error":"unavailable","message":"redis or database does not answer"}` + "\n"))
-			return
-		}
-		_, _ = w.Write([]byte(`{"status":"ok"}` + "\n"))
-	})
+	mux.Handle("GET /healthz", httpapi.HealthHandler(health))
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err

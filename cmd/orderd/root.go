@@ -15,6 +15,7 @@ import (
 
 	"github.com/orderd/orderd/expiry"
 	"github.com/orderd/orderd/order"
+	"github.com/orderd/orderd/order/httpapi"
 	"github.com/orderd/orderd/order/sqlstore"
 	"github.com/orderd/orderd/stock"
 )
@@ -181,14 +182,15 @@ func (d *deps) close() {
 }
 
 // health reports whether Redis and the database answer.
-func (d *deps) health(ctx context.Context) error {
+func (d *deps) health(ctx context.Context) httpapi.Problems {
+	p := httpapi.Problems{}
 	if err := d.rdb.Ping(ctx).Err(); err != nil {
-		return fmt.Errorf("redis: %w", err)
+		p["redis"] = fmt.Sprintf("Redis does not answer: %v", err)
 	}
 	if err := d.store.Ping(ctx); err != nil {
-		return fmt.Errorf("database: %w", err)
+		p["database"] = fmt.Sprintf("the database does not answer: %v", err)
 	}
-	return nil
+	return p
 }
 
 func (o *globalOptions) serviceConfig(onTransition func(order.Transition)) order.Config {

@@ -44,8 +44,11 @@ func newAPI(t testing.TB, st *sqlstore.Store, cfg order.Config) *api {
 	sched := expiry.NewScheduler(rdb, expiry.SchedulerConfig{})
 	counter := stock.NewCounter(rdb, "")
 	svc := order.NewService(st, counter, sched, cfg)
-	h, err := httpapi.New(svc, httpapi.Config{JWTSecret: secret, Health: func(ctx context.Context) error {
-		return rdb.Ping(ctx).Err()
+	h, err := httpapi.New(svc, httpapi.Config{JWTSecret: secret, Health: func(ctx context.Context) httpapi.Problems {
+		if err := rdb.Ping(ctx).Err(); err != nil {
+			return httpapi.Problems{"redis": err.Error()}
+		}
+		return nil
 	}})
 	if err != nil {
 		t.Fatal(err)

@@ -28,16 +28,21 @@ type Config struct {
 	// Registry receives the request metrics and is served on /metrics.
 	// If nil, a new registry is used.
 	Registry *prometheus.Registry
-	// Health reports whether the API can work (Redis and the database
-	// answer). If nil, /healthz always answers 200.
-	Health func(context.Context) error
+	// RequestTimeout bounds the time a request may wait for the database
+	// and Redis: a request they do not answer in time gets 503
+	// unavailable. If zero, 5 s is used.
+	RequestTimeout time.Duration
+	// Health reports what keeps the API from working (Redis or the
+	// database not answering). If nil, /healthz always answers 200.
+	Health func(context.Context) Problems
 }
 
 type server struct {
 	svc      *order.Service
 	secret   []byte
 	log      *zap.Logger
-	health   func(context.Context) error
+	health   func(context.Context) Problems
+	timeout  time.Duration
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 }
@@ -53,7 +58,10 @@ func New(svc *order.Service, cfg Config) (http.Handler, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
-	s := &server{svc: svc, secret: cfg.JWTSecret, log: cfg.Logger, health: cfg.Health,
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = 5 * time.Second
+	}
+	s := &server{svc: svc, secret: cfg.JWTSecret, log: cfg.Logger, health: cfg.Health, timeout: cfg.RequestTimeout,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "orderd_http_requests_total", Help: "HTTP requests by route and status code.",
 		}, []string{"route", "code"}),
@@ -82,7 +90,7 @@ func New(svc *order.Service, cfg Config) (http.Handler, error) {
 	mux.Handle("POST /v1/orders/{id}/ship", s.auth(true, s.act(func(ctx context.Context, _, id int64) (order.Order, error) {
 		return svc.Ship(ctx, id) // admins ship any order
 	})))
-	mux.HandleFunc("GET /healthz", s.wrap(s.healthz))
+	mux.Handle("GET /healthz", HealthHandler(s.health))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/", s.wrap(func(http.ResponseWriter, *http.Request) (any, int, error) {
 		return nil, 0, order.Errorf(order.CodeNotFound, "no such endpoint")
@@ -116,7 +124,11 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		s.log.Error("request failed", zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Error(err))
 		oe = &order.Error{Code: order.CodeUnavailable, Message: "the service cannot answer right now; try again"}
 	}
-	writeJSON(w, statusOf[oe.Code], errorJSON{Error: oe.Code, Message: oe.Message, Status: string(oe.Status)})
+	status, ok := statusOf[oe.Code]
+	if !ok {
+		status = http.StatusInternalServerError
+	}
+	writeJSON(w, status, errorJSON{Error: oe.Code, Message: oe.Message, Status: string(oe.Status)})
 }
 
 func (s *server) wrap(h handlerFunc) http.HandlerFunc {
@@ -265,18 +277,6 @@ func (s *server) act(f func(ctx context.Context, user, id int64) (order.Order, e
 	}
 }
 
-func (s *server) healthz(w http.ResponseWriter, r *http.Request) (any, int, error) {
-	if s.health != nil {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := s.health(ctx); err != nil {
-			s.log.Warn("health check failed", zap.Error(err))
-			return nil, 0, order.Errorf(order.CodeUnavailable, "unhealthy: %v", err)
-		}
-	}
-	return map[string]string{"status": "ok"}, http.StatusOK, nil
-}
-
 // statusWriter remembers the status code written.
 type statusWriter struct {
 	http.ResponseWriter
@@ -302,6 +302,9 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 func (s *server) observe(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
+		defer cancel()
+		r = r.WithContext(ctx)
 		sw := &statusWriter{ResponseWriter: w}
 		defer func() {
 			if v := recover(); v != nil {

@@ -1,6 +1,7 @@
 package sqlstore
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -77,7 +78,7 @@ func (s *Store) PutSKU(ctx context.Context, k order.SKU) (order.SKU, error) {
 		available = excluded.available, limit_per_user = excluded.limit_per_user`
 	}
 	if _, err := s.db.ExecContext(ctx, q, k.SKU, k.Name, k.PriceCents, k.Available, k.LimitPerUser); err != nil {
-		return order.SKU{}, fmt.Errorf("sqlstore: put sku %d: %w", k.SKU, err)
+		return order.SKU{}, cmp.Or(dataError(err), fmt.Errorf("sqlstore: put sku %d: %w", k.SKU, err))
 	}
 	return k, nil
 }

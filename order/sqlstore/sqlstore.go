@@ -196,6 +196,22 @@ func (s *Store) tx(ctx context.Context, fn func(*sqlx.Tx) error) error {
 	}
 }
 
+// dataError returns an invalid-request error when err is the database
+// refusing a value (a string its column cannot hold, a number out of range):
+// no retry can fix that, so it is the request's fault, not a 503. It returns
+// nil for any other error.
+func dataError(err error) error {
+	var me *mysql.MySQLError
+	if !errors.As(err, &me) {
+		return nil
+	}
+	switch me.Number {
+	case 1264, 1366, 1406, 1292, 3819, 4025: // out of range, incorrect string, too long, truncated, check constraint
+		return order.Errorf(order.CodeInvalidRequest, "the database cannot store a value of this request (error %d)", me.Number)
+	}
+	return nil
+}
+
 func (s *Store) forUpdate() string {
 	if s.dialect == "mysql" {
 		return " FOR UPDATE"
