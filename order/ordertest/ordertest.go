@@ -52,7 +52,9 @@ func Redis(tb testing.TB, db int) *redis.Client {
 var unsafeName = regexp.MustCompile(`[^a-zA-Z0-9_]`)
 
 // MySQLURL creates a fresh, empty database named after the test and returns
-// its URL.
+// its URL; the database is dropped at the test's end. It is created latin1,
+// the default of many servers, so that a table created without a character
+// set of its own is caught.
 func MySQLURL(tb testing.TB) string {
 	tb.Helper()
 	name := "t_" + unsafeName.ReplaceAllString(tb.Name(), "_")
@@ -64,11 +66,22 @@ func MySQLURL(tb testing.TB) string {
 		tb.Fatalf("no MariaDB at %s (set ORDERD_TEST_MYSQL or run contrib/dev/test.sh): %v", MySQLBase(), err)
 	}
 	defer admin.Close()
-	for _, q := range []string{"DROP DATABASE IF EXISTS " + name, "CREATE DATABASE " + name} {
+	for _, q := range []string{"DROP DATABASE IF EXISTS " + name, "CREATE DATABASE " + name + " CHARACTER SET latin1"} {
 		if _, err := admin.DB().Exec(q); err != nil {
 			tb.Fatal(err)
 		}
 	}
+	tb.Cleanup(func() {
+		admin, err := sqlstore.Open(context.Background(), MySQLBase()+"/mysql")
+		if err != nil {
+			tb.Errorf("drop test database %s: %v", name, err)
+			return
+		}
+		defer admin.Close()
+		if _, err := admin.DB().Exec("DROP DATABASE IF EXISTS " + name); err != nil {
+			tb.Errorf("drop test database %s: %v", name, err)
+		}
+	})
 	return MySQLBase() + "/" + name
 }
 

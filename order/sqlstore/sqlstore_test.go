@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/orderd/orderd/order"
 	"github.com/orderd/orderd/order/ordertest"
 	"github.com/orderd/orderd/order/sqlstore"
 )
@@ -55,4 +56,35 @@ func TestMigrateIsIdempotent(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A value the database cannot store is the request's fault, not a 503: a
+// table left in latin1 (created before migration 2, then converted back by
+// hand) refuses an emoji, and PutSKU says invalid_request.
+func TestDataErrorIsInvalidRequest(t *testing.T) {
+	st := ordertest.Open(t, ordertest.MySQLURL(t))
+	ctx := context.Background()
+	if _, err := st.DB().ExecContext(ctx, "ALTER TABLE skus CONVERT TO CHARACTER SET latin1"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := st.PutSKU(ctx, order.SKU{SKU: 1, Name: "Becher 😀", Available: 1})
+	if code := order.ErrorCode(err); code != order.CodeInvalidRequest {
+		t.Fatalf("PutSKU of a name the table cannot hold: %v (code %s), want invalid_request", err, code)
+	}
+}
+
+// The tables hold any UTF-8 text byte for byte, whatever the database's
+// default character set (ordertest creates it latin1).
+func TestUTF8RoundTrip(t *testing.T) {
+	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
+		ctx := context.Background()
+		name := "Kaffeebecher ☕ 日本語 😀 \u00e9\u0301"
+		if _, err := st.PutSKU(ctx, order.SKU{SKU: 901, Name: name, PriceCents: 1, Available: 1}); err != nil {
+			t.Fatal(err)
+		}
+		k, err := st.GetSKU(ctx, 901)
+		if err != nil || k.Name != name {
+			t.Fatalf("name came back as %q (%v), want %q", k.Name, err, name)
+		}
+	})
 }
