@@ -26,6 +26,18 @@
 // The reader never waits on a handler for long: a subscriber that stops
 // reading is disconnected by Redis, losing everything in flight.
 //
+// The hooks get a context that ends when the listener begins to stop: a long
+// sweep should then finish the transaction in hand and return. Run waits for
+// handlers and hooks at most ShutdownTimeout, then cancels the handlers'
+// contexts and returns, as http.Server.Shutdown does.
+//
+// After every subscription (a restarted Redis may have lost a setting made at
+// run time) and every NotifyInterval, the listener checks that Redis still
+// publishes expired-key events; Health reports it, and with NotifyEnable it
+// turns them on again. A handler returns an error wrapping ErrMalformedKey for
+// a key it cannot parse: the listener counts it (Stats.Malformed) and logs at
+// most one such key a second, cut to 128 bytes (KeyField).
+//
 // A Scheduler fixes the lateness: it writes the TTL key together with an entry
 // in a due index, and a Listener given the Scheduler touches every key whose
 // deadline has passed, so Redis expires and announces it within milliseconds.
