@@ -119,8 +119,10 @@ func TestShutdownDuringLongSweep(t *testing.T) {
 		go func() { errc <- l.Run(ctx) }()
 		waitFor(t, 30*time.Second, "the sweep under way", func() bool { return moved.Load() > 0 })
 		cancel()
+		stopAt := time.Now()
 		select {
 		case err := <-errc:
+			t.Logf("Run returned %v after the stop, %d of %d orders moved", time.Since(stopAt).Round(time.Millisecond), moved.Load(), n)
 			if err != nil {
 				t.Fatalf("Run returned %v, want nil: the sweep should stop between pages", err)
 			}
@@ -200,12 +202,14 @@ func TestStockCounterConvergesAfterLostGiveBack(t *testing.T) {
 			t.Fatalf("set-up: with the give-back lost, an order got %v, want sold out", err)
 		}
 
-		fixedBy := time.Now().Add(2*interval + 5*time.Second) // a sweep interval, the settle time, a slow machine
+		restored := time.Now()
+		fixedBy := restored.Add(2*interval + 5*time.Second) // a sweep interval, the settle time, a slow machine
 		waitFor(t, time.Until(fixedBy), "the Redis counter equal to the database", func() bool {
 			k, _ := st.GetSKU(ctx, 1)
 			n, ok, _ := e.counter.Available(ctx, 1)
 			return ok && n == k.Available
 		})
+		t.Logf("counter mended %v after Redis came back (sweep interval %v)", time.Since(restored).Round(time.Millisecond), interval)
 		if got := e.rdb.HGet(ctx, "stock:{1}:buyers", "7").Val(); got != "" {
 			t.Fatalf("user 7 still counted as holding %s units", got)
 		}
