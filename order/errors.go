@@ -15,6 +15,7 @@ const (
 	CodeLimitExceeded     = "limit_exceeded"
 	CodeInvalidTransition = "invalid_transition"
 	CodeUnavailable       = "unavailable"
+	CodeMethodNotAllowed  = "method_not_allowed"
 	CodeInternal          = "internal"
 )
 

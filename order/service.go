@@ -242,11 +242,12 @@ func (s *Service) unreserve(ctx context.Context, h stock.Hold, createErr error) 
 // their own, and someone else's order is not found).
 func (s *Service) Get(ctx context.Context, user int64, admin bool, id int64) (Order, error) {
 	o, err := s.store.Get(ctx, id)
+	if errors.Is(err, ErrNotFound) || (err == nil && !admin && o.UserID != user) {
+		// One answer for both: it must not tell which ids exist.
+		return Order{}, Errorf(CodeNotFound, "order not found")
+	}
 	if err != nil {
 		return Order{}, err
-	}
-	if !admin && o.UserID != user {
-		return Order{}, ErrNotFound
 	}
 	return o, nil
 }
@@ -393,21 +394,33 @@ func (s *Service) CompleteOrders(ctx context.Context, ids []int64, source string
 	return len(moved), nil
 }
 
+// maxLoggedIDs bounds the order ids one log line lists.
+const maxLoggedIDs = 100
+
+// observe reports the orders a deadline moved: one info line per batch naming
+// them (the first 100 ids), and each to OnTransition.
 func (s *Service) observe(moved []Order, to Status, source string) {
+	if len(moved) == 0 {
+		return
+	}
+	ids := make([]int64, 0, min(len(moved), maxLoggedIDs))
+	var latest time.Duration
 	for _, o := range moved {
 		deadline, at := o.PayDeadline, o.CancelledAt
 		if to == Completed {
 			deadline, at = *o.ConfirmDeadline, o.CompletedAt
 		}
 		lateness := at.Sub(deadline)
+		latest = max(latest, lateness)
+		if len(ids) < maxLoggedIDs {
+			ids = append(ids, o.ID)
+		}
 		if s.cfg.OnTransition != nil {
 			s.cfg.OnTransition(Transition{To: to, Lateness: lateness, Source: source})
 		}
-		if source == "sweep" {
-			s.log.Info("order rescued by the sweep", zap.Int64("order_id", o.ID),
-				zap.String("status", string(to)), zap.Duration("late", lateness))
-		}
 	}
+	s.log.Info("orders "+string(to), zap.String("source", source), zap.Int("count", len(moved)),
+		zap.Int64s("order_ids", ids), zap.Bool("ids_cut", len(moved) > len(ids)), zap.Duration("max_late", latest))
 }
 
 // Sweep applies the overdue transitions the database holds whose deadline

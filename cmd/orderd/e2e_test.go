@@ -23,6 +23,9 @@ import (
 
 const redisDB = 5 // this package's Redis database
 
+// e2eSecret is the tests' --jwt-secret: 32 bytes, the shortest taken.
+const e2eSecret = "e2e-secret-of-thirty-two-bytes!!"
+
 var binary string // built once by TestMain
 
 func TestMain(m *testing.M) {
@@ -177,7 +180,7 @@ func TestBinaryEndToEnd(t *testing.T) {
 	env := []string{
 		"ORDERD_REDIS_URL=redis://" + ordertest.RedisAddr() + "/" + strconv.Itoa(redisDB),
 		"ORDERD_DB=" + ordertest.MySQLURL(t),
-		"ORDERD_JWT_SECRET=e2e-secret",
+		"ORDERD_JWT_SECRET=" + e2eSecret,
 		"ORDERD_PAY_TIMEOUT=6s",
 		"ORDERD_CONFIRM_TIMEOUT=1500ms",
 		"ORDERD_SWEEP_INTERVAL=1s",
@@ -185,7 +188,7 @@ func TestBinaryEndToEnd(t *testing.T) {
 	}
 	// serve refuses to run on an old schema; migrate is idempotent.
 	apiAddr, metricsAddr := freeAddr(t), freeAddr(t)
-	if code, out := runCmd(t, env, "serve", "--addr", apiAddr); code != 1 || !strings.Contains(out, "orderd migrate") {
+	if code, out := runCmd(t, env, "serve", "--addr", apiAddr); code != 2 || !strings.Contains(out, "orderd migrate") {
 		t.Fatalf("serve before migrate: exit %d %s", code, out)
 	}
 	for range 2 {
@@ -366,9 +369,48 @@ func signFor(t *testing.T, user int) string {
 	if v, ok := tokens.Load(user); ok {
 		return v.(string)
 	}
-	tok := signToken(t, "e2e-secret", user)
+	tok := signToken(t, e2eSecret, user)
 	tokens.Store(user, tok)
 	return tok
+}
+
+// What only the servers can tell about the settings is a configuration error
+// (exit 2, naming the flag), so that systemd does not restart the unit in a
+// loop; a server that does not answer is a runtime failure (exit 1).
+func TestServerSideConfigurationExitCodes(t *testing.T) {
+	redisURL := "redis://" + ordertest.RedisAddr() + "/" + strconv.Itoa(redisDB)
+	migrated := ordertest.MySQLURL(t)
+	if code, out := runCmd(t, []string{"ORDERD_DB=" + migrated}, "migrate"); code != 0 {
+		t.Fatalf("migrate: %d %s", code, out)
+	}
+	host := strings.TrimPrefix(ordertest.MySQLBase(), "mysql://orderd:orderd@")
+	tests := []struct {
+		name     string
+		redis    string
+		db       string
+		code     int
+		mentions string
+	}{
+		{"wrong database password", redisURL, "mysql://orderd:wrong@" + host + "/orderd", 2, "--db"},
+		{"database does not exist", redisURL, ordertest.MySQLBase() + "/no_such_database", 2, "--db"},
+		{"schema older than the binary", redisURL, "sqlite:" + filepath.Join(t.TempDir(), "empty.db"), 2, "orderd migrate"},
+		{"sqlite file cannot be opened", redisURL, "sqlite:/nonexistent/dir/orderd.db", 2, "--db"},
+		{"redis DB index out of range", "redis://" + ordertest.RedisAddr() + "/999", migrated, 2, "--redis-url"},
+		{"redis does not answer", "redis://127.0.0.1:1/0", migrated, 1, "--redis-url"},
+		{"database does not answer", redisURL, "mysql://orderd:orderd@127.0.0.1:1/orderd", 1, "--db"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := []string{"ORDERD_REDIS_URL=" + tt.redis, "ORDERD_DB=" + tt.db, "ORDERD_LOG_FORMAT=json"}
+			code, out := runCmd(t, env, "listen", "--metrics-addr", "")
+			if code != tt.code || !strings.Contains(out, tt.mentions) {
+				t.Fatalf("exit %d, output %q; want exit %d naming %s", code, out, tt.code, tt.mentions)
+			}
+			if lines := strings.Count(strings.TrimSpace(out), "\n") + 1; lines != 1 {
+				t.Fatalf("%d lines of output, want one clear line:\n%s", lines, out)
+			}
+		})
+	}
 }
 
 func TestUsageErrorsExit2(t *testing.T) {
@@ -383,7 +425,9 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{[]string{"migrate", "--db", "mysql://u:p@h:1/"}, nil, "--db"},
 		{[]string{"serve"}, []string{"ORDERD_JWT_SECRET="}, "--jwt-secret"},
 		{[]string{"token", "--user", "1"}, []string{"ORDERD_JWT_SECRET="}, "--jwt-secret"},
-		{[]string{"token", "--user", "0", "--jwt-secret", "s"}, nil, "--user"},
+		{[]string{"token", "--user", "0", "--jwt-secret", e2eSecret}, nil, "--user"},
+		{[]string{"token", "--user", "1", "--jwt-secret", "CHANGE-ME"}, nil, "--jwt-secret"},
+		{[]string{"serve"}, []string{"ORDERD_JWT_SECRET=" + e2eSecret[:31]}, "--jwt-secret"},
 		{[]string{"listen", "--log-level", "loud"}, nil, "--log-level"},
 		{[]string{"listen", "--no-such-flag"}, nil, "no-such-flag"},
 		{[]string{"no-such-command"}, nil, "unknown command"},

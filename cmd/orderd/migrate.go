@@ -24,6 +24,9 @@ func newMigrateCmd(g *globalOptions) *cobra.Command {
 func runMigrate(ctx context.Context, g *globalOptions) error {
 	store, err := sqlstore.Open(ctx, g.DB)
 	if err != nil {
+		if sqlstore.IsConfigError(err) {
+			return usageErrorf("--db: %v", err)
+		}
 		return fmt.Errorf("database (--db): %w", err)
 	}
 	defer store.Close()
@@ -31,6 +34,14 @@ func runMigrate(ctx context.Context, g *globalOptions) error {
 	if err != nil {
 		return err
 	}
-	g.log.Info("schema up to date", zap.Int64s("applied", applied))
+	version, _, err := store.SchemaVersion(ctx)
+	if err != nil {
+		return err
+	}
+	if len(applied) == 0 {
+		g.log.Info("schema already up to date: nothing to apply", zap.Int64("version", version))
+		return nil
+	}
+	g.log.Info("schema migrated", zap.Int64s("applied", applied), zap.Int64("version", version))
 	return nil
 }

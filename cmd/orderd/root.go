@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -110,8 +111,11 @@ func (o *globalOptions) complete(cmd *cobra.Command) error {
 			return usageErrorf("--%s must be positive, not %v", d.name, d.v)
 		}
 	}
-	o.log, err = newLogger(o.LogFormat, o.LogLevel)
-	return err
+	if o.log, err = newLogger(o.LogFormat, o.LogLevel); err != nil {
+		return err
+	}
+	routeLibraryLogs(o.log)
+	return nil
 }
 
 func newLogger(format, level string) (*zap.Logger, error) {
@@ -130,6 +134,8 @@ func newLogger(format, level string) (*zap.Logger, error) {
 	case "json":
 		cfg = zap.NewProductionConfig()
 		cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+		// Stack traces only where a bug is: a recovered panic logs its own.
+		cfg.DisableStacktrace = true
 	case "console":
 		cfg = zap.NewDevelopmentConfig()
 		cfg.DisableStacktrace = true
@@ -149,23 +155,36 @@ type deps struct {
 	counter *stock.Counter
 }
 
-// open connects to Redis and the database and checks the schema.
+// open connects to Redis and the database and checks the schema. What only
+// the servers can tell about the settings (a password refused, a database or
+// Redis DB that does not exist, a schema older than the binary) is a
+// configuration error (exit 2); a server that does not answer is a runtime
+// failure (exit 1).
 func (o *globalOptions) open(ctx context.Context) (*deps, error) {
 	rdb := redis.NewClient(o.redisOpts)
 	pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := rdb.Ping(pingCtx).Err(); err != nil {
 		rdb.Close()
+		if redisRefuses(err) {
+			return nil, usageErrorf("--redis-url: Redis at %s refuses the settings: %v", o.redisOpts.Addr, err)
+		}
 		return nil, runtimeError(fmt.Errorf("redis at %s does not answer (--redis-url): %w", o.redisOpts.Addr, err))
 	}
 	store, err := sqlstore.Open(ctx, o.DB)
 	if err != nil {
 		rdb.Close()
+		if sqlstore.IsConfigError(err) {
+			return nil, usageErrorf("--db: %v", err)
+		}
 		return nil, runtimeError(fmt.Errorf("database (--db): %w", err))
 	}
 	if err := store.CheckSchema(ctx); err != nil {
 		rdb.Close()
 		store.Close()
+		if errors.Is(err, sqlstore.ErrSchemaOutdated) {
+			return nil, usageErrorf("--db: %v", err)
+		}
 		return nil, runtimeError(err)
 	}
 	return &deps{
@@ -174,6 +193,22 @@ func (o *globalOptions) open(ctx context.Context) (*deps, error) {
 		sched:   expiry.NewScheduler(rdb, expiry.SchedulerConfig{Index: o.KeyPrefix + "orderd:due"}),
 		counter: stock.NewCounter(rdb, o.KeyPrefix),
 	}, nil
+}
+
+// redisRefuses reports whether Redis answered a PING with an error that
+// the settings cause (a wrong password, a DB index out of range), as opposed
+// to a passing state (loading its data, a failover) or no answer at all.
+func redisRefuses(err error) bool {
+	var rerr redis.Error
+	if !errors.As(err, &rerr) {
+		return false
+	}
+	for _, passing := range []string{"LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN"} {
+		if strings.HasPrefix(rerr.Error(), passing) {
+			return false
+		}
+	}
+	return true
 }
 
 func (d *deps) close() {
@@ -191,6 +226,23 @@ func (d *deps) health(ctx context.Context) httpapi.Problems {
 		p["database"] = fmt.Sprintf("the database does not answer: %v", err)
 	}
 	return p
+}
+
+// minSecret is the shortest --jwt-secret taken: HS256 wants a key of at
+// least its hash's 32 bytes, and a short one can be guessed offline from any
+// token.
+const minSecret = 32
+
+// secret returns --jwt-secret, refusing (exit 2) one that is missing or
+// shorter than 32 bytes; what says who needs it.
+func (o *globalOptions) secret(what string) ([]byte, error) {
+	switch {
+	case o.JWTSecret == "":
+		return nil, usageErrorf("--jwt-secret (or ORDERD_JWT_SECRET) is required: %s", what)
+	case len(o.JWTSecret) < minSecret:
+		return nil, usageErrorf("--jwt-secret must have at least %d bytes, not %d: use e.g. $(head -c 32 /dev/urandom | base64)", minSecret, len(o.JWTSecret))
+	}
+	return []byte(o.JWTSecret), nil
 }
 
 func (o *globalOptions) serviceConfig(onTransition func(order.Transition)) order.Config {

@@ -36,8 +36,9 @@ func newServeCmd(g *globalOptions) *cobra.Command {
 }
 
 func runServe(ctx context.Context, o *serveOptions) error {
-	if o.JWTSecret == "" {
-		return usageErrorf("--jwt-secret (or ORDERD_JWT_SECRET) is required: serve refuses to start without one")
+	secret, err := o.secret("serve refuses to start without one")
+	if err != nil {
+		return err
 	}
 	d, err := o.open(ctx)
 	if err != nil {
@@ -48,7 +49,7 @@ func runServe(ctx context.Context, o *serveOptions) error {
 	svc := order.NewService(d.store, d.counter, d.sched, o.serviceConfig(nil))
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	h, err := httpapi.New(svc, httpapi.Config{JWTSecret: []byte(o.JWTSecret), Logger: o.log, Registry: reg, Health: d.health})
+	h, err := httpapi.New(svc, httpapi.Config{JWTSecret: secret, Logger: o.log, Registry: reg, Health: d.health})
 	if err != nil {
 		return err
 	}

@@ -33,8 +33,9 @@ func newTokenCmd(g *globalOptions) *cobra.Command {
 }
 
 func runToken(cmd *cobra.Command, o *tokenOptions) error {
-	if o.JWTSecret == "" {
-		return usageErrorf("--jwt-secret (or ORDERD_JWT_SECRET) is required to sign tokens")
+	secret, err := o.secret("it signs the tokens")
+	if err != nil {
+		return err
 	}
 	if o.User <= 0 {
 		return usageErrorf("--user must be a positive integer user id")
@@ -42,7 +43,7 @@ func runToken(cmd *cobra.Command, o *tokenOptions) error {
 	if o.TTL <= 0 {
 		return usageErrorf("--ttl must be positive, not %v", o.TTL)
 	}
-	tok, err := httpapi.IssueToken([]byte(o.JWTSecret), o.User, o.Admin, o.TTL)
+	tok, err := httpapi.IssueToken(secret, o.User, o.Admin, o.TTL)
 	if err != nil {
 		return runtimeError(err)
 	}

@@ -275,6 +275,14 @@ func TestBadInput(t *testing.T) {
 		{"alg none", "PUT", "/v1/skus/3", forge(`{"alg":"none","typ":"JWT"}`, fmt.Sprintf(`{"sub":"1","admin":true,"exp":%d}`, exp)), `{"name":"x","price_cents":1,"stock":1}`, 401, "unauthorized"},
 		{"no exp", "GET", "/v1/orders", forge(`{"alg":"none"}`, `{"sub":"1"}`), nil, 401, "unauthorized"},
 		{"sub not a number", "GET", "/v1/orders", mustSign(t, `{"sub":"alice","exp":`+strconv.FormatInt(exp, 10)+`}`), nil, 401, "unauthorized"},
+		{"exp as a string", "GET", "/v1/orders", mustSign(t, `{"sub":"2","exp":"`+strconv.FormatInt(exp, 10)+`"}`), nil, 401, "unauthorized"},
+		{"sub as a number", "GET", "/v1/orders", mustSign(t, `{"sub":2,"exp":`+strconv.FormatInt(exp, 10)+`}`), nil, 401, "unauthorized"},
+		{"ADMIN in capitals", "PUT", "/v1/skus/3", mustSign(t, `{"sub":"2","ADMIN":true,"exp":`+strconv.FormatInt(exp, 10)+`}`), `{"name":"x","price_cents":1,"stock":1}`, 401, "unauthorized"},
+		{"Admin capitalised", "PUT", "/v1/skus/3", mustSign(t, `{"sub":"2","Admin":true,"exp":`+strconv.FormatInt(exp, 10)+`}`), `{"name":"x","price_cents":1,"stock":1}`, 401, "unauthorized"},
+		{"admin twice", "PUT", "/v1/skus/3", mustSign(t, `{"sub":"2","admin":false,"admin":true,"exp":`+strconv.FormatInt(exp, 10)+`}`), `{"name":"x","price_cents":1,"stock":1}`, 401, "unauthorized"},
+		{"admin as a number", "PUT", "/v1/skus/3", mustSign(t, `{"sub":"2","admin":1,"exp":`+strconv.FormatInt(exp, 10)+`}`), `{"name":"x","price_cents":1,"stock":1}`, 401, "unauthorized"},
+		{"pay with GET", "GET", "/v1/orders/1/pay", alice, nil, 405, "method_not_allowed"},
+		{"delete a sku", "DELETE", "/v1/skus/1", admin, nil, 405, "method_not_allowed"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -284,6 +292,27 @@ func TestBadInput(t *testing.T) {
 	}
 	a.t = t
 	ordertest.CheckStock(t, st, 1, 10)
+
+	// A known path with another method names the methods it takes.
+	for path, want := range map[string]string{"/v1/orders/1/pay": "POST", "/v1/skus/1": "GET, HEAD, PUT", "/v1/orders": "GET, HEAD, POST"} {
+		req, _ := http.NewRequest("PATCH", a.srv.URL+path, nil)
+		resp, err := a.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 405 || resp.Header.Get("Allow") != want {
+			t.Errorf("PATCH %s: %d, Allow %q; want 405 and %q", path, resp.StatusCode, resp.Header.Get("Allow"), want)
+		}
+	}
+	// Someone else's order and one that does not exist get the same body.
+	o := a.expect("POST", "/v1/orders", alice, `{"sku":1,"qty":1}`, 201, "")
+	bob := token(t, 3, false)
+	_, theirs := a.do("GET", "/v1/orders/"+id(o), bob, nil)
+	_, missing := a.do("GET", "/v1/orders/100001", bob, nil)
+	if fmt.Sprint(theirs) != fmt.Sprint(missing) {
+		t.Errorf("someone else's order answers %v, a missing one %v: the body tells which ids exist", theirs, missing)
+	}
 }
 
 // mustSign signs raw claims with the test secret (HS256).

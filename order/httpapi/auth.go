@@ -1,8 +1,13 @@
 package httpapi
 
 import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -38,7 +43,8 @@ type identity struct {
 	admin bool
 }
 
-// parseToken checks signature (HS256 only), expiry (required) and subject.
+// parseToken checks signature (HS256 only), expiry (required), subject and
+// the claims' JSON itself (strictClaims).
 func parseToken(secret []byte, raw string) (identity, error) {
 	var c Claims
 	_, err := jwt.ParseWithClaims(raw, &c, func(*jwt.Token) (any, error) { return secret, nil },
@@ -48,9 +54,71 @@ func parseToken(secret []byte, raw string) (identity, error) {
 	if err != nil {
 		return identity{}, err
 	}
+	if err := strictClaims(raw); err != nil {
+		return identity{}, err
+	}
 	user, err := strconv.ParseInt(c.Subject, 10, 64)
 	if err != nil || user <= 0 {
 		return identity{}, errors.New("sub is not a positive integer user id")
 	}
 	return identity{user: user, admin: c.Admin}, nil
+}
+
+// claimTypes are the claims orderd reads, with the JSON type each must have.
+var claimTypes = map[string]string{"sub": "string", "admin": "bool", "exp": "number", "iat": "number", "nbf": "number"}
+
+// strictClaims rejects what encoding/json would let through into Claims: a
+// claim named in another case ("ADMIN", "Sub"), a claim given twice (the
+// last would win), and a claim of another type ("exp" as a string, "admin"
+// as 1). The signature is already checked: this reads the payload again.
+func strictClaims(raw string) error {
+	parts := strings.Split(raw, ".")
+	if len(parts) != 3 {
+		return errors.New("token is not three dot-separated parts")
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return errors.New("claims are not base64url")
+	}
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.UseNumber()
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return errors.New("claims are not a JSON object")
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return errors.New("claims are not valid JSON")
+		}
+		name := t.(string) // object keys are strings
+		var v any
+		if err := dec.Decode(&v); err != nil {
+			return errors.New("claims are not valid JSON")
+		}
+		lower := strings.ToLower(name)
+		want, known := claimTypes[lower]
+		switch {
+		case !known:
+			continue
+		case name != lower:
+			return fmt.Errorf("claim %q: claim names are lower case", name)
+		case seen[name]:
+			return fmt.Errorf("claim %q given twice", name)
+		}
+		seen[name] = true
+		var ok bool
+		switch want {
+		case "string":
+			_, ok = v.(string)
+		case "bool":
+			_, ok = v.(bool)
+		case "number":
+			_, ok = v.(json.Number)
+		}
+		if !ok {
+			return fmt.Errorf("claim %q must be a JSON %s", name, want)
+		}
+	}
+	return nil
 }

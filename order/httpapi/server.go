@@ -92,10 +92,28 @@ func New(svc *order.Service, cfg Config) (http.Handler, error) {
 	})))
 	mux.Handle("GET /healthz", HealthHandler(s.health))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/", s.wrap(func(http.ResponseWriter, *http.Request) (any, int, error) {
+	mux.HandleFunc("/", s.wrap(func(w http.ResponseWriter, r *http.Request) (any, int, error) {
+		if allow := allowed(mux, r); len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			return nil, 0, order.Errorf(order.CodeMethodNotAllowed, "%s is not allowed here; use %s", r.Method, strings.Join(allow, " or "))
+		}
 		return nil, 0, order.Errorf(order.CodeNotFound, "no such endpoint")
 	}))
 	return s.observe(mux), nil
+}
+
+// allowed returns the methods that mux serves r's path with (other than by
+// its catch-all pattern "/").
+func allowed(mux *http.ServeMux, r *http.Request) []string {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		probe := *r
+		probe.Method = m
+		if _, pattern := mux.Handler(&probe); pattern != "" && pattern != "/" {
+			allow = append(allow, m)
+		}
+	}
+	return allow
 }
 
 // handlerFunc returns the response body and status, or an error.
@@ -114,6 +132,7 @@ var statusOf = map[string]int{
 	order.CodeLimitExceeded:     http.StatusConflict,
 	order.CodeInvalidTransition: http.StatusConflict,
 	order.CodeUnavailable:       http.StatusServiceUnavailable,
+	order.CodeMethodNotAllowed:  http.StatusMethodNotAllowed,
 }
 
 func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {

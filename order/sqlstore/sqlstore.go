@@ -17,7 +17,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 	"github.com/jmoiron/sqlx"
 	"github.com/pressly/goose/v3"
-	_ "modernc.org/sqlite" // registers the "sqlite" driver
+	"modernc.org/sqlite" // registers the "sqlite" driver
 
 	"github.com/orderd/orderd/order"
 )
@@ -115,6 +115,28 @@ func Open(ctx context.Context, raw string) (*Store, error) {
 	return st, nil
 }
 
+// IsConfigError reports whether err (from Open) is one that no retry can
+// fix, because the settings are wrong: credentials the server refuses, a
+// database that does not exist or may not be used, an SQLite file that cannot
+// be opened. A server that does not answer is not one.
+func IsConfigError(err error) bool {
+	var me *mysql.MySQLError
+	if errors.As(err, &me) {
+		switch me.Number {
+		case 1044, 1045, 1049, 1698: // access denied to the database, bad credentials, unknown database, no password for root
+			return true
+		}
+	}
+	var le *sqlite.Error
+	if errors.As(err, &le) {
+		switch le.Code() & 0xff {
+		case 14, 23, 26: // SQLITE_CANTOPEN, SQLITE_AUTH, SQLITE_NOTADB
+			return true
+		}
+	}
+	return false
+}
+
 // DB returns the underlying handle.
 func (s *Store) DB() *sqlx.DB { return s.db }
 
@@ -152,6 +174,23 @@ func (s *Store) Migrate(ctx context.Context) ([]int64, error) {
 		applied = append(applied, r.Source.Version)
 	}
 	return applied, nil
+}
+
+// SchemaVersion returns the version of the last migration applied (0 for an
+// empty database) and the latest this binary knows.
+func (s *Store) SchemaVersion(ctx context.Context) (current, latest int64, err error) {
+	p, err := s.provider()
+	if err != nil {
+		return 0, 0, err
+	}
+	if current, err = p.GetDBVersion(ctx); err != nil {
+		return 0, 0, fmt.Errorf("sqlstore: read schema version: %w", err)
+	}
+	srcs := p.ListSources()
+	if len(srcs) > 0 {
+		latest = srcs[len(srcs)-1].Version
+	}
+	return current, latest, nil
 }
 
 // ErrSchemaOutdated is returned by CheckSchema when migrations are pending.
