@@ -3,7 +3,10 @@
 #
 # Source this file, then call:
 #   services_scratch NAME       make $ORDERD_SCRATCH, removed with the servers on exit
-#   services_install [mysql]    install redis-server (and mariadb-server) from Debian when missing
+#   services_install [mysql] [TOOL...]
+#                               install redis-server (and mariadb-server, and the Debian
+#                               package of each TOOL: systemd-analyze, supervisord, jq)
+#                               from Debian when missing
 #   services_start redis|mysql  start a private server under $ORDERD_SCRATCH on a loopback port
 #   services_stop               stop every server this shell started (also run on EXIT)
 #
@@ -25,12 +28,25 @@ services_scratch() {
 
 _sudo() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# The Debian package that brings each tool the tests use.
+_tool_package() {
+	case "$1" in
+	systemd-analyze) echo systemd ;;
+	supervisord) echo supervisor ;;
+	*) echo "$1" ;;
+	esac
+}
+
 services_install() {
-	local need=()
+	local need=() tool
 	command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 	if [ "${1:-}" = mysql ]; then
 		command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
+		shift
 	fi
+	for tool in "$@"; do
+		command -v "$tool" >/dev/null 2>&1 || need+=("$(_tool_package "$tool")")
+	done
 	[ ${#need[@]} -eq 0 ] && return 0
 	echo "installing ${need[*]} from Debian's packages" >&2
 	_sudo apt-get update -qq

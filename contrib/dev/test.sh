@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../.."
 source contrib/dev/services.sh
 services_scratch test
 
-services_install mysql
+services_install mysql systemd-analyze supervisord jq
 services_start redis
 services_start mysql
 echo "redis $ORDERD_TEST_REDIS, mariadb $ORDERD_TEST_MYSQL, scratch $ORDERD_SCRATCH"
