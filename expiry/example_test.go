@@ -9,12 +9,15 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/orderd/orderd/expiry"
+	"github.com/orderd/orderd/internal/testkit"
 )
 
 // Print the ids of orders whose pay timeout expires.
 func ExampleListener() {
-	rdb := redis.NewClient(&redis.Options{Addr: redisAddr(), DB: 2})
-	ctx, stop := context.WithCancel(context.Background())
+	rdb := redis.NewClient(&redis.Options{Addr: testkit.RedisAddr(), DB: 2})
+	// Give up after a while: without a Redis, go-redis would try for ever.
+	ctx, stop := context.WithTimeout(context.Background(), 10*time.Second)
+	defer stop()
 
 	mux := expiry.NewServeMux()
 	mux.HandleFunc("order_pay:", func(ctx context.Context, ev expiry.Event) error {

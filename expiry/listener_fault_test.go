@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/orderd/orderd/expiry"
+	"github.com/orderd/orderd/internal/testkit"
 )
 
 // stopWithin stops the listener and fails unless Run returns within d; it
@@ -108,7 +109,7 @@ func TestListenerMalformedKeysCountedAndLogBounded(t *testing.T) {
 	for i := range 200 {
 		rdb.Set(ctx, "order_pay:junk"+strconv.Itoa(i), "1", 10*time.Millisecond)
 	}
-	waitFor(t, 30*time.Second, "201 malformed keys counted", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "201 malformed keys counted", func() bool {
 		rdb.Exists(ctx, huge, "order_pay:junk199") // make Redis expire them now
 		return l.Stats().Malformed == 201
 	})
@@ -151,12 +152,12 @@ func TestListenerNotifyCheckedAfterRedisRestart(t *testing.T) {
 			l := expiry.NewListener(srv.client, h, expiry.ListenerConfig{Notify: policy, NotifyInterval: time.Hour, Logger: zap.NewNop()})
 			run(t, l)
 			waitSubscribed(t, l, 1)
-			waitFor(t, 5*time.Second, "healthy", func() bool { h := l.Health(); return h.Subscribed && h.Notify == nil })
+			testkit.WaitFor(t, 5*time.Second, "healthy", func() bool { h := l.Health(); return h.Subscribed && h.Notify == nil })
 
 			srv.restart() // its defaults: notify-keyspace-events ""
 			waitSubscribed(t, l, 2)
 			if policy == expiry.NotifyCheck {
-				waitFor(t, 3*time.Second, "notify reported off", func() bool {
+				testkit.WaitFor(t, 3*time.Second, "notify reported off", func() bool {
 					return errors.Is(l.Health().Notify, expiry.ErrNotifyDisabled)
 				})
 				if msg := l.Health().Notify.Error(); !strings.Contains(msg, "notify-keyspace-events") {
@@ -164,7 +165,7 @@ func TestListenerNotifyCheckedAfterRedisRestart(t *testing.T) {
 				}
 				return
 			}
-			waitFor(t, 3*time.Second, "notify set again", func() bool {
+			testkit.WaitFor(t, 3*time.Second, "notify set again", func() bool {
 				return srv.client.ConfigGet(ctx, "notify-keyspace-events").Val()["notify-keyspace-events"] != ""
 			})
 			srv.client.Set(ctx, "after:1", "1", 10*time.Millisecond)

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/orderd/orderd/expiry"
+	"github.com/orderd/orderd/internal/testkit"
 )
 
 // run starts l in the background and returns a function that stops it and
@@ -33,21 +34,9 @@ func run(t *testing.T, l *expiry.Listener) (stop func() error) {
 	return stop
 }
 
-// waitFor polls cond until it holds or the timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func waitSubscribed(t *testing.T, l *expiry.Listener, n uint64) {
 	t.Helper()
-	waitFor(t, 5*time.Second, fmt.Sprintf("subscription %d", n), func() bool { return l.Stats().Subscriptions >= n })
+	testkit.WaitFor(t, 5*time.Second, fmt.Sprintf("subscription %d", n), func() bool { return l.Stats().Subscriptions >= n })
 }
 
 func TestListenerHandlesExpiredKey(t *testing.T) {
@@ -71,7 +60,7 @@ func TestListenerHandlesExpiredKey(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("expired key never reached its handler")
 	}
-	waitFor(t, 10*time.Second, "ignored keys counted", func() bool { return l.Stats().Ignored == 2 })
+	testkit.WaitFor(t, 10*time.Second, "ignored keys counted", func() bool { return l.Stats().Ignored == 2 })
 	if s := l.Stats(); s.Handled != 1 || s.Failed != 0 || s.Received != 3 {
 		t.Fatalf("stats %+v", s)
 	}
@@ -94,7 +83,7 @@ func TestListenerSlowHandlerLosesNothing(t *testing.T) {
 		return nil
 	})
 	l := expiry.NewListener(rdb, h, expiry.ListenerConfig{Workers: 8})
-	run(t, l)
+	stop := run(t, l)
 	waitSubscribed(t, l, 1)
 
 	ctx := context.Background()
@@ -108,8 +97,10 @@ func TestListenerSlowHandlerLosesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 60*time.Second, "all keys handled", func() bool { return handled.Load() >= n })
-	time.Sleep(100 * time.Millisecond)
+	testkit.WaitFor(t, 60*time.Second, "all keys handled", func() bool { return handled.Load() >= n })
+	if err := stop(); err != nil { // no handler runs after Run returns: the counts are final
+		t.Fatal(err)
+	}
 	if len(seen) != n || handled.Load() != n {
 		t.Fatalf("handled %d calls for %d distinct keys, want %d each", handled.Load(), len(seen), n)
 	}
@@ -143,9 +134,9 @@ func TestListenerFullQueueDropsAndCallsOnDrop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "all events read", func() bool { return l.Stats().Received == 200 })
+	testkit.WaitFor(t, 30*time.Second, "all events read", func() bool { return l.Stats().Received == 200 })
 	close(release)
-	waitFor(t, 10*time.Second, "queue drained", func() bool { s := l.Stats(); return s.QueueDepth == 0 && s.InFlight == 0 })
+	testkit.WaitFor(t, 10*time.Second, "queue drained", func() bool { s := l.Stats(); return s.QueueDepth == 0 && s.InFlight == 0 })
 	s := l.Stats()
 	if s.Dropped == 0 || drops.Load() == 0 || uint64(handled.Load())+s.Dropped != 200 {
 		t.Fatalf("stats %+v, OnDrop calls %d, handled %d: want drops reported and handled + dropped = 200", s, drops.Load(), handled.Load())
@@ -163,14 +154,14 @@ func TestListenerResubscribesAfterKill(t *testing.T) {
 	})
 	run(t, l)
 	waitSubscribed(t, l, 1)
-	waitFor(t, 5*time.Second, "first hook", func() bool { return hooks.Load() == 1 })
+	testkit.WaitFor(t, 5*time.Second, "first hook", func() bool { return hooks.Load() == 1 })
 
 	ctx := context.Background()
-	if err := rdb.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
-		t.Fatal(err)
+	if n := testkit.KillSubscribers(t, rdb); n != 1 { // this package's only; other packages' daemons run on
+		t.Fatalf("cut %d subscriptions, want the listener's one", n)
 	}
 	waitSubscribed(t, l, 2)
-	waitFor(t, 5*time.Second, "reconnect hook", func() bool { return hooks.Load() == 2 })
+	testkit.WaitFor(t, 5*time.Second, "reconnect hook", func() bool { return hooks.Load() == 2 })
 
 	rdb.Set(ctx, "after:1", "1", 50*time.Millisecond)
 	select {
@@ -252,5 +243,5 @@ func TestListenerInterval(t *testing.T) {
 		Interval: 10 * time.Millisecond, OnInterval: func(context.Context) { ticks.Add(1) },
 	})
 	run(t, l)
-	waitFor(t, 5*time.Second, "three ticks", func() bool { return ticks.Load() >= 3 })
+	testkit.WaitFor(t, 5*time.Second, "three ticks", func() bool { return ticks.Load() >= 3 })
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/orderd/orderd/expiry"
+	"github.com/orderd/orderd/internal/testkit"
 )
 
 func indexLen(t *testing.T, rdb *redis.Client, s *expiry.Scheduler) int64 {
@@ -66,7 +67,11 @@ func TestSchedulerReap(t *testing.T) {
 	// An entry whose key lost its TTL is no timer any more.
 	rdb.Set(ctx, "persisted", "1", 0)
 	rdb.ZAdd(ctx, s.Shards()[1], redis.Z{Score: float64(past.UnixMilli()), Member: "persisted"})
-	time.Sleep(5 * time.Millisecond)
+	// The timers set for a past deadline got a TTL of 1 ms: wait until
+	// Redis has them gone (EXISTS expires a key whose time has come).
+	testkit.WaitFor(t, 5*time.Second, "the 1 ms timers gone", func() bool {
+		return rdb.Exists(ctx, "gone:0", "gone:1", "gone:2").Val() == 0
+	})
 
 	var total expiry.ReapResult
 	for range 10 {
@@ -134,12 +139,12 @@ func TestListenerWithSchedulerFiresEveryTimer(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 60*time.Second, "every timer handled", func() bool {
+	testkit.WaitFor(t, 60*time.Second, "every timer handled", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(late) == n
 	})
-	waitFor(t, 5*time.Second, "index emptied", func() bool { return indexLen(t, rdb, s) == 0 })
+	testkit.WaitFor(t, 5*time.Second, "index emptied", func() bool { return indexLen(t, rdb, s) == 0 })
 	var worst time.Duration
 	for _, d := range late {
 		worst = max(worst, d)

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/orderd/orderd/internal/testkit"
 	"github.com/orderd/orderd/order"
 	"github.com/orderd/orderd/order/ordertest"
 	"github.com/orderd/orderd/order/sqlstore"
@@ -117,7 +118,7 @@ func TestShutdownDuringLongSweep(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		errc := make(chan error, 1)
 		go func() { errc <- l.Run(ctx) }()
-		waitFor(t, 30*time.Second, "the sweep under way", func() bool { return moved.Load() > 0 })
+		testkit.WaitFor(t, 30*time.Second, "the sweep under way", func() bool { return moved.Load() > 0 })
 		cancel()
 		stopAt := time.Now()
 		select {
@@ -140,7 +141,7 @@ func TestShutdownDuringLongSweep(t *testing.T) {
 		ordertest.CheckStock(t, st, 1, total)
 
 		e.daemon(t, order.DaemonConfig{SweepInterval: time.Hour}) // the next start
-		waitFor(t, 60*time.Second, "the rest swept", func() bool { return moved.Load() == n })
+		testkit.WaitFor(t, 60*time.Second, "the rest swept", func() bool { return moved.Load() == n })
 		ordertest.CheckStock(t, st, 1, total)
 	})
 }
@@ -151,7 +152,7 @@ func TestShutdownDuringLongSweep(t *testing.T) {
 // the commit and the give-back.
 type cutAfterExpire struct {
 	order.Store
-	proxy *ordertest.Proxy
+	proxy *testkit.Proxy
 	armed atomic.Bool
 }
 
@@ -173,7 +174,7 @@ func TestStockCounterConvergesAfterLostGiveBack(t *testing.T) {
 		e.sku(t, 1, 2, 2)
 		ctx := context.Background()
 
-		proxy := ordertest.NewProxy(t, ordertest.RedisAddr())
+		proxy := testkit.NewProxy(t, testkit.RedisAddr())
 		prdb := redis.NewClient(&redis.Options{Addr: proxy.Addr(), DB: redisDB})
 		t.Cleanup(func() { prdb.Close() })
 		core, logs := observer.New(zapcore.WarnLevel)
@@ -194,7 +195,7 @@ func TestStockCounterConvergesAfterLostGiveBack(t *testing.T) {
 			t.Fatal(err)
 		}
 		e.waitStatus(t, 10*time.Second, order.Expired, o.ID)
-		waitFor(t, 10*time.Second, "the give-back failing", func() bool {
+		testkit.WaitFor(t, 10*time.Second, "the give-back failing", func() bool {
 			return logs.FilterMessageSnippet("not given back").Len() > 0
 		})
 		proxy.Restore()
@@ -204,7 +205,7 @@ func TestStockCounterConvergesAfterLostGiveBack(t *testing.T) {
 
 		restored := time.Now()
 		fixedBy := restored.Add(2*interval + 5*time.Second) // a sweep interval, the settle time, a slow machine
-		waitFor(t, time.Until(fixedBy), "the Redis counter equal to the database", func() bool {
+		testkit.WaitFor(t, time.Until(fixedBy), "the Redis counter equal to the database", func() bool {
 			k, _ := st.GetSKU(ctx, 1)
 			n, ok, _ := e.counter.Available(ctx, 1)
 			return ok && n == k.Available

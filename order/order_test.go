@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/orderd/orderd/expiry"
+	"github.com/orderd/orderd/internal/testkit"
 	"github.com/orderd/orderd/order"
 	"github.com/orderd/orderd/order/ordertest"
 	"github.com/orderd/orderd/order/sqlstore"
@@ -28,6 +29,7 @@ const redisDB = 3 // this package's Redis database
 
 // env is one service on one store with the Redis parts, as `orderd serve` has it.
 type env struct {
+	stops   []func()
 	rdb     *redis.Client
 	store   *sqlstore.Store
 	svc     *order.Service
@@ -38,7 +40,7 @@ type env struct {
 
 func newEnv(t *testing.T, st *sqlstore.Store, cfg order.Config) *env {
 	t.Helper()
-	rdb := ordertest.Redis(t, redisDB)
+	rdb := testkit.Redis(t, redisDB)
 	e := &env{rdb: rdb, store: st, cfg: cfg,
 		sched:   expiry.NewScheduler(rdb, expiry.SchedulerConfig{Index: cfg.KeyPrefix + "orderd:due"}),
 		counter: stock.NewCounter(rdb, cfg.KeyPrefix)}
@@ -49,7 +51,8 @@ func newEnv(t *testing.T, st *sqlstore.Store, cfg order.Config) *env {
 	return e
 }
 
-// daemon starts an `orderd listen` equivalent; it stops at the test's end.
+// daemon starts an `orderd listen` equivalent; it stops at the test's end,
+// or at stopDaemons.
 func (e *env) daemon(t *testing.T, cfg order.DaemonConfig) *expiry.Listener {
 	t.Helper()
 	if cfg.Scheduler == nil {
@@ -62,9 +65,37 @@ func (e *env) daemon(t *testing.T, cfg order.DaemonConfig) *expiry.Listener {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); l.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	waitFor(t, 5*time.Second, "subscription", func() bool { return l.Stats().Subscriptions > 0 })
+	stop := sync.OnceFunc(func() { cancel(); <-done })
+	e.stops = append(e.stops, stop)
+	t.Cleanup(stop)
+	testkit.WaitFor(t, 5*time.Second, "subscription", func() bool { return l.Stats().Subscriptions > 0 })
 	return l
+}
+
+// stopDaemons stops every daemon started so far and waits for them: after
+// it, no event or sweep can still move an order.
+func (e *env) stopDaemons() {
+	for _, stop := range e.stops {
+		stop()
+	}
+}
+
+// create places an order through svc, failing the test if it cannot.
+func create(t *testing.T, svc *order.Service, user, sku, qty int64) order.Order {
+	t.Helper()
+	o, err := svc.Create(context.Background(), user, sku, qty)
+	if err != nil {
+		t.Fatalf("set-up: create an order of %d × sku %d for user %d: %v", qty, sku, user, err)
+	}
+	return o
+}
+
+// must fails the test on a set-up error.
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("set-up: %v", err)
+	}
 }
 
 // patient returns a service on the same store and Redis parts whose pay
@@ -105,20 +136,9 @@ func (e *env) checkRedisStock(t *testing.T, sku int64) {
 	}
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func (e *env) waitStatus(t *testing.T, timeout time.Duration, want order.Status, ids ...int64) {
 	t.Helper()
-	waitFor(t, timeout, "orders "+string(want), func() bool {
+	testkit.WaitFor(t, timeout, "orders "+string(want), func() bool {
 		for _, id := range ids {
 			if e.order(t, id).Status != want {
 				return false
@@ -203,8 +223,8 @@ func TestExpiryIsExactlyOnce(t *testing.T) {
 		}
 		wg.Wait()
 		e.waitStatus(t, 10*time.Second, order.Expired, ids...)
-		time.Sleep(200 * time.Millisecond) // let late events and sweeps land too
-		if k, _ := st.GetSKU(ctx, 1); k.Available != total {
+		e.stopDaemons() // late events and sweeps have landed once they are stopped
+		if k, err := st.GetSKU(ctx, 1); err != nil || k.Available != total {
 			t.Fatalf("available %d, want %d", k.Available, total)
 		}
 		ordertest.CheckStock(t, st, 1, total)
@@ -254,7 +274,7 @@ func TestPayRacesExpiry(t *testing.T) {
 			}
 		}
 		wg.Wait()
-		waitFor(t, 10*time.Second, "every order settled", func() bool {
+		testkit.WaitFor(t, 10*time.Second, "every order settled", func() bool {
 			for _, o := range orders {
 				if e.order(t, o.ID).Status == order.Pending {
 					return false
@@ -300,10 +320,9 @@ func TestStartupSweepHandlesMissedEvents(t *testing.T) {
 		ctx := context.Background()
 		var unpaid []int64
 		for range 30 {
-			o, _ := e.svc.Create(ctx, 1, 1, 1)
-			unpaid = append(unpaid, o.ID)
+			unpaid = append(unpaid, create(t, e.svc, 1, 1, 1).ID)
 		}
-		o, _ := e.patient().Create(ctx, 2, 1, 1)
+		o := create(t, e.patient(), 2, 1, 1)
 		if _, err := e.svc.Pay(ctx, 2, o.ID); err != nil {
 			t.Fatal(err)
 		}
@@ -311,9 +330,12 @@ func TestStartupSweepHandlesMissedEvents(t *testing.T) {
 			t.Fatal(err)
 		}
 		// Wait until Redis has expired (and announced, to nobody) every key.
-		waitFor(t, 30*time.Second, "keys gone", func() bool {
-			e.sched.Reap(ctx)
-			keys, _ := e.rdb.Keys(ctx, "order_*").Result()
+		testkit.WaitFor(t, 30*time.Second, "keys gone", func() bool {
+			if _, err := e.sched.Reap(ctx); err != nil {
+				t.Fatal(err)
+			}
+			keys, err := e.rdb.Keys(ctx, "order_*").Result()
+			must(t, err)
 			return len(keys) == 0
 		})
 		var swept atomic.Int64
@@ -336,8 +358,7 @@ func TestRedisFlushedSweepStillHandlesEveryOrder(t *testing.T) {
 		ctx := context.Background()
 		var ids []int64
 		for range 20 {
-			o, _ := e.svc.Create(ctx, 1, 1, 1)
-			ids = append(ids, o.ID)
+			ids = append(ids, create(t, e.svc, 1, 1, 1).ID)
 		}
 		if err := e.rdb.FlushDB(ctx).Err(); err != nil {
 			t.Fatal(err)
@@ -364,35 +385,39 @@ func TestKeysFromOtherPrograms(t *testing.T) {
 		svc := order.NewService(st, e.counter, nil, order.Config{PayTimeout: payTimeout})
 		e.sku(t, 1, 10, 0)
 		ctx := context.Background()
-		a, _ := svc.Create(ctx, 1, 1, 1)
-		b, _ := svc.Create(ctx, 1, 1, 1)
+		a, b := create(t, svc, 1, 1, 1), create(t, svc, 1, 1, 1)
 		// The start-up sweep must run before the deadlines, so that only the
 		// keys below can move the orders (the next sweep is an hour away).
 		var sweeps, swept atomic.Int64
-		e.daemon(t, order.DaemonConfig{SweepInterval: time.Hour, Logger: zap.New(core),
+		l := e.daemon(t, order.DaemonConfig{SweepInterval: time.Hour, Logger: zap.New(core),
 			OnSweep: func(n int, _ error) { swept.Add(int64(n)); sweeps.Add(1) }})
-		waitFor(t, 5*time.Second, "start-up sweep", func() bool { return sweeps.Load() > 0 })
+		testkit.WaitFor(t, 5*time.Second, "start-up sweep", func() bool { return sweeps.Load() > 0 })
 		if swept.Load() != 0 || time.Now().After(b.PayDeadline) {
 			t.Fatal("set-up too slow: the start-up sweep ran after the deadlines")
 		}
-		time.Sleep(time.Until(b.PayDeadline) + 20*time.Millisecond) // past both deadlines; nothing has announced them
+		testkit.WaitFor(t, 5*time.Second, "both deadlines past (nothing has announced them)", func() bool {
+			return time.Now().After(b.PayDeadline.Add(20 * time.Millisecond))
+		})
 
-		host, port, _ := strings.Cut(ordertest.RedisAddr(), ":")
+		host, port, _ := strings.Cut(testkit.RedisAddr(), ":")
 		out, err := exec.Command("redis-cli", "-h", host, "-p", port, "-n", strconv.Itoa(redisDB),
 			"SET", "laravel_cache:order_pay:"+strconv.FormatInt(a.ID, 10), "1", "PX", "100").CombinedOutput()
 		if err != nil {
 			t.Fatalf("redis-cli: %v %s", err, out)
 		}
-		e.rdb.Set(ctx, "laravel_cache:order_pay:abc", "1", 10*time.Millisecond)
-		e.rdb.Set(ctx, "order_pay:"+strconv.FormatInt(b.ID, 10), "1", 10*time.Millisecond) // no prefix: not ours
+		must(t, e.rdb.Set(ctx, "laravel_cache:order_pay:abc", "1", 10*time.Millisecond).Err())
+		must(t, e.rdb.Set(ctx, "order_pay:"+strconv.FormatInt(b.ID, 10), "1", 10*time.Millisecond).Err()) // no prefix: not ours
 		e.waitStatus(t, 10*time.Second, order.Expired, a.ID)
-		waitFor(t, 5*time.Second, "malformed key logged", func() bool {
+		testkit.WaitFor(t, 5*time.Second, "malformed key logged", func() bool {
 			return logs.FilterMessageSnippet("malformed").Len() == 1
 		})
 		if got := logs.FilterMessageSnippet("malformed").All()[0].ContextMap()["key"]; got != "laravel_cache:order_pay:abc" {
 			t.Fatalf("logged key %v", got)
 		}
-		time.Sleep(100 * time.Millisecond)
+		testkit.WaitFor(t, 10*time.Second, "the key without the prefix heard and ignored", func() bool {
+			e.rdb.Exists(ctx, "order_pay:"+strconv.FormatInt(b.ID, 10)) // expire it now
+			return l.Stats().Ignored >= 1
+		})
 		if s := e.order(t, b.ID).Status; s != order.Pending {
 			t.Fatalf("a key without the prefix moved order %d to %s", b.ID, s)
 		}
@@ -403,14 +428,14 @@ func TestKeysFromOtherPrograms(t *testing.T) {
 // expired the order yet, and the order is expired on the spot.
 func TestPayAfterDeadlineRefused(t *testing.T) {
 	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
-		svc := order.NewService(st, nil, nil, order.Config{PayTimeout: 30 * time.Millisecond})
+		var skew atomic.Int64
+		svc := order.NewService(st, nil, nil, order.Config{PayTimeout: time.Minute,
+			Now: func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }})
 		ctx := context.Background()
-		svc.PutSKU(ctx, order.SKU{SKU: 1, Name: "x", Available: 5})
-		o, err := svc.Create(ctx, 1, 1, 2)
-		if err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(40 * time.Millisecond)
+		_, err := svc.PutSKU(ctx, order.SKU{SKU: 1, Name: "x", Available: 5})
+		must(t, err)
+		o := create(t, svc, 1, 1, 2)
+		skew.Store(int64(time.Minute)) // exactly at the deadline: already too late
 		_, err = svc.Pay(ctx, 1, o.ID)
 		var oe *order.Error
 		if !errors.As(err, &oe) || oe.Code != order.CodeInvalidTransition || oe.Status != order.Expired {
@@ -429,7 +454,8 @@ func TestTransitionsAndOwnership(t *testing.T) {
 	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
 		svc := order.NewService(st, nil, nil, order.Config{})
 		ctx := context.Background()
-		svc.PutSKU(ctx, order.SKU{SKU: 1, Name: "x", PriceCents: 199, Available: 5})
+		_, err := svc.PutSKU(ctx, order.SKU{SKU: 1, Name: "x", PriceCents: 199, Available: 5})
+		must(t, err)
 		o, err := svc.Create(ctx, 1, 1, 2)
 		if err != nil || o.AmountCents != 398 || o.Status != order.Pending {
 			t.Fatalf("create: %+v %v", o, err)
@@ -490,7 +516,8 @@ func TestDatabaseAloneNeverOversells(t *testing.T) {
 	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
 		svc := order.NewService(st, nil, nil, order.Config{})
 		ctx := context.Background()
-		svc.PutSKU(ctx, order.SKU{SKU: 1, Name: "x", Available: 20, LimitPerUser: 2})
+		_, err := svc.PutSKU(ctx, order.SKU{SKU: 1, Name: "x", Available: 20, LimitPerUser: 2})
+		must(t, err)
 		var ok, soldOut, limited atomic.Int64
 		var wg sync.WaitGroup
 		for i := range 60 {
@@ -514,7 +541,8 @@ func TestDatabaseAloneNeverOversells(t *testing.T) {
 			t.Fatalf("%d orders created from 20 units (%d sold out, %d over the limit)", ok.Load(), soldOut.Load(), limited.Load())
 		}
 		for u := range int64(15) {
-			list, _ := svc.List(ctx, u)
+			list, err := svc.List(ctx, u)
+			must(t, err)
 			if len(list) > 2 {
 				t.Fatalf("user %d holds %d orders, limit 2", u, len(list))
 			}
@@ -559,7 +587,8 @@ func TestSweepPagesThroughBacklog(t *testing.T) {
 		svc := order.NewService(st, nil, nil, order.Config{SweepBatch: 7, SweepWorkers: 3,
 			Now: func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }})
 		ctx := context.Background()
-		svc.PutSKU(ctx, order.SKU{SKU: 1, Name: "x", Available: 100})
+		_, err := svc.PutSKU(ctx, order.SKU{SKU: 1, Name: "x", Available: 100})
+		must(t, err)
 		var shipped []int64
 		for i := range 60 {
 			o, err := svc.Create(ctx, int64(i+1), 1, 1)
@@ -567,8 +596,10 @@ func TestSweepPagesThroughBacklog(t *testing.T) {
 				t.Fatal(err)
 			}
 			if i%4 == 0 {
-				svc.Pay(ctx, o.UserID, o.ID)
-				svc.Ship(ctx, o.ID)
+				_, err := svc.Pay(ctx, o.UserID, o.ID)
+				must(t, err)
+				_, err = svc.Ship(ctx, o.ID)
+				must(t, err)
 				shipped = append(shipped, o.ID)
 			}
 		}

@@ -4,14 +4,14 @@ import (
 	"context"
 	"testing"
 
-	"github.com/orderd/orderd/order/ordertest"
+	"github.com/orderd/orderd/internal/testkit"
 	"github.com/orderd/orderd/stock"
 )
 
 const redisDB = 6 // this package's Redis database
 
 func TestCounter(t *testing.T) {
-	rdb := ordertest.Redis(t, redisDB)
+	rdb := testkit.Redis(t, redisDB)
 	ctx := context.Background()
 	c := stock.NewCounter(rdb, "shop:")
 	reserve := func(sku, user, qty int64, want stock.Result) {
@@ -60,7 +60,7 @@ func TestCounter(t *testing.T) {
 // seq moves with every change and only with a change, and SetIf replaces a
 // counter only when nothing changed it since its seq was read.
 func TestCounterSeqAndSetIf(t *testing.T) {
-	rdb := ordertest.Redis(t, redisDB)
+	rdb := testkit.Redis(t, redisDB)
 	ctx := context.Background()
 	c := stock.NewCounter(rdb, "seq:")
 	state := func(sku int64) stock.State {

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/orderd/orderd/order/ordertest"
+	"github.com/orderd/orderd/internal/testkit"
 )
 
 // The systemd units must pass systemd-analyze verify without a word of
@@ -115,11 +115,11 @@ func TestEnvExample(t *testing.T) {
 // "started" only once it is healthy and "failed" when it exits instead, and
 // stops it cleanly.
 func TestNohupScript(t *testing.T) {
-	ordertest.Redis(t, redisDB)
+	testkit.Redis(t, redisDB)
 	dir := t.TempDir()
 	metrics := freeAddr(t)
 	settings := []string{
-		"ORDERD_REDIS_URL=redis://" + ordertest.RedisAddr() + "/" + strconv.Itoa(redisDB),
+		"ORDERD_REDIS_URL=redis://" + testkit.RedisAddr() + "/" + strconv.Itoa(redisDB),
 		"ORDERD_DB=sqlite:" + filepath.Join(dir, "orderd.db"),
 		"ORDERD_METRICS_ADDR=" + metrics,
 	}
@@ -168,11 +168,11 @@ func TestNohupScript(t *testing.T) {
 func TestSupervisorSections(t *testing.T) {
 	supervisord := tool(t, "supervisord", "supervisor")
 	supervisorctl := tool(t, "supervisorctl", "supervisor")
-	ordertest.Redis(t, redisDB)
+	testkit.Redis(t, redisDB)
 	dir := t.TempDir()
 	apiAddr, metricsAddr := freeAddr(t), freeAddr(t)
 	settings := []string{
-		"ORDERD_REDIS_URL=redis://" + ordertest.RedisAddr() + "/" + strconv.Itoa(redisDB),
+		"ORDERD_REDIS_URL=redis://" + testkit.RedisAddr() + "/" + strconv.Itoa(redisDB),
 		"ORDERD_DB=sqlite:" + filepath.Join(dir, "orderd.db"),
 		"ORDERD_JWT_SECRET=" + e2eSecret,
 		"ORDERD_LOG_FORMAT=json",
@@ -241,7 +241,7 @@ func TestSupervisorSections(t *testing.T) {
 		out, _ := exec.Command(supervisorctl, append([]string{"-c", main}, args...)...).CombinedOutput()
 		return string(out)
 	}
-	waitFor(t, 30*time.Second, "both programs RUNNING", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "both programs RUNNING", func() bool {
 		return strings.Count(ctl("status"), "RUNNING") == 2
 	})
 	for _, url := range []string{"http://" + apiAddr + "/healthz", "http://" + metricsAddr + "/healthz"} {

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/orderd/orderd/internal/testkit"
 	"github.com/orderd/orderd/order/ordertest"
 )
 
@@ -176,9 +177,9 @@ func oid(o map[string]any) string { return strconv.FormatInt(int64(o["id"].(floa
 // TestBinaryEndToEnd runs the built orderd (migrate, serve, listen) against
 // real Redis and MariaDB and walks the API of CONTRACT.md.
 func TestBinaryEndToEnd(t *testing.T) {
-	ordertest.Redis(t, redisDB) // empties this package's database
+	testkit.Redis(t, redisDB) // empties this package's database
 	env := []string{
-		"ORDERD_REDIS_URL=redis://" + ordertest.RedisAddr() + "/" + strconv.Itoa(redisDB),
+		"ORDERD_REDIS_URL=redis://" + testkit.RedisAddr() + "/" + strconv.Itoa(redisDB),
 		"ORDERD_DB=" + ordertest.MySQLURL(t),
 		"ORDERD_JWT_SECRET=" + e2eSecret,
 		"ORDERD_PAY_TIMEOUT=6s",
@@ -378,7 +379,7 @@ func signFor(t *testing.T, user int) string {
 // (exit 2, naming the flag), so that systemd does not restart the unit in a
 // loop; a server that does not answer is a runtime failure (exit 1).
 func TestServerSideConfigurationExitCodes(t *testing.T) {
-	redisURL := "redis://" + ordertest.RedisAddr() + "/" + strconv.Itoa(redisDB)
+	redisURL := "redis://" + testkit.RedisAddr() + "/" + strconv.Itoa(redisDB)
 	migrated := ordertest.MySQLURL(t)
 	if code, out := runCmd(t, []string{"ORDERD_DB=" + migrated}, "migrate"); code != 0 {
 		t.Fatalf("migrate: %d %s", code, out)
@@ -395,7 +396,7 @@ func TestServerSideConfigurationExitCodes(t *testing.T) {
 		{"database does not exist", redisURL, ordertest.MySQLBase() + "/no_such_database", 2, "--db"},
 		{"schema older than the binary", redisURL, "sqlite:" + filepath.Join(t.TempDir(), "empty.db"), 2, "orderd migrate"},
 		{"sqlite file cannot be opened", redisURL, "sqlite:/nonexistent/dir/orderd.db", 2, "--db"},
-		{"redis DB index out of range", "redis://" + ordertest.RedisAddr() + "/999", migrated, 2, "--redis-url"},
+		{"redis DB index out of range", "redis://" + testkit.RedisAddr() + "/999", migrated, 2, "--redis-url"},
 		{"redis does not answer", "redis://127.0.0.1:1/0", migrated, 1, "--redis-url"},
 		{"database does not answer", redisURL, "mysql://orderd:orderd@127.0.0.1:1/orderd", 1, "--db"},
 	}
@@ -484,8 +485,8 @@ func TestListenNotifyCheck(t *testing.T) {
 }
 
 func TestDemo(t *testing.T) {
-	ordertest.Redis(t, redisDB)
-	code, out := runCmd(t, []string{"ORDERD_REDIS_URL=redis://" + ordertest.RedisAddr() + "/" + strconv.Itoa(redisDB)},
+	testkit.Redis(t, redisDB)
+	code, out := runCmd(t, []string{"ORDERD_REDIS_URL=redis://" + testkit.RedisAddr() + "/" + strconv.Itoa(redisDB)},
 		"demo", "--shoppers", "80", "--stock", "30", "--pay-timeout", "4s", "--confirm-timeout", "1500ms")
 	if code != 0 || !strings.Contains(out, "every order reached the state it should") || !strings.Contains(out, "summary") {
 		t.Fatalf("demo: exit %d\n%s", code, out)

@@ -16,18 +16,6 @@ func signToken(t *testing.T, secret string, user int) string {
 	return tok
 }
 
-// waitFor polls cond until it holds, failing the test after timeout.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // containsLine reports whether one line of out contains every one of parts.
 func containsLine(out string, parts ...string) bool {
 	for line := range strings.Lines(out) {

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/orderd/orderd/internal/testkit"
 )
 
 // redisOnSocket is a redis-server of the test's own on a unix socket, which
@@ -102,13 +104,13 @@ func TestListenHealthzAfterRedisRestartWithoutEvents(t *testing.T) {
 			rs.start() // notify-keyspace-events is "" again
 			restarted := time.Now()
 			if setIt {
-				waitFor(t, 10*time.Second, "notify-keyspace-events set again", func() bool {
+				testkit.WaitFor(t, 10*time.Second, "notify-keyspace-events set again", func() bool {
 					return rs.client.ConfigGet(ctx, "notify-keyspace-events").Val()["notify-keyspace-events"] != ""
 				})
 				waitHTTP(t, url)
 			} else {
 				var body map[string]string
-				waitFor(t, 10*time.Second, "/healthz 503 naming notify", func() bool {
+				testkit.WaitFor(t, 10*time.Second, "/healthz 503 naming notify", func() bool {
 					var code int
 					code, body = health(t, url)
 					return code == 503 && body["notify"] != ""

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/orderd/orderd/internal/testkit"
 	"github.com/orderd/orderd/order"
 	"github.com/orderd/orderd/order/httpapi"
 	"github.com/orderd/orderd/order/ordertest"
@@ -21,14 +22,14 @@ func TestFrozenDatabaseAnswers503(t *testing.T) {
 	url := ordertest.MySQLURL(t)
 	ordertest.Open(t, url) // migrated, straight
 	host := strings.TrimPrefix(ordertest.MySQLBase(), "mysql://orderd:orderd@")
-	proxy := ordertest.NewProxy(t, host)
+	proxy := testkit.NewProxy(t, host)
 	st, err := sqlstore.Open(context.Background(), strings.Replace(url, host, proxy.Addr(), 1))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
 
-	rdb := ordertest.Redis(t, redisDB)
+	rdb := testkit.Redis(t, redisDB)
 	svc := order.NewService(st, stock.NewCounter(rdb, ""), nil, order.Config{})
 	h, err := httpapi.New(svc, httpapi.Config{JWTSecret: secret, RequestTimeout: 300 * time.Millisecond})
 	if err != nil {

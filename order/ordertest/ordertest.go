@@ -1,6 +1,7 @@
-// Package ordertest starts nothing: it connects tests to the Redis and
-// MariaDB that contrib/dev/test.sh starts (ORDERD_TEST_REDIS, ORDERD_TEST_MYSQL)
-// and fails loudly when they are missing.
+// Package ordertest starts nothing: it connects tests to the MariaDB that
+// contrib/dev/test.sh starts (ORDERD_TEST_MYSQL) or to SQLite files of their
+// own, and checks order invariants. Redis and the rest of the shared test kit
+// are in internal/testkit.
 package ordertest
 
 import (
@@ -11,19 +12,9 @@ import (
 	"regexp"
 	"testing"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/orderd/orderd/order"
 	"github.com/orderd/orderd/order/sqlstore"
 )
-
-// RedisAddr is the test Redis, host:port.
-func RedisAddr() string {
-	if a := os.Getenv("ORDERD_TEST_REDIS"); a != "" {
-		return a
-	}
-	return "127.0.0.1:16379"
-}
 
 // MySQLBase is the test MariaDB as a mysql:// URL without a database name.
 func MySQLBase() string {
@@ -31,22 +22,6 @@ func MySQLBase() string {
 		return u
 	}
 	return "mysql://orderd:orderd@127.0.0.1:13306"
-}
-
-// Redis returns a client for database db, emptied. Each package uses its own
-// database so packages can run side by side.
-func Redis(tb testing.TB, db int) *redis.Client {
-	tb.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: RedisAddr(), DB: db, PoolSize: 64})
-	ctx := context.Background()
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		tb.Fatalf("no Redis at %s (set ORDERD_TEST_REDIS or run contrib/dev/test.sh): %v", RedisAddr(), err)
-	}
-	if err := rdb.FlushDB(ctx).Err(); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { rdb.Close() })
-	return rdb
 }
 
 var unsafeName = regexp.MustCompile(`[^a-zA-Z0-9_]`)

@@ -1,4 +1,4 @@
-package ordertest
+package testkit
 
 import (
 	"net"
