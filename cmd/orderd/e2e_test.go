@@ -410,6 +410,9 @@ func TestServerSideConfigurationExitCodes(t *testing.T) {
 			if lines := strings.Count(strings.TrimSpace(out), "\n") + 1; lines != 1 {
 				t.Fatalf("%d lines of output, want one clear line:\n%s", lines, out)
 			}
+			if !json.Valid([]byte(out)) {
+				t.Fatalf("with --log-format json, the error is not a JSON line: %s", out)
+			}
 		})
 	}
 }

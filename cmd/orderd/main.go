@@ -21,13 +21,18 @@ func main() {
 // run executes the command line args and returns the exit code: 0 ok,
 // 1 runtime failure, 2 bad usage or configuration.
 func run(ctx context.Context, args []string) int {
-	cmd := newRootCmd()
+	cmd, opts := newRootCmd()
 	cmd.SetArgs(args)
 	err := cmd.ExecuteContext(ctx)
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintln(os.Stderr, "orderd:", err)
+	if opts.log != nil && opts.LogFormat == "json" {
+		// One more line of a JSON log (under a supervisor, say), not plain text.
+		opts.log.Error("orderd: " + err.Error())
+	} else {
+		fmt.Fprintln(os.Stderr, "orderd:", err)
+	}
 	var ee *exitError
 	if errors.As(err, &ee) {
 		return ee.code

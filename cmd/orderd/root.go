@@ -37,7 +37,9 @@ type globalOptions struct {
 	log       *zap.Logger
 }
 
-func newRootCmd() *cobra.Command {
+// newRootCmd returns the command tree and the options it fills in (whose
+// logger exists once a subcommand has started).
+func newRootCmd() (*cobra.Command, *globalOptions) {
 	opts := &globalOptions{}
 	root := &cobra.Command{
 		Use:   "orderd",
@@ -74,7 +76,7 @@ on the command line wins.`,
 		newDemoCmd(opts),
 		newVersionCmd(),
 	)
-	return root
+	return root, opts
 }
 
 // complete reads the environment for flags not given, then checks them.
@@ -111,6 +113,12 @@ func (o *globalOptions) complete(cmd *cobra.Command) error {
 			return usageErrorf("--%s must be positive, not %v", d.name, d.v)
 		}
 	}
+	if o.LogFormat == "" {
+		o.LogFormat = "json"
+		if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			o.LogFormat = "console"
+		}
+	}
 	if o.log, err = newLogger(o.LogFormat, o.LogLevel); err != nil {
 		return err
 	}
@@ -122,12 +130,6 @@ func newLogger(format, level string) (*zap.Logger, error) {
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {
 		return nil, usageErrorf("--log-level %q: use debug, info, warn or error", level)
-	}
-	if format == "" {
-		format = "json"
-		if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
-			format = "console"
-		}
 	}
 	var cfg zap.Config
 	switch format {
