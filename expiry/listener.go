@@ -67,14 +67,29 @@ type ListenerConfig struct {
 	// besides the one after every subscription. If zero, 10 s is used.
 	NotifyInterval time.Duration
 
-	// Scheduler, when set, is reaped every ReapInterval: keys in its due index
-	// whose deadline has passed are touched so that Redis expires and
-	// announces them at once, however many other keys carry a TTL.
+	// Scheduler, when set, is reaped every ReapInterval, each shard of its due
+	// index on its own: keys whose deadline has passed are touched so that
+	// Redis expires and announces them at once, however many other keys carry
+	// a TTL.
 	Scheduler *Scheduler
 
 	// ReapInterval is the pause between reaper rounds.
 	// If zero, 10 ms is used.
 	ReapInterval time.Duration
+
+	// Sentinel, when the client is a failover client (redis.NewFailoverClient),
+	// is the options it was made with: the listener then subscribes on the
+	// master the sentinels name, asks them again every TopologyInterval, and
+	// moves its subscription when they name another (go-redis's own
+	// subscription would stay on the old master until Sentinel disconnects it,
+	// missing the events in between). Leave it nil otherwise.
+	Sentinel *redis.FailoverOptions
+
+	// TopologyInterval is how often, on Redis Cluster and behind Sentinel, the
+	// listener reads which nodes are masters, to subscribe on each (Redis
+	// publishes an expiry only on the node that owns the key) and to follow
+	// failovers and resharding. If zero, 1 s is used.
+	TopologyInterval time.Duration
 
 	// ShutdownTimeout bounds how long Run waits, once its context ends, for
 	// queued and in-flight handlers and a running hook. When it passes,
@@ -140,15 +155,17 @@ type Listener struct {
 	received, handled, failed, ignored, malformed, dropped, subs, reaped atomic.Uint64
 	inFlight                                                             atomic.Int64
 	queue                                                                atomic.Pointer[chan Event]
-	running, subscribed                                                  atomic.Bool
+	running                                                              atomic.Bool
 	notifyErr                                                            atomic.Pointer[error]
 	dropKick                                                             chan struct{}
-	lastDropLog                                                          time.Time // reader goroutine only
-	malformedLog                                                         sometimes
+	dropLog, malformedLog                                                sometimes
+	sub                                                                  atomic.Pointer[subscriber] // while Run runs
 }
 
 // NewListener returns a Listener for the client's database (taken from the
-// options of a *redis.Client; 0 for other clients, as on Redis Cluster).
+// options of a *redis.Client; 0 on Redis Cluster). The client may be a
+// single server's, a failover client's (set ListenerConfig.Sentinel) or a
+// *redis.ClusterClient: the listener subscribes on every master.
 func NewListener(client redis.UniversalClient, h Handler, cfg ListenerConfig) *Listener {
 	if h == nil {
 		panic("expiry: nil handler")
@@ -168,11 +185,15 @@ func NewListener(client redis.UniversalClient, h Handler, cfg ListenerConfig) *L
 	if cfg.NotifyInterval <= 0 {
 		cfg.NotifyInterval = 10 * time.Second
 	}
+	if cfg.TopologyInterval <= 0 {
+		cfg.TopologyInterval = time.Second
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = zap.NewNop()
 	}
-	l := &Listener{client: client, handler: h, cfg: cfg, log: log, malformedLog: sometimes{period: time.Second}}
+	l := &Listener{client: client, handler: h, cfg: cfg, log: log,
+		dropLog: sometimes{period: time.Second}, malformedLog: sometimes{period: time.Second}}
 	if c, ok := client.(*redis.Client); ok {
 		l.db = c.Options().DB
 	}
@@ -203,7 +224,10 @@ func (l *Listener) Stats() Stats {
 
 // Health returns what the listener knows of its ability to hear expirations.
 func (l *Listener) Health() Health {
-	h := Health{Subscribed: l.subscribed.Load()}
+	var h Health
+	if sub := l.sub.Load(); sub != nil {
+		h.Subscribed = sub.subscribed()
+	}
 	if p := l.notifyErr.Load(); p != nil {
 		h.Notify = *p
 	}
@@ -230,7 +254,11 @@ func (l *Listener) Run(ctx context.Context) error {
 		return ErrListenerRunning
 	}
 	defer l.running.Store(false)
-	defer l.subscribed.Store(false)
+	topo, err := newTopology(l.client, l.cfg.Sentinel)
+	if err != nil {
+		return err
+	}
+	defer topo.close()
 
 	// Handlers outlive ctx until the drain is over or the timeout passes.
 	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -263,42 +291,30 @@ func (l *Listener) Run(ctx context.Context) error {
 		bg.Go(func() { every(ctx, l.cfg.Interval, nil, func() { l.cfg.OnInterval(ctx) }) })
 	}
 	if l.cfg.Notify != NotifyIgnore {
-		bg.Go(func() { every(ctx, l.cfg.NotifyInterval, notifyKick, func() { l.checkNotify(ctx) }) })
+		bg.Go(func() { every(ctx, l.cfg.NotifyInterval, notifyKick, func() { l.checkNotify(ctx, topo) }) })
 	}
 	if s := l.cfg.Scheduler; s != nil {
-		bg.Go(func() { l.reap(ctx, s) })
-	}
-
-	ps := l.client.Subscribe(ctx, l.Channel())
-	msgs := ps.ChannelWithSubscriptions(redis.WithChannelSize(1000))
-	l.log.Info("listening for expired keys", zap.String("channel", l.Channel()),
-		zap.String("key_prefix", l.cfg.KeyPrefix), zap.Int("workers", l.cfg.Workers))
-
-read:
-	for {
-		select {
-		case <-ctx.Done():
-			break read
-		case m, ok := <-msgs:
-			if !ok {
-				break read
-			}
-			switch m := m.(type) {
-			case *redis.Subscription:
-				if m.Kind == "subscribe" {
-					n := l.subs.Add(1)
-					l.subscribed.Store(true)
-					l.log.Info("subscribed", zap.String("channel", m.Channel), zap.Uint64("subscriptions", n))
-					trigger(notifyKick)
-					trigger(subKick)
-				}
-			case *redis.Message:
-				l.enqueue(ctx, queue, m)
-			}
+		for _, shard := range s.shards {
+			bg.Go(func() { l.reap(ctx, s, shard) })
 		}
 	}
 
-	_ = ps.Close()
+	sub := &subscriber{topo: topo, channel: l.Channel(), interval: l.cfg.TopologyInterval, log: l.log,
+		subs: map[string]*nodeSub{}, errLog: sometimes{period: 10 * time.Second},
+		onMessage: func(m *redis.Message) { l.enqueue(ctx, queue, m) },
+		onSubscribed: func(node string) {
+			n := l.subs.Add(1)
+			l.log.Info("subscribed", zap.String("channel", l.Channel()), zap.String("node", node), zap.Uint64("subscriptions", n))
+			trigger(notifyKick)
+			trigger(subKick)
+		},
+	}
+	l.sub.Store(sub)
+	defer l.sub.Store(nil)
+	l.log.Info("listening for expired keys", zap.String("channel", l.Channel()),
+		zap.String("key_prefix", l.cfg.KeyPrefix), zap.Int("workers", l.cfg.Workers))
+	sub.run(ctx) // until ctx ends; after it no message is delivered any more
+
 	close(queue)
 	done := make(chan struct{})
 	go func() { workers.Wait(); bg.Wait(); close(done) }() // a running hook counts as in flight
@@ -316,12 +332,16 @@ read:
 	}
 }
 
-// checkNotify reads notify-keyspace-events and records (and logs) whether
-// expired-key events are off; with NotifyEnable it turns them on again.
-func (l *Listener) checkNotify(ctx context.Context) {
-	err := CheckNotify(ctx, l.client)
+// checkNotify reads notify-keyspace-events on every node of the topology
+// and records (and logs) whether expired-key events are off; with
+// NotifyEnable it turns them on again.
+func (l *Listener) checkNotify(ctx context.Context, topo topology) {
+	nodes, err := topo.nodes(ctx)
+	if err == nil {
+		err = checkNotify(ctx, nodes)
+	}
 	if errors.Is(err, ErrNotifyDisabled) && l.cfg.Notify == NotifyEnable {
-		if eerr := EnableNotify(ctx, l.client); eerr != nil {
+		if eerr := enableNotify(ctx, nodes); eerr != nil {
 			err = fmt.Errorf("%w; turning them on failed: %v", err, eerr)
 		} else {
 			l.log.Warn("expired-key events were off: turned them on again (notify-keyspace-events); persist it in the Redis configuration")
@@ -372,8 +392,7 @@ func (l *Listener) enqueue(ctx context.Context, queue chan Event, m *redis.Messa
 	}
 	n := l.dropped.Add(1)
 	trigger(l.dropKick)
-	if now := time.Now(); now.Sub(l.lastDropLog) > time.Second { // one line a second, not one per event
-		l.lastDropLog = now
+	if ok, _ := l.dropLog.allow(time.Now()); ok { // one line a second, not one per event
 		l.log.Warn("queue full: dropping expired-key events; a catch-up sweep handles them",
 			zap.Uint64("dropped", n), zap.Int("queue_size", cap(queue)))
 	}
@@ -408,7 +427,10 @@ func (l *Listener) handle(ctx context.Context, ev Event) {
 	}
 }
 
-func (l *Listener) reap(ctx context.Context, s *Scheduler) {
+// reap runs the reaper of one shard of s's due index until ctx ends. Each
+// shard has a loop of its own, so a shard whose node fails or fails over
+// (on Cluster the shards live on different masters) stalls no other.
+func (l *Listener) reap(ctx context.Context, s *Scheduler, shard string) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -417,12 +439,12 @@ func (l *Listener) reap(ctx context.Context, s *Scheduler) {
 			return
 		case <-timer.C:
 		}
-		res, err := s.Reap(ctx)
+		res, err := s.reapShard(ctx, shard)
 		l.reaped.Add(uint64(res.Gone))
 		wait := l.cfg.ReapInterval
 		switch {
 		case err != nil && ctx.Err() == nil:
-			l.log.Warn("reaper round failed", zap.Error(err))
+			l.log.Warn("reaper round failed", zap.String("shard", shard), zap.Error(err))
 			wait = time.Second
 		case res.More:
 			wait = 0

@@ -28,11 +28,30 @@ func NotifyEnabled(flags string) bool {
 		(strings.ContainsRune(flags, 'x') || strings.ContainsRune(flags, 'A'))
 }
 
-// CheckNotify reads notify-keyspace-events on every master the client talks
-// to and returns an error that says what to set, and how, unless expired-key
-// events are on.
+// CheckNotify reads notify-keyspace-events on every node the client talks
+// to (on Redis Cluster every master and replica: the setting is per node, and
+// a replica may be promoted) and returns an error that says what to set, and
+// how, unless expired-key events are on everywhere.
 func CheckNotify(ctx context.Context, client redis.UniversalClient) error {
-	return forEachMaster(ctx, client, func(ctx context.Context, c *redis.Client) error {
+	nodes, err := clientNodes(ctx, client)
+	if err != nil {
+		return err
+	}
+	return checkNotify(ctx, nodes)
+}
+
+// EnableNotify adds "Ex" to notify-keyspace-events on every node, keeping the
+// flags already set. Call it only when the operator asked for it.
+func EnableNotify(ctx context.Context, client redis.UniversalClient) error {
+	nodes, err := clientNodes(ctx, client)
+	if err != nil {
+		return err
+	}
+	return enableNotify(ctx, nodes)
+}
+
+func checkNotify(ctx context.Context, nodes []*redis.Client) error {
+	return eachNode(ctx, nodes, func(ctx context.Context, c *redis.Client) error {
 		flags, err := notifyFlags(ctx, c)
 		if err != nil {
 			return err
@@ -45,10 +64,8 @@ func CheckNotify(ctx context.Context, client redis.UniversalClient) error {
 	})
 }
 
-// EnableNotify adds "Ex" to notify-keyspace-events on every master, keeping the
-// flags already set. Call it only when the operator asked for it.
-func EnableNotify(ctx context.Context, client redis.UniversalClient) error {
-	return forEachMaster(ctx, client, func(ctx context.Context, c *redis.Client) error {
+func enableNotify(ctx context.Context, nodes []*redis.Client) error {
+	return eachNode(ctx, nodes, func(ctx context.Context, c *redis.Client) error {
 		flags, err := notifyFlags(ctx, c)
 		if err != nil {
 			return err
@@ -66,6 +83,17 @@ func EnableNotify(ctx context.Context, client redis.UniversalClient) error {
 		}
 		return nil
 	})
+}
+
+// eachNode runs f on every node and joins the errors.
+func eachNode(ctx context.Context, nodes []*redis.Client, f func(context.Context, *redis.Client) error) error {
+	var errs []error
+	for _, c := range nodes {
+		if err := f(ctx, c); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func notifyFlags(ctx context.Context, c *redis.Client) (string, error) {
@@ -90,13 +118,15 @@ func configError(c *redis.Client, err error) error {
 		ErrConfigUnavailable, c.Options().Addr, err, notifyHelp)
 }
 
-func forEachMaster(ctx context.Context, client redis.UniversalClient, f func(context.Context, *redis.Client) error) error {
+// clientNodes returns a client for every node of client: itself, or on Redis
+// Cluster each master and replica.
+func clientNodes(ctx context.Context, client redis.UniversalClient) ([]*redis.Client, error) {
 	switch c := client.(type) {
 	case *redis.Client:
-		return f(ctx, c)
+		return []*redis.Client{c}, nil
 	case *redis.ClusterClient:
-		return c.ForEachMaster(ctx, f)
+		return clusterTopology{c}.nodes(ctx)
 	default:
-		return fmt.Errorf("expiry: unsupported client type %T", client)
+		return nil, fmt.Errorf("expiry: unsupported client type %T", client)
 	}
 }

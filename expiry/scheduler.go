@@ -19,8 +19,10 @@ type SchedulerConfig struct {
 	// If empty, "expiry:due" is used.
 	Index string
 
-	// Shards is the number of sorted sets the index is split into.
-	// If zero, 4 is used.
+	// Shards is the number of sorted sets the index is split into. On Redis
+	// Cluster each lands in its own hash slot, so that the reaping spreads
+	// over the masters: 16 spread over 3 masters of a default cluster as 6,
+	// 6 and 4. If zero, 16 is used.
 	Shards int
 
 	// ReapBatch bounds the keys one reaper round looks at per shard.
@@ -45,7 +47,7 @@ func NewScheduler(client redis.UniversalClient, cfg SchedulerConfig) *Scheduler 
 		cfg.Index = "expiry:due"
 	}
 	if cfg.Shards <= 0 {
-		cfg.Shards = 4
+		cfg.Shards = 16
 	}
 	if cfg.ReapBatch <= 0 {
 		cfg.ReapBatch = 1000

@@ -37,8 +37,11 @@ type DaemonConfig struct {
 	// OnSweep, if set, is told the outcome of every sweep.
 	OnSweep func(moved int, err error)
 	// OnStockRebuilt, if set, is told how many Redis stock counters each
-	// stock check (after every sweep) rebuilt from the database.
+	// stock check (after every periodic sweep) rebuilt from the database.
 	OnStockRebuilt func(n int)
+	// Sentinel is passed to the listener: the failover client's options, when
+	// the client is one, so that the subscription follows the master.
+	Sentinel *redis.FailoverOptions
 	// ShutdownTimeout is passed to the listener: how long it waits, once
 	// stopped, for in-flight work. If zero, the listener's default is used.
 	ShutdownTimeout time.Duration
@@ -57,7 +60,7 @@ type DaemonConfig struct {
 // Listener returns the daemon: an expiry.Listener routing order_pay: and
 // order_confirm: keys to the service in batches, sweeping the database at
 // start-up, after every resubscription and every SweepInterval, and after
-// every sweep mending Redis stock counters that lost a give-back
+// every periodic sweep mending Redis stock counters that lost a give-back
 // (ReconcileStock).
 func (s *Service) Listener(client redis.UniversalClient, cfg DaemonConfig) *expiry.Listener {
 	if cfg.SweepInterval <= 0 {
@@ -78,7 +81,7 @@ func (s *Service) Listener(client redis.UniversalClient, cfg DaemonConfig) *expi
 	s.Register(mux, cfg.Batch)
 
 	var mu sync.Mutex // sweeps never overlap
-	sweep := func(reason string, olderThan time.Duration) func(context.Context) {
+	sweep := func(reason string, olderThan time.Duration, periodic bool) func(context.Context) {
 		return func(ctx context.Context) {
 			mu.Lock()
 			defer mu.Unlock()
@@ -98,6 +101,9 @@ func (s *Service) Listener(client redis.UniversalClient, cfg DaemonConfig) *expi
 			default:
 				log.Debug("sweep found nothing overdue", zap.String("reason", reason))
 			}
+			if !periodic {
+				return // a catch-up sweep returns at once: its triggers may be waiting
+			}
 			fixed, err := s.ReconcileStock(ctx)
 			if err != nil && ctx.Err() == nil {
 				log.Error("stock check failed", zap.Error(err))
@@ -111,12 +117,13 @@ func (s *Service) Listener(client redis.UniversalClient, cfg DaemonConfig) *expi
 		KeyPrefix:       cfg.KeyPrefix,
 		Workers:         cfg.Workers,
 		QueueWait:       cfg.QueueWait,
-		OnSubscribe:     sweep("subscribed", 0),
-		OnDrop:          sweep("events dropped", 0),
+		OnSubscribe:     sweep("subscribed", 0, false),
+		OnDrop:          sweep("events dropped", 0, false),
 		Interval:        cfg.SweepInterval,
-		OnInterval:      sweep("interval", cfg.SweepGrace),
+		OnInterval:      sweep("interval", cfg.SweepGrace, true),
 		Scheduler:       cfg.Scheduler,
 		Notify:          cfg.Notify,
+		Sentinel:        cfg.Sentinel,
 		ShutdownTimeout: cfg.ShutdownTimeout,
 		Logger:          log,
 	}

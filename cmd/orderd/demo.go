@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
@@ -108,11 +109,13 @@ func runDemo(ctx context.Context, out io.Writer, o *demoOptions) error {
 	}
 	defer d.close()
 	defer func() { // remove the run's keys
-		cctx := context.WithoutCancel(ctx)
-		iter := d.rdb.Scan(cctx, 0, o.KeyPrefix+"*", 1000).Iterator()
-		for iter.Next(cctx) {
-			d.rdb.Del(cctx, iter.Val())
-		}
+		_ = eachMaster(context.WithoutCancel(ctx), d.rdb, func(ctx context.Context, node redis.UniversalClient) error {
+			iter := node.Scan(ctx, 0, o.KeyPrefix+"*", 1000).Iterator()
+			for iter.Next(ctx) {
+				node.Del(ctx, iter.Val())
+			}
+			return iter.Err()
+		})
 	}()
 	if err := checkNotify(ctx, &listenOptions{globalOptions: o.globalOptions, SetNotifyConfig: o.SetNotifyConfig}, d); err != nil {
 		return err
@@ -122,13 +125,14 @@ func runDemo(ctx context.Context, out io.Writer, o *demoOptions) error {
 	stats := &demoStats{}
 	cfg := o.serviceConfig(stats.add)
 	svc := order.NewService(d.store, d.counter, d.sched, cfg)
-	l := svc.Listener(d.rdb, order.DaemonConfig{KeyPrefix: o.KeyPrefix, SweepInterval: o.SweepInterval, Scheduler: d.sched, Logger: o.log})
+	l := svc.Listener(d.rdb, order.DaemonConfig{KeyPrefix: o.KeyPrefix, SweepInterval: o.SweepInterval, Scheduler: d.sched,
+		Sentinel: o.redis.sentinel, Logger: o.log})
 	lctx, stopListener := context.WithCancel(ctx)
 	ldone := make(chan error, 1)
 	go func() { ldone <- l.Run(lctx) }()
 	defer func() { stopListener(); <-ldone }()
 
-	fmt.Fprintf(out, "orderd demo: Redis %s db %d, database %s\n", d.rdb.Options().Addr, d.rdb.Options().DB, o.DB)
+	fmt.Fprintf(out, "orderd demo: Redis %s db %d, database %s\n", o.redis, o.redis.db(), o.DB)
 	fmt.Fprintf(out, "pay timeout %v, confirm timeout %v, sweep every %v\n\n", o.PayTimeout, o.ConfirmTimeout, o.SweepInterval)
 
 	const skuID = 1

@@ -425,6 +425,9 @@ func TestUsageErrorsExit2(t *testing.T) {
 	}{
 		{[]string{"listen", "--sweep-interval", "0s"}, nil, "--sweep-interval"},
 		{[]string{"listen", "--redis-url", "http://x"}, nil, "--redis-url"},
+		{[]string{"listen", "--redis-url", "redis+sentinel://127.0.0.1:26379"}, nil, "master_name"},
+		{[]string{"listen", "--redis-url", "redis+ring://127.0.0.1:6379"}, nil, "--redis-url"},
+		{[]string{"listen", "--redis-url", "redis+cluster://127.0.0.1:7000/?bogus=1"}, nil, "--redis-url"},
 		{[]string{"migrate", "--db", "postgres://x"}, nil, "--db"},
 		{[]string{"migrate", "--db", "mysql://u:p@h:1/"}, nil, "--db"},
 		{[]string{"serve"}, []string{"ORDERD_JWT_SECRET="}, "--jwt-secret"},
@@ -484,6 +487,27 @@ func TestListenNotifyCheck(t *testing.T) {
 	}
 	if code := p.stop(t); code != 0 {
 		t.Fatalf("exit %d", code)
+	}
+}
+
+// The demo runs on a Redis Cluster and behind Sentinel too.
+func TestDemoOnClusterAndSentinel(t *testing.T) {
+	t.Run("cluster", func(t *testing.T) {
+		testkit.Cluster(t, "orderd-demo-")
+		demo(t, testkit.ClusterURL())
+	})
+	t.Run("sentinel", func(t *testing.T) {
+		testkit.Sentinel(t, redisDB)
+		demo(t, testkit.SentinelURL(redisDB))
+	})
+}
+
+func demo(t *testing.T, redisURL string) {
+	t.Helper()
+	code, out := runCmd(t, []string{"ORDERD_REDIS_URL=" + redisURL},
+		"demo", "--shoppers", "80", "--stock", "30", "--pay-timeout", "4s", "--confirm-timeout", "1500ms")
+	if code != 0 || !strings.Contains(out, "every order reached the state it should") || !strings.Contains(out, "summary") {
+		t.Fatalf("demo on %s: exit %d\n%s", redisURL, code, out)
 	}
 }
 

@@ -113,6 +113,7 @@ func runListen(ctx context.Context, o *listenOptions) error {
 	}
 	l := svc.Listener(d.rdb, order.DaemonConfig{
 		Notify:         notify,
+		Sentinel:       o.redis.sentinel,
 		OnStockRebuilt: m.onStockRebuilt,
 		QueueWait:      queueWait,
 		EventsOnly:     o.Naive,
@@ -142,7 +143,7 @@ func runListen(ctx context.Context, o *listenOptions) error {
 			return usageErrorf("--metrics-addr %q: %v", o.MetricsAddr, err)
 		}
 	}
-	o.log.Info("orderd listen starting", zap.String("redis", d.rdb.Options().Addr), zap.Int("redis_db", d.rdb.Options().DB),
+	o.log.Info("orderd listen starting", zap.Stringer("redis", o.redis), zap.Int("redis_db", o.redis.db()),
 		zap.String("key_prefix", o.KeyPrefix), zap.Duration("sweep_interval", o.SweepInterval))
 	err = l.Run(ctx)
 	wait()

@@ -33,8 +33,8 @@ type globalOptions struct {
 	LogFormat      string
 	LogLevel       string
 
-	redisOpts *redis.Options
-	log       *zap.Logger
+	redis redisTarget
+	log   *zap.Logger
 }
 
 // newRootCmd returns the command tree and the options it fills in (whose
@@ -96,12 +96,10 @@ func (o *globalOptions) complete(cmd *cobra.Command) error {
 	if envErr != nil {
 		return envErr
 	}
-	ropts, err := redis.ParseURL(o.RedisURL)
-	if err != nil {
+	var err error
+	if o.redis, err = parseRedisURL(o.RedisURL); err != nil {
 		return usageErrorf("--redis-url %q: %v", o.RedisURL, err)
 	}
-	ropts.PoolSize = max(ropts.PoolSize, 64)
-	o.redisOpts = ropts
 	if _, _, err := sqlstore.ParseURL(o.DB); err != nil {
 		return usageErrorf("--db: %v", err)
 	}
@@ -151,7 +149,7 @@ func newLogger(format, level string) (*zap.Logger, error) {
 
 // deps are the parts serve, listen and demo share.
 type deps struct {
-	rdb     *redis.Client
+	rdb     redis.UniversalClient
 	store   *sqlstore.Store
 	sched   *expiry.Scheduler
 	counter *stock.Counter
@@ -163,15 +161,15 @@ type deps struct {
 // configuration error (exit 2); a server that does not answer is a runtime
 // failure (exit 1).
 func (o *globalOptions) open(ctx context.Context) (*deps, error) {
-	rdb := redis.NewClient(o.redisOpts)
+	rdb := o.redis.client()
 	pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := rdb.Ping(pingCtx).Err(); err != nil {
 		rdb.Close()
 		if redisRefuses(err) {
-			return nil, usageErrorf("--redis-url: Redis at %s refuses the settings: %v", o.redisOpts.Addr, err)
+			return nil, usageErrorf("--redis-url: Redis at %s refuses the settings: %v", o.redis, err)
 		}
-		return nil, runtimeError(fmt.Errorf("redis at %s does not answer (--redis-url): %w", o.redisOpts.Addr, err))
+		return nil, runtimeError(fmt.Errorf("redis at %s does not answer (--redis-url): %w", o.redis, err))
 	}
 	store, err := sqlstore.Open(ctx, o.DB)
 	if err != nil {

@@ -7,7 +7,8 @@
 #                               install redis-server (and mariadb-server, and the Debian
 #                               package of each TOOL: systemd-analyze, supervisord, jq)
 #                               from Debian when missing
-#   services_start redis|mysql  start a private server under $ORDERD_SCRATCH on a loopback port
+#   services_start redis|mysql|cluster|sentinel
+#                               start a private server (or set) under $ORDERD_SCRATCH on loopback ports
 #   services_stop               stop every server this shell started (also run on EXIT)
 #
 # Nothing here uses or touches a server that is already running on the machine:
@@ -15,9 +16,17 @@
 # Ports: ORDERD_DEV_REDIS_PORT (default 16379), ORDERD_DEV_MYSQL_PORT (default 13306),
 # or the next free port above. services_start exports ORDERD_TEST_REDIS (host:port)
 # and ORDERD_TEST_MYSQL (a mysql:// URL without database name).
+# cluster: six redis-server --cluster-enabled yes (3 masters, 3 replicas) from
+# ORDERD_DEV_CLUSTER_PORT (default 17001); exports ORDERD_TEST_CLUSTER (their
+# host:port, comma-separated). sentinel: a master, a replica and three sentinels
+# (master name "orderd") from ORDERD_DEV_SENTINEL_PORT (default 17101); exports
+# ORDERD_TEST_SENTINEL (the sentinels' host:port, comma-separated). Every node
+# publishes expired-key events (notify-keyspace-events Ex), replicas too.
 
 ORDERD_DEV_REDIS_PORT=${ORDERD_DEV_REDIS_PORT:-16379}
 ORDERD_DEV_MYSQL_PORT=${ORDERD_DEV_MYSQL_PORT:-13306}
+ORDERD_DEV_CLUSTER_PORT=${ORDERD_DEV_CLUSTER_PORT:-17001}
+ORDERD_DEV_SENTINEL_PORT=${ORDERD_DEV_SENTINEL_PORT:-17101}
 _services_pids=()
 
 services_scratch() {
@@ -118,14 +127,102 @@ services_start() {
 			CREATE DATABASE IF NOT EXISTS orderd;" || return 1
 		export ORDERD_TEST_MYSQL="mysql://orderd:orderd@127.0.0.1:$port"
 		;;
+	cluster) _start_cluster ;;
+	sentinel) _start_sentinel ;;
 	*) echo "services_start: unknown service $1" >&2; return 1 ;;
 	esac
+}
+
+# _redis_node NAME PORT ARGS...: a redis-server under $ORDERD_SCRATCH/NAME.
+_redis_node() {
+	local name=$1 port=$2 dir="$ORDERD_SCRATCH/$1"
+	shift 2
+	mkdir -p "$dir"
+	# A config file, so that a test can restart a node it killed as it was:
+	# redis-server "$(redis-cli -p PORT config get dir | tail -1)/redis.conf".
+	printf '%s\n' "port $port" "bind 127.0.0.1" "dir $dir" "save \"\"" "appendonly no" \
+		"notify-keyspace-events Ex" "daemonize yes" "pidfile $dir/redis.pid" "logfile $dir/redis.log" >"$dir/redis.conf"
+	while [ $# -gt 0 ]; do printf '%s %s\n' "${1#--}" "$2" >>"$dir/redis.conf"; shift 2; done
+	redis-server "$dir/redis.conf" || return 1
+	_wait_for 10 redis-cli -p "$port" ping || { echo "redis $name did not start" >&2; cat "$dir/redis.log" >&2; return 1; }
+	_services_pids+=("$(cat "$dir/redis.pid")")
+}
+
+# _free_ports N BASE: N free ports from BASE up (with their cluster bus ports, +10000).
+_free_ports() {
+	local n=$1 p=$2 got=()
+	while [ ${#got[@]} -lt "$n" ]; do
+		if _port_free "$p" && _port_free $((p + 10000)); then got+=("$p"); fi
+		p=$((p + 1))
+		[ "$p" -gt $(($2 + 300)) ] && { echo "no free ports near $2" >&2; return 1; }
+	done
+	echo "${got[@]}"
+}
+
+_start_cluster() {
+	local ports addrs=() p i
+	ports=$(_free_ports 6 "$ORDERD_DEV_CLUSTER_PORT") || return 1
+	for p in $ports; do
+		_redis_node "cluster-$p" "$p" --cluster-enabled yes --cluster-config-file nodes.conf \
+			--cluster-node-timeout 2000 || return 1
+		addrs+=("127.0.0.1:$p")
+	done
+	redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$ORDERD_SCRATCH/cluster-create.log" 2>&1 ||
+		{ echo "redis-cli --cluster create failed" >&2; cat "$ORDERD_SCRATCH/cluster-create.log" >&2; return 1; }
+	for p in $ports; do
+		_wait_for 30 sh -c "redis-cli -p $p cluster info | grep -q 'cluster_state:ok'" ||
+			{ echo "cluster node $p never reached cluster_state:ok" >&2; return 1; }
+	done
+	for p in $ports; do # every replica in sync with its master
+		_wait_for 30 sh -c "redis-cli -p $p info replication | grep -q '^role:master' || redis-cli -p $p info replication | grep -q 'master_link_status:up'" ||
+			{ echo "cluster replica $p never synced" >&2; return 1; }
+	done
+	ORDERD_TEST_CLUSTER=$(IFS=,; echo "${addrs[*]}")
+	export ORDERD_TEST_CLUSTER
+}
+
+_start_sentinel() {
+	local ports master replica s dir sentinels=()
+	read -r -a ports <<<"$(_free_ports 5 "$ORDERD_DEV_SENTINEL_PORT")" || return 1
+	master=${ports[0]} replica=${ports[1]}
+	_redis_node "sentinel-master-$master" "$master" || return 1
+	_redis_node "sentinel-replica-$replica" "$replica" --replicaof "127.0.0.1 $master" || return 1
+	_wait_for 30 sh -c "redis-cli -p $replica info replication | grep -q 'master_link_status:up'" ||
+		{ echo "sentinel replica never synced" >&2; return 1; }
+	for s in "${ports[@]:2}"; do
+		dir="$ORDERD_SCRATCH/sentinel-$s"
+		mkdir -p "$dir"
+		cat >"$dir/sentinel.conf" <<-CONF
+			port $s
+			bind 127.0.0.1
+			dir $dir
+			sentinel monitor orderd 127.0.0.1 $master 2
+			sentinel down-after-milliseconds orderd 2000
+			sentinel failover-timeout orderd 10000
+			sentinel parallel-syncs orderd 1
+		CONF
+		redis-server "$dir/sentinel.conf" --sentinel --daemonize yes --pidfile "$dir/redis.pid" \
+			--logfile "$dir/redis.log" || return 1
+		_wait_for 10 redis-cli -p "$s" ping || { echo "sentinel $s did not start" >&2; return 1; }
+		_services_pids+=("$(cat "$dir/redis.pid")")
+		sentinels+=("127.0.0.1:$s")
+	done
+	for s in "${ports[@]:2}"; do # each sentinel knows the replica and the other sentinels
+		_wait_for 30 sh -c "redis-cli -p $s sentinel replicas orderd | grep -q $replica && redis-cli -p $s sentinel ckquorum orderd | grep -q OK && [ \$(redis-cli -p $s sentinel master orderd | grep -A1 '^num-other-sentinels$' | tail -1) = 2 ]" ||
+			{ echo "sentinel $s never saw the whole set" >&2; return 1; }
+	done
+	ORDERD_TEST_SENTINEL=$(IFS=,; echo "${sentinels[*]}")
+	export ORDERD_TEST_SENTINEL
 }
 
 # services_stop never fails: it runs from EXIT traps under set -e, where a
 # failing command would replace the script's exit status.
 services_stop() {
-	local pid
+	local pid f
+	# Nodes a test restarted have new pids: take them from the pid files too.
+	for f in "${ORDERD_SCRATCH:-/nonexistent}"/*/redis.pid; do
+		[ -f "$f" ] && _services_pids+=("$(cat "$f")")
+	done
 	for pid in "${_services_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
 	for pid in "${_services_pids[@]}"; do
 		for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done

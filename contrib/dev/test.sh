@@ -10,7 +10,9 @@ services_scratch test
 services_install mysql systemd-analyze supervisord jq
 services_start redis
 services_start mysql
-echo "redis $ORDERD_TEST_REDIS, mariadb $ORDERD_TEST_MYSQL, scratch $ORDERD_SCRATCH"
+services_start cluster
+services_start sentinel
+echo "redis $ORDERD_TEST_REDIS, mariadb $ORDERD_TEST_MYSQL, cluster $ORDERD_TEST_CLUSTER, sentinels $ORDERD_TEST_SENTINEL, scratch $ORDERD_SCRATCH"
 
 echo "== go vet"; go vet ./...
 echo "== gofmt"; unformatted=$(gofmt -l .); [ -z "$unformatted" ] || { echo "gofmt would change: $unformatted"; exit 1; }

@@ -1,0 +1,121 @@
+package expiry
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// subscriber is the part of a Listener that holds a subscription to the
+// expired-key channel on every master of its topology. On Cluster and behind
+// Sentinel it re-reads the masters every interval: a subscription to a node
+// that is no longer a master is closed (a demoted master stays connected and
+// silent), and one is opened on each new master, whose confirmation calls
+// onSubscribed (the moment for a catch-up sweep: events were missed).
+type subscriber struct {
+	topo         topology
+	channel      string
+	interval     time.Duration
+	log          *zap.Logger
+	onMessage    func(*redis.Message)
+	onSubscribed func(addr string)
+
+	mu      sync.Mutex
+	subs    map[string]*nodeSub // by the node's address
+	readers sync.WaitGroup
+	errLog  sometimes
+}
+
+type nodeSub struct {
+	ps        *redis.PubSub
+	confirmed atomic.Bool
+}
+
+// run subscribes and follows the masters until ctx ends, then closes every
+// subscription and returns once no reader can deliver a message any more.
+func (s *subscriber) run(ctx context.Context) {
+	s.follow(ctx)
+	if s.topo.follows() {
+		t := time.NewTicker(s.interval)
+		defer t.Stop()
+	loop:
+		for {
+			select {
+			case <-ctx.Done():
+				break loop
+			case <-t.C:
+				s.follow(ctx)
+			}
+		}
+	} else {
+		<-ctx.Done()
+	}
+	s.mu.Lock()
+	for addr, sub := range s.subs {
+		_ = sub.ps.Close()
+		delete(s.subs, addr)
+	}
+	s.mu.Unlock()
+	s.readers.Wait()
+}
+
+// follow reads the masters and moves the subscriptions to them.
+func (s *subscriber) follow(ctx context.Context) {
+	masters, err := s.topo.masters(ctx)
+	if err != nil {
+		if ok, suppressed := s.errLog.allow(time.Now()); ok && ctx.Err() == nil {
+			s.log.Warn("cannot read which nodes are masters; subscriptions stay as they are",
+				zap.Error(err), zap.Uint64("suppressed", suppressed))
+		}
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for addr, sub := range s.subs {
+		if _, ok := masters[addr]; !ok {
+			_ = sub.ps.Close()
+			delete(s.subs, addr)
+			s.log.Info("unsubscribed from a node that is no longer a master", zap.String("node", addr))
+		}
+	}
+	for addr, c := range masters {
+		if _, ok := s.subs[addr]; ok {
+			continue
+		}
+		sub := &nodeSub{ps: c.Subscribe(ctx, s.channel)}
+		s.subs[addr] = sub
+		msgs := sub.ps.ChannelWithSubscriptions(redis.WithChannelSize(1000))
+		s.readers.Go(func() {
+			for m := range msgs {
+				switch m := m.(type) {
+				case *redis.Subscription:
+					if m.Kind == "subscribe" {
+						sub.confirmed.Store(true)
+						s.onSubscribed(addr)
+					}
+				case *redis.Message:
+					s.onMessage(m)
+				}
+			}
+		})
+	}
+}
+
+// subscribed reports whether every master's subscription is confirmed.
+func (s *subscriber) subscribed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.subs) == 0 {
+		return false
+	}
+	for _, sub := range s.subs {
+		if !sub.confirmed.Load() {
+			return false
+		}
+	}
+	return true
+}
