@@ -14,6 +14,7 @@ import (
 
 	"github.com/orderd/orderd/internal/testkit"
 	"github.com/orderd/orderd/order"
+	"github.com/orderd/orderd/order/daemon"
 	"github.com/orderd/orderd/order/ordertest"
 	"github.com/orderd/orderd/order/sqlstore"
 	"github.com/orderd/orderd/stock"
@@ -57,7 +58,7 @@ func TestNoSweepRescuesWhenEventsArrive(t *testing.T) {
 			}
 		}})
 		e.sku(t, 1, 1000, 0)
-		e.daemon(t, order.DaemonConfig{SweepInterval: 20 * time.Millisecond, SweepGrace: 2 * time.Second})
+		e.daemon(t, daemon.Config{SweepInterval: 20 * time.Millisecond, SweepGrace: 2 * time.Second})
 		ctx := context.Background()
 		var ids []int64
 		for i := range 100 {
@@ -114,7 +115,7 @@ func TestShutdownDuringLongSweep(t *testing.T) {
 		const n, total = 3000, 3000
 		insertOverdue(t, e, 1, n, total)
 
-		l := e.svc.Listener(e.rdb, order.DaemonConfig{Scheduler: e.sched, SweepInterval: time.Hour, ShutdownTimeout: 5 * time.Second})
+		l := daemon.New(e.svc, e.rdb, daemon.Config{Scheduler: e.sched, SweepInterval: time.Hour, ShutdownTimeout: 5 * time.Second})
 		ctx, cancel := context.WithCancel(context.Background())
 		errc := make(chan error, 1)
 		go func() { errc <- l.Run(ctx) }()
@@ -140,7 +141,7 @@ func TestShutdownDuringLongSweep(t *testing.T) {
 		}
 		ordertest.CheckStock(t, st, 1, total)
 
-		e.daemon(t, order.DaemonConfig{SweepInterval: time.Hour}) // the next start
+		e.daemon(t, daemon.Config{SweepInterval: time.Hour}) // the next start
 		testkit.WaitFor(t, 60*time.Second, "the rest swept", func() bool { return moved.Load() == n })
 		ordertest.CheckStock(t, st, 1, total)
 	})
@@ -184,7 +185,7 @@ func TestStockCounterConvergesAfterLostGiveBack(t *testing.T) {
 		daemonSvc := order.NewService(cut, stock.NewCounter(prdb, ""), e.sched,
 			order.Config{StockSettle: 50 * time.Millisecond, Logger: zap.New(core)})
 		const interval = 500 * time.Millisecond
-		l := daemonSvc.Listener(e.rdb, order.DaemonConfig{Scheduler: e.sched, SweepInterval: interval})
+		l := daemon.New(daemonSvc, e.rdb, daemon.Config{Scheduler: e.sched, SweepInterval: interval})
 		dctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { defer close(done); l.Run(dctx) }()

@@ -1,11 +1,7 @@
 package order
 
 import (
-	"fmt"
 	"strconv"
-	"strings"
-
-	"github.com/orderd/orderd/expiry"
 )
 
 // Key prefixes of the two timers, before any --key-prefix.
@@ -18,18 +14,26 @@ const (
 func PayKey(id int64) string     { return PayKeyPrefix + strconv.FormatInt(id, 10) }
 func ConfirmKey(id int64) string { return ConfirmKeyPrefix + strconv.FormatInt(id, 10) }
 
-// ParseKeyID returns the order id of key, which must be prefix followed by a
-// positive decimal id and nothing else. The error wraps
-// expiry.ErrMalformedKey (and so expiry.SkipRetry): a malformed key never gets
-// better. It does not quote the key, which may be of any length.
-func ParseKeyID(key, prefix string) (int64, error) {
-	s, ok := strings.CutPrefix(key, prefix)
-	if !ok {
-		return 0, fmt.Errorf("order: key lacks %q: %w", prefix, expiry.ErrMalformedKey)
-	}
-	id, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || id <= 0 || strconv.FormatInt(id, 10) != s {
-		return 0, fmt.Errorf("order: malformed order id after %q: %w", prefix, expiry.ErrMalformedKey)
-	}
-	return id, nil
+// Keys names every Redis key orderd writes, all under one prefix (the
+// --key-prefix): the timer keys, the due index, the stock counters and the
+// transitions stream. It is the one place that builds them.
+type Keys struct {
+	// Prefix goes before every key (e.g. the prefix a Laravel app's Redis
+	// connection and cache store put before theirs). It may be empty.
+	Prefix string
 }
+
+// Pay and Confirm name an order's timer keys, prefix included.
+func (k Keys) Pay(id int64) string     { return k.Prefix + PayKey(id) }
+func (k Keys) Confirm(id int64) string { return k.Prefix + ConfirmKey(id) }
+
+// DueIndex names the due index (expiry.SchedulerConfig.Index): its shards
+// are "<DueIndex>:{n}".
+func (k Keys) DueIndex() string { return k.Prefix + "orderd:due" }
+
+// Stock is the prefix of the stock counters (stock.NewCounter): they are
+// "<Stock>stock:{<sku>}" and "<Stock>stock:{<sku>}:buyers".
+func (k Keys) Stock() string { return k.Prefix }
+
+// Transitions names the stream of order transitions.
+func (k Keys) Transitions() string { return k.Prefix + "orderd:transitions" }

@@ -20,6 +20,7 @@ import (
 	"github.com/orderd/orderd/expiry"
 	"github.com/orderd/orderd/internal/testkit"
 	"github.com/orderd/orderd/order"
+	"github.com/orderd/orderd/order/daemon"
 	"github.com/orderd/orderd/order/ordertest"
 	"github.com/orderd/orderd/order/sqlstore"
 	"github.com/orderd/orderd/stock"
@@ -42,8 +43,8 @@ func newEnv(t *testing.T, st *sqlstore.Store, cfg order.Config) *env {
 	t.Helper()
 	rdb := testkit.Redis(t, redisDB)
 	e := &env{rdb: rdb, store: st, cfg: cfg,
-		sched:   expiry.NewScheduler(rdb, expiry.SchedulerConfig{Index: cfg.KeyPrefix + "orderd:due"}),
-		counter: stock.NewCounter(rdb, cfg.KeyPrefix)}
+		sched:   expiry.NewScheduler(rdb, expiry.SchedulerConfig{Index: cfg.Keys.DueIndex()}),
+		counter: stock.NewCounter(rdb, cfg.Keys.Stock())}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
@@ -53,15 +54,12 @@ func newEnv(t *testing.T, st *sqlstore.Store, cfg order.Config) *env {
 
 // daemon starts an `orderd listen` equivalent; it stops at the test's end,
 // or at stopDaemons.
-func (e *env) daemon(t *testing.T, cfg order.DaemonConfig) *expiry.Listener {
+func (e *env) daemon(t *testing.T, cfg daemon.Config) *expiry.Listener {
 	t.Helper()
 	if cfg.Scheduler == nil {
 		cfg.Scheduler = e.sched
 	}
-	if cfg.KeyPrefix == "" {
-		cfg.KeyPrefix = e.cfg.KeyPrefix
-	}
-	l := e.svc.Listener(e.rdb, cfg)
+	l := daemon.New(e.svc, e.rdb, cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); l.Run(ctx) }()
@@ -152,7 +150,7 @@ func TestPayKeyExpiresOrderAndConfirmKeyCompletesIt(t *testing.T) {
 	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
 		e := newEnv(t, st, order.Config{PayTimeout: 200 * time.Millisecond, ConfirmTimeout: 200 * time.Millisecond})
 		e.sku(t, 1, 10, 0)
-		e.daemon(t, order.DaemonConfig{SweepInterval: time.Hour})
+		e.daemon(t, daemon.Config{SweepInterval: time.Hour})
 		ctx := context.Background()
 
 		unpaid, err := e.svc.Create(ctx, 7, 1, 3)
@@ -205,8 +203,8 @@ func TestExpiryIsExactlyOnce(t *testing.T) {
 			ids = append(ids, o.ID)
 		}
 		// Two daemons, each with its own sweeps, plus direct repeated calls.
-		e.daemon(t, order.DaemonConfig{SweepInterval: 50 * time.Millisecond})
-		e.daemon(t, order.DaemonConfig{SweepInterval: 70 * time.Millisecond})
+		e.daemon(t, daemon.Config{SweepInterval: 50 * time.Millisecond})
+		e.daemon(t, daemon.Config{SweepInterval: 70 * time.Millisecond})
 		time.Sleep(time.Until(e.order(t, ids[n-1]).PayDeadline))
 		var wg sync.WaitGroup
 		for range 4 {
@@ -240,7 +238,7 @@ func TestPayRacesExpiry(t *testing.T) {
 		e := newEnv(t, st, order.Config{PayTimeout: 400 * time.Millisecond})
 		const n, total = 150, 500
 		e.sku(t, 1, total, 0)
-		e.daemon(t, order.DaemonConfig{SweepInterval: 30 * time.Millisecond})
+		e.daemon(t, daemon.Config{SweepInterval: 30 * time.Millisecond})
 		ctx := context.Background()
 		orders := make([]order.Order, n)
 		for i := range n {
@@ -339,9 +337,11 @@ func TestStartupSweepHandlesMissedEvents(t *testing.T) {
 			return len(keys) == 0
 		})
 		var swept atomic.Int64
-		e.daemon(t, order.DaemonConfig{SweepInterval: time.Hour, OnSweep: func(n int, _ error) { swept.Add(int64(n)) }})
+		e.daemon(t, daemon.Config{SweepInterval: time.Hour, OnSweep: func(n int, _ error) { swept.Add(int64(n)) }})
 		e.waitStatus(t, 5*time.Second, order.Expired, unpaid...)
 		e.waitStatus(t, 5*time.Second, order.Completed, o.ID)
+		// OnSweep hears of a sweep once it returns, after its commits.
+		testkit.WaitFor(t, 5*time.Second, "the start-up sweep reported", func() bool { return swept.Load() >= 31 })
 		if swept.Load() != 31 {
 			t.Fatalf("the start-up sweep moved %d orders, want 31", swept.Load())
 		}
@@ -354,7 +354,7 @@ func TestRedisFlushedSweepStillHandlesEveryOrder(t *testing.T) {
 	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
 		e := newEnv(t, st, order.Config{PayTimeout: 300 * time.Millisecond})
 		e.sku(t, 1, 100, 0)
-		e.daemon(t, order.DaemonConfig{SweepInterval: 100 * time.Millisecond})
+		e.daemon(t, daemon.Config{SweepInterval: 100 * time.Millisecond})
 		ctx := context.Background()
 		var ids []int64
 		for range 20 {
@@ -380,7 +380,7 @@ func TestKeysFromOtherPrograms(t *testing.T) {
 	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
 		core, logs := observer.New(zapcore.WarnLevel)
 		const payTimeout = time.Second
-		e := newEnv(t, st, order.Config{PayTimeout: payTimeout, KeyPrefix: "laravel_cache:", Logger: zap.New(core)})
+		e := newEnv(t, st, order.Config{PayTimeout: payTimeout, Keys: order.Keys{Prefix: "laravel_cache:"}, Logger: zap.New(core)})
 		// A service without timers: the keys come from the other programs.
 		svc := order.NewService(st, e.counter, nil, order.Config{PayTimeout: payTimeout})
 		e.sku(t, 1, 10, 0)
@@ -389,7 +389,7 @@ func TestKeysFromOtherPrograms(t *testing.T) {
 		// The start-up sweep must run before the deadlines, so that only the
 		// keys below can move the orders (the next sweep is an hour away).
 		var sweeps, swept atomic.Int64
-		l := e.daemon(t, order.DaemonConfig{SweepInterval: time.Hour, Logger: zap.New(core),
+		l := e.daemon(t, daemon.Config{SweepInterval: time.Hour, Logger: zap.New(core),
 			OnSweep: func(n int, _ error) { swept.Add(int64(n)); sweeps.Add(1) }})
 		testkit.WaitFor(t, 5*time.Second, "start-up sweep", func() bool { return sweeps.Load() > 0 })
 		if swept.Load() != 0 || time.Now().After(b.PayDeadline) {
@@ -548,32 +548,6 @@ func TestDatabaseAloneNeverOversells(t *testing.T) {
 			}
 		}
 		ordertest.CheckStock(t, st, 1, 20)
-	})
-}
-
-func TestParseKeyID(t *testing.T) {
-	for key, want := range map[string]int64{"order_pay:1": 1, "order_pay:9223372036854775807": 9223372036854775807} {
-		if id, err := order.ParseKeyID(key, order.PayKeyPrefix); err != nil || id != want {
-			t.Errorf("ParseKeyID(%q) = %d, %v", key, id, err)
-		}
-	}
-	for _, key := range []string{"order_pay:", "order_pay:abc", "order_pay:0", "order_pay:-1", "order_pay:01", "order_pay:+1",
-		"order_pay:1 ", "order_pay:1:2", "order_pay:99999999999999999999", "order_confirm:1", "order_pay:\x00"} {
-		if _, err := order.ParseKeyID(key, order.PayKeyPrefix); !errors.Is(err, expiry.SkipRetry) {
-			t.Errorf("ParseKeyID(%q) err = %v, want SkipRetry", key, err)
-		}
-	}
-}
-
-func FuzzParseKeyID(f *testing.F) {
-	for _, s := range []string{"order_pay:1", "order_pay:", "order_pay:-0", "\xff", "order_pay:18446744073709551616"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, key string) {
-		id, err := order.ParseKeyID(key, order.PayKeyPrefix)
-		if err == nil && (id <= 0 || order.PayKey(id) != key) {
-			t.Fatalf("ParseKeyID(%q) = %d", key, id)
-		}
 	})
 }
 

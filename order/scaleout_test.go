@@ -17,6 +17,7 @@ import (
 	"github.com/orderd/orderd/expiry"
 	"github.com/orderd/orderd/internal/testkit"
 	"github.com/orderd/orderd/order"
+	"github.com/orderd/orderd/order/daemon"
 	"github.com/orderd/orderd/order/ordertest"
 	"github.com/orderd/orderd/stock"
 )
@@ -38,7 +39,7 @@ func newScaleEnv(t *testing.T, rdb redis.UniversalClient, prefix string, payTime
 	st := ordertest.Open(t, ordertest.SQLiteURL(t))
 	e := &scaleEnv{store: st}
 	sched := expiry.NewScheduler(rdb, expiry.SchedulerConfig{Index: prefix + "orderd:due"})
-	e.svc = order.NewService(st, stock.NewCounter(rdb, prefix), sched, order.Config{PayTimeout: payTimeout, KeyPrefix: prefix,
+	e.svc = order.NewService(st, stock.NewCounter(rdb, prefix), sched, order.Config{PayTimeout: payTimeout, Keys: order.Keys{Prefix: prefix},
 		OnTransition: func(tr order.Transition) {
 			e.mu.Lock()
 			e.moved, e.due = append(e.moved, tr), append(e.due, time.Now().Add(-tr.Lateness))
@@ -47,7 +48,7 @@ func newScaleEnv(t *testing.T, rdb redis.UniversalClient, prefix string, payTime
 	if _, err := e.svc.PutSKU(context.Background(), order.SKU{SKU: 1, Name: "x", Available: 100000}); err != nil {
 		t.Fatal(err)
 	}
-	e.l = e.svc.Listener(rdb, order.DaemonConfig{KeyPrefix: prefix, Scheduler: sched, SweepInterval: sweep,
+	e.l = daemon.New(e.svc, rdb, daemon.Config{Scheduler: sched, SweepInterval: sweep,
 		Sentinel: sentinel, Logger: zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

@@ -35,8 +35,8 @@ type Config struct {
 	// ConfirmTimeout is the time after shipping until receipt is confirmed
 	// automatically. If zero, 24 h is used.
 	ConfirmTimeout time.Duration
-	// KeyPrefix is prepended to every timer key the service writes.
-	KeyPrefix string
+	// Keys names the Redis keys; the service writes the timer keys.
+	Keys Keys
 	// MaxQty bounds the units of one order. If zero, 1,000 is used.
 	MaxQty int64
 	// SweepBatch is the number of overdue orders one sweep transaction takes
@@ -128,6 +128,9 @@ func (s *Service) PutSKU(ctx context.Context, sku SKU) (SKU, error) {
 	}
 	return out, nil
 }
+
+// Keys returns the names of the Redis keys the service works with.
+func (s *Service) Keys() Keys { return s.cfg.Keys }
 
 // GetSKU returns one SKU.
 func (s *Service) GetSKU(ctx context.Context, sku int64) (SKU, error) {
@@ -337,7 +340,7 @@ func (s *Service) schedule(ctx context.Context, key string, deadline time.Time) 
 	}
 	// The order is committed: a timer that cannot be set costs time, not the
 	// order (the sweep finds it by its deadline).
-	if err := s.timers.Schedule(context.WithoutCancel(ctx), s.cfg.KeyPrefix+key, deadline); err != nil {
+	if err := s.timers.Schedule(context.WithoutCancel(ctx), s.cfg.Keys.Prefix+key, deadline); err != nil {
 		s.log.Warn("timer not set; the sweep will act at the deadline", zap.String("key", key), zap.Error(err))
 	}
 }
@@ -346,7 +349,7 @@ func (s *Service) cancelTimer(ctx context.Context, key string) {
 	if s.timers == nil {
 		return
 	}
-	if err := s.timers.Cancel(context.WithoutCancel(ctx), s.cfg.KeyPrefix+key); err != nil {
+	if err := s.timers.Cancel(context.WithoutCancel(ctx), s.cfg.Keys.Prefix+key); err != nil {
 		s.log.Warn("timer not cancelled (its expiry will change nothing)", zap.String("key", key), zap.Error(err))
 	}
 }

@@ -385,16 +385,16 @@ var addrField = regexp.MustCompile(`"addr":"([^"]+)"`)
 func startDaemon(ctx context.Context, c config, mode string) (*daemon, error) {
 	args := []string{"listen", "--redis-url", c.redisURL, "--db", c.mysqlBase + "/" + benchDB,
 		"--sweep-interval", "1h", "--metrics-addr", "127.0.0.1:0", "--log-format", "json", "--log-level", "info"}
-	if mode == "orderd" {
-		args = append(args, c.extra...)
-	}
-	if mode == "naive" {
-		// The usual design: plain keyspace events handled one transaction per
-		// order (8 workers, as DESIGN.md §1 measured it), no due index, no
-		// sweep, a reader that waits for its handlers.
-		args = append(args, "--naive")
-	}
+	args = append(args, c.extra...)
 	cmd := exec.Command(c.orderd, args...)
+	if mode == "naive" {
+		// The usual design, run by this program itself (naive.go).
+		self, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		cmd = exec.Command(self, "naive-listen", c.redisURL, c.mysqlBase+"/"+benchDB)
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err

@@ -40,6 +40,13 @@ type config struct {
 }
 
 func main() {
+	if len(os.Args) == 4 && os.Args[1] == "naive-listen" { // the naive mode's daemon: this program, run again
+		if err := naiveListen(os.Args[2], os.Args[3]); err != nil {
+			fmt.Fprintln(os.Stderr, "naive-listen:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	var c config
 	var preset, modes, scenarios string
 	flag.StringVar(&c.redisURL, "redis-url", "redis://127.0.0.1:16379/0", "Redis to use (its database is emptied)")

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/orderd/orderd/order"
+	"github.com/orderd/orderd/order/daemon"
 	"github.com/orderd/orderd/order/sqlstore"
 )
 
@@ -125,7 +126,7 @@ func runDemo(ctx context.Context, out io.Writer, o *demoOptions) error {
 	stats := &demoStats{}
 	cfg := o.serviceConfig(stats.add)
 	svc := order.NewService(d.store, d.counter, d.sched, cfg)
-	l := svc.Listener(d.rdb, order.DaemonConfig{KeyPrefix: o.KeyPrefix, SweepInterval: o.SweepInterval, Scheduler: d.sched,
+	l := daemon.New(svc, d.rdb, daemon.Config{SweepInterval: o.SweepInterval, Scheduler: d.sched,
 		Sentinel: o.redis.sentinel, Logger: o.log})
 	lctx, stopListener := context.WithCancel(ctx)
 	ldone := make(chan error, 1)

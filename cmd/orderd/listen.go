@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
 	"github.com/orderd/orderd/expiry"
 	"github.com/orderd/orderd/order"
+	"github.com/orderd/orderd/order/daemon"
 	"github.com/orderd/orderd/order/httpapi"
 )
 
@@ -22,7 +22,6 @@ type listenOptions struct {
 	Workers         int
 	BatchMax        int
 	Reaper          bool
-	Naive           bool
 }
 
 func newListenCmd(g *globalOptions) *cobra.Command {
@@ -46,9 +45,6 @@ sweep the database at start-up, after every reconnect and every
 	f.IntVar(&o.Workers, "workers", 2048, "concurrent expiry handlers (bounds the orders in flight)")
 	f.IntVar(&o.BatchMax, "batch-max", 500, "most orders applied in one transaction (1: one transaction per order)")
 	f.BoolVar(&o.Reaper, "reaper", true, "touch due timers so Redis announces them at once (false: wait for Redis to notice)")
-	// The design orderd improves on, for the benchmark's side-by-side runs.
-	f.BoolVar(&o.Naive, "naive", false, "benchmark only: plain keyspace events, one transaction per order, 8 workers, no sweeps")
-	_ = f.MarkHidden("naive")
 	return cmd
 }
 
@@ -98,12 +94,6 @@ func runListen(ctx context.Context, o *listenOptions) error {
 	if !o.Reaper {
 		reaped = nil
 	}
-	var queueWait time.Duration
-	if o.Naive {
-		// A subscriber that handles each event before reading the next.
-		reaped, o.BatchMax, o.Workers, queueWait = nil, 1, 8, time.Hour
-		o.log.Warn("naive mode: events only, one transaction per order; lost events are never made up for")
-	}
 	notify := expiry.NotifyCheck
 	switch {
 	case o.SkipNotifyCheck:
@@ -111,16 +101,13 @@ func runListen(ctx context.Context, o *listenOptions) error {
 	case o.SetNotifyConfig:
 		notify = expiry.NotifyEnable
 	}
-	l := svc.Listener(d.rdb, order.DaemonConfig{
+	l := daemon.New(svc, d.rdb, daemon.Config{
 		Notify:         notify,
 		Sentinel:       o.redis.sentinel,
 		OnStockRebuilt: m.onStockRebuilt,
-		QueueWait:      queueWait,
-		EventsOnly:     o.Naive,
-		KeyPrefix:      o.KeyPrefix,
 		SweepInterval:  o.SweepInterval,
 		Workers:        o.Workers,
-		Batch:          order.BatchConfig{Max: o.BatchMax, OnBatch: m.onBatch},
+		Batch:          daemon.BatchConfig{Max: o.BatchMax, OnBatch: m.onBatch},
 		Scheduler:      reaped,
 		Logger:         o.log,
 		OnSweep:        m.onSweep,

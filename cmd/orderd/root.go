@@ -187,11 +187,12 @@ func (o *globalOptions) open(ctx context.Context) (*deps, error) {
 		}
 		return nil, runtimeError(err)
 	}
+	keys := o.keys()
 	return &deps{
 		rdb:     rdb,
 		store:   store,
-		sched:   expiry.NewScheduler(rdb, expiry.SchedulerConfig{Index: o.KeyPrefix + "orderd:due"}),
-		counter: stock.NewCounter(rdb, o.KeyPrefix),
+		sched:   expiry.NewScheduler(rdb, expiry.SchedulerConfig{Index: keys.DueIndex()}),
+		counter: stock.NewCounter(rdb, keys.Stock()),
 	}, nil
 }
 
@@ -245,11 +246,14 @@ func (o *globalOptions) secret(what string) ([]byte, error) {
 	return []byte(o.JWTSecret), nil
 }
 
+// keys names every Redis key orderd writes, under --key-prefix.
+func (o *globalOptions) keys() order.Keys { return order.Keys{Prefix: o.KeyPrefix} }
+
 func (o *globalOptions) serviceConfig(onTransition func(order.Transition)) order.Config {
 	return order.Config{
 		PayTimeout:     o.PayTimeout,
 		ConfirmTimeout: o.ConfirmTimeout,
-		KeyPrefix:      o.KeyPrefix,
+		Keys:           o.keys(),
 		Logger:         o.log,
 		OnTransition:   onTransition,
 	}

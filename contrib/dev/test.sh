@@ -22,7 +22,7 @@ while read -r pkg fuzz; do
 	go test -run '^$' -fuzz "^${fuzz}\$" -fuzztime 4s "$pkg"
 done <<'LIST'
 ./expiry FuzzNewEvent
-./order FuzzParseKeyID
+./order/daemon FuzzParseKeyID
 ./order/httpapi FuzzAPI
 LIST
 echo "== benchmark smoke run (speed is reported, never asserted)"

@@ -21,6 +21,7 @@ import (
 	"github.com/orderd/orderd/expiry"
 	"github.com/orderd/orderd/internal/testkit"
 	"github.com/orderd/orderd/order"
+	"github.com/orderd/orderd/order/daemon"
 	"github.com/orderd/orderd/order/httpapi"
 	"github.com/orderd/orderd/order/ordertest"
 	"github.com/orderd/orderd/order/sqlstore"
@@ -62,7 +63,7 @@ func newAPI(t testing.TB, st *sqlstore.Store, cfg order.Config) *api {
 	a := &api{t: t, srv: srv, svc: svc, store: st, counter: counter, client: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
 	if d, ok := t.(*testing.T); ok {
 		// The daemon, so that orders expire on their own.
-		l := svc.Listener(rdb, order.DaemonConfig{Scheduler: sched, SweepInterval: time.Hour, Logger: zaptest.NewLogger(d, zaptest.Level(zapWarn))})
+		l := daemon.New(svc, rdb, daemon.Config{Scheduler: sched, SweepInterval: time.Hour, Logger: zaptest.NewLogger(d, zaptest.Level(zapWarn))})
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { defer close(done); l.Run(ctx) }()

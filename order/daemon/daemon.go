@@ -1,4 +1,9 @@
-package order
+// Package daemon is the order expiry daemon (`orderd listen`) as a library:
+// it wires an expiry.Listener to an order.Service, routing expired
+// order_pay:<id> keys to ExpireOrders and order_confirm:<id> keys to
+// CompleteOrders in batches, sweeping the database for what the events
+// missed, and mending Redis stock counters that lost a give-back.
+package daemon
 
 import (
 	"context"
@@ -9,12 +14,12 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/orderd/orderd/expiry"
+	"github.com/orderd/orderd/order"
 )
 
-// DaemonConfig configures the expiry daemon built by Service.Listener.
-type DaemonConfig struct {
-	// KeyPrefix is stripped from expired keys (the --key-prefix).
-	KeyPrefix string
+// Config configures the daemon built by New. The key prefix stripped from
+// expired keys is the service's (order.Keys).
+type Config struct {
 	// SweepInterval is the pause between periodic sweeps. If zero, 30 s is used.
 	SweepInterval time.Duration
 	// SweepGrace is how long past its deadline a periodic sweep leaves an
@@ -51,18 +56,14 @@ type DaemonConfig struct {
 	// QueueWait is passed to the listener: how long its reader may wait for
 	// room in a full queue. If zero, it drops at once (and a sweep catches up).
 	QueueWait time.Duration
-	// EventsOnly turns every sweep off: events alone close orders, as in the
-	// usual keyspace-notification design. For comparisons only: events that
-	// are lost are never made up for.
-	EventsOnly bool
 }
 
-// Listener returns the daemon: an expiry.Listener routing order_pay: and
+// New returns the daemon: an expiry.Listener routing order_pay: and
 // order_confirm: keys to the service in batches, sweeping the database at
 // start-up, after every resubscription and every SweepInterval, and after
 // every periodic sweep mending Redis stock counters that lost a give-back
 // (ReconcileStock).
-func (s *Service) Listener(client redis.UniversalClient, cfg DaemonConfig) *expiry.Listener {
+func New(s *order.Service, client redis.UniversalClient, cfg Config) *expiry.Listener {
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = 30 * time.Second
 	}
@@ -78,7 +79,7 @@ func (s *Service) Listener(client redis.UniversalClient, cfg DaemonConfig) *expi
 	}
 	mux := expiry.NewServeMux()
 	mux.Use(expiry.Recover(log), expiry.Retry(expiry.RetryPolicy{}))
-	s.Register(mux, cfg.Batch)
+	Register(mux, s, cfg.Batch)
 
 	var mu sync.Mutex // sweeps never overlap
 	sweep := func(reason string, olderThan time.Duration, periodic bool) func(context.Context) {
@@ -114,7 +115,7 @@ func (s *Service) Listener(client redis.UniversalClient, cfg DaemonConfig) *expi
 		}
 	}
 	lc := expiry.ListenerConfig{
-		KeyPrefix:       cfg.KeyPrefix,
+		KeyPrefix:       s.Keys().Prefix,
 		Workers:         cfg.Workers,
 		QueueWait:       cfg.QueueWait,
 		OnSubscribe:     sweep("subscribed", 0, false),
@@ -126,9 +127,6 @@ func (s *Service) Listener(client redis.UniversalClient, cfg DaemonConfig) *expi
 		Sentinel:        cfg.Sentinel,
 		ShutdownTimeout: cfg.ShutdownTimeout,
 		Logger:          log,
-	}
-	if cfg.EventsOnly {
-		lc.OnSubscribe, lc.OnDrop, lc.OnInterval = nil, nil, nil
 	}
 	return expiry.NewListener(client, mux, lc)
 }

@@ -1,4 +1,4 @@
-package order
+package daemon
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/orderd/orderd/expiry"
+	"github.com/orderd/orderd/order"
 )
 
 // BatchConfig says how expiry events that arrive together are grouped into
@@ -21,18 +22,18 @@ type BatchConfig struct {
 	OnBatch func(size int)
 }
 
-// Register routes the two timer keys of mux to the service: an expired
+// Register routes the two timer keys of mux to the service s: an expired
 // order_pay:<id> expires the order if it is still pending, an expired
 // order_confirm:<id> completes it if it is still shipped. Events that arrive
 // together are applied in batches, one transaction per batch. A key with a
 // malformed id gets an error wrapping expiry.ErrMalformedKey (the listener
 // counts it and logs it, bounded).
-func (s *Service) Register(mux *expiry.ServeMux, cfg BatchConfig) {
-	mux.Handle(PayKeyPrefix, s.batchHandler(PayKeyPrefix, newBatcher(cfg, s.ExpireOrders)))
-	mux.Handle(ConfirmKeyPrefix, s.batchHandler(ConfirmKeyPrefix, newBatcher(cfg, s.CompleteOrders)))
+func Register(mux *expiry.ServeMux, s *order.Service, cfg BatchConfig) {
+	mux.Handle(order.PayKeyPrefix, batchHandler(order.PayKeyPrefix, newBatcher(cfg, s.ExpireOrders)))
+	mux.Handle(order.ConfirmKeyPrefix, batchHandler(order.ConfirmKeyPrefix, newBatcher(cfg, s.CompleteOrders)))
 }
 
-func (s *Service) batchHandler(prefix string, b *batcher) expiry.Handler {
+func batchHandler(prefix string, b *batcher) expiry.Handler {
 	return expiry.HandlerFunc(func(ctx context.Context, ev expiry.Event) error {
 		id, err := ParseKeyID(ev.Key, prefix)
 		if err != nil {

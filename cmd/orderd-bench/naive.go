@@ -1,0 +1,72 @@
+package main
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/orderd/orderd/expiry"
+	"github.com/orderd/orderd/order"
+	orderdaemon "github.com/orderd/orderd/order/daemon"
+	"github.com/orderd/orderd/order/sqlstore"
+	"github.com/orderd/orderd/stock"
+)
+
+// naiveListen is the design orderd improves on, run as a daemon of its own
+// (`orderd-bench naive-listen REDIS_URL DB_URL`) for the side-by-side runs:
+// plain keyspace events handled one transaction per order by 8 workers (as
+// DESIGN.md §1 measured it), no due index, no sweep, and a reader that waits
+// for its handlers. It is built here from the library, not shipped in orderd.
+func naiveListen(redisURL, dbURL string) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	log, err := zap.NewProduction()
+	if err != nil {
+		return err
+	}
+	opts, err := redis.ParseURL(redisURL)
+	if err != nil {
+		return err
+	}
+	rdb := redis.NewClient(opts)
+	defer rdb.Close()
+	store, err := sqlstore.Open(ctx, dbURL)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	svc := order.NewService(store, stock.NewCounter(rdb, ""), nil, order.Config{Logger: zap.NewNop()})
+	mux := expiry.NewServeMux()
+	mux.Use(expiry.Recover(log), expiry.Retry(expiry.RetryPolicy{}))
+	orderdaemon.Register(mux, svc, orderdaemon.BatchConfig{Max: 1})
+	l := expiry.NewListener(rdb, mux, expiry.ListenerConfig{Workers: 8, QueueWait: time.Hour, Logger: log})
+
+	// The metrics the benchmark reads, under orderd's names.
+	reg := prometheus.NewRegistry()
+	for name, f := range map[string]func(expiry.Stats) uint64{
+		"orderd_events_dropped_total": func(s expiry.Stats) uint64 { return s.Dropped },
+		"orderd_subscriptions_total":  func(s expiry.Stats) uint64 { return s.Subscriptions },
+		"orderd_batch_size_sum":       func(s expiry.Stats) uint64 { return s.Handled }, // one order a transaction
+		"orderd_batch_size_count":     func(s expiry.Stats) uint64 { return s.Handled },
+	} {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: name},
+			func() float64 { return float64(f(l.Stats())) }))
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	defer srv.Close()
+	log.Info("serving /metrics and /healthz", zap.String("addr", ln.Addr().String()))
+	return l.Run(ctx)
+}

@@ -1,0 +1,11 @@
+package daemon_test
+
+import (
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// TestMain fails the package's tests when a goroutine outlives them: a
+// batch member left blocked is a shutdown that hangs.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
