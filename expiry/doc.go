@@ -44,4 +44,27 @@
 //
 // CheckNotify tells whether Redis publishes expired events, and what to set if
 // it does not; EnableNotify sets it when the operator asks for it.
+//
+// # Redis Cluster and Sentinel
+//
+// Give the Listener the client you have. On Redis Cluster, Redis publishes a
+// key's expiry only on the master that owns it, so the Listener subscribes on
+// every master, reads the masters again every TopologyInterval, and moves its
+// subscriptions after a failover or resharding (each new subscription calls
+// OnSubscribe: events may have been missed). The Scheduler's shards carry hash
+// tags, so they spread over the masters, and each is reaped on its own.
+//
+//	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"10.0.0.1:7000", "10.0.0.2:7000"}})
+//	l := expiry.NewListener(rdb, mux, expiry.ListenerConfig{OnSubscribe: sweep})
+//
+// Behind Sentinel, pass the failover options too: the Listener asks the
+// sentinels where the master is every TopologyInterval and moves its
+// subscription when it changes (go-redis's own would stay on the old master
+// until Sentinel disconnects it, seconds later).
+//
+//	fo := &redis.FailoverOptions{MasterName: "shop", SentinelAddrs: []string{"10.0.0.1:26379", "10.0.0.2:26379"}}
+//	l := expiry.NewListener(redis.NewFailoverClient(fo), mux, expiry.ListenerConfig{Sentinel: fo, OnSubscribe: sweep})
+//
+// notify-keyspace-events is per node and not replicated: the Listener checks
+// it on every node, replicas included, and reports one that lacks it.
 package expiry

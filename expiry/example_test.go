@@ -55,3 +55,23 @@ func ExampleServeMux() {
 	// some order key: order_refund:7
 	// expiry: no handler for key "cart:7"
 }
+
+// On Redis Cluster the listener subscribes on every master and follows
+// failovers; the scheduler's shards spread over the masters.
+func ExampleListener_cluster() {
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:7000", "127.0.0.1:7001"}})
+	sched := expiry.NewScheduler(rdb, expiry.SchedulerConfig{Index: "shop:due"})
+	mux := expiry.NewServeMux()
+	mux.HandleFunc("order_pay:", func(ctx context.Context, ev expiry.Event) error { return nil })
+	l := expiry.NewListener(rdb, mux, expiry.ListenerConfig{Scheduler: sched})
+	_ = l.Run(context.Background())
+}
+
+// Behind Sentinel, give the listener the failover options too, so that its
+// subscription follows the master.
+func ExampleListener_sentinel() {
+	fo := &redis.FailoverOptions{MasterName: "shop", SentinelAddrs: []string{"127.0.0.1:26379"}}
+	mux := expiry.NewServeMux()
+	l := expiry.NewListener(redis.NewFailoverClient(fo), mux, expiry.ListenerConfig{Sentinel: fo})
+	_ = l.Run(context.Background())
+}

@@ -62,14 +62,12 @@ type report struct {
 }
 
 func run(ctx context.Context, c config) (*report, error) {
-	ropts, err := redis.ParseURL(c.redisURL)
+	rdb, err := newRedis(c.redisURL)
 	if err != nil {
 		return nil, fmt.Errorf("--redis-url: %w", err)
 	}
-	ropts.PoolSize = 32
-	rdb := redis.NewClient(ropts)
 	defer rdb.Close()
-	if err := rdb.ConfigSet(ctx, "notify-keyspace-events", "Ex").Err(); err != nil {
+	if err := expiry.EnableNotify(ctx, rdb); err != nil {
 		return nil, fmt.Errorf("redis: %w", err)
 	}
 	rep := &report{StartedAt: time.Now().UTC(), Machine: machine(ctx, rdb, c), Settings: map[string]string{
@@ -86,11 +84,38 @@ func run(ctx context.Context, c config) (*report, error) {
 			rep.Results = append(rep.Results, r)
 		}
 	}
-	rdb.FlushDB(context.WithoutCancel(ctx))
+	flush(context.WithoutCancel(ctx), rdb)
 	return rep, nil
 }
 
-func machine(ctx context.Context, rdb *redis.Client, c config) map[string]string {
+// newRedis connects to --redis-url: redis://host:port/db, or
+// redis+cluster://host:port[?addr=…] for a Redis Cluster.
+func newRedis(raw string) (redis.UniversalClient, error) {
+	if rest, ok := strings.CutPrefix(raw, "redis+cluster://"); ok {
+		o, err := redis.ParseClusterURL("redis://" + rest)
+		if err != nil {
+			return nil, err
+		}
+		o.PoolSize = 32
+		return redis.NewClusterClient(o), nil
+	}
+	o, err := redis.ParseURL(raw)
+	if err != nil {
+		return nil, err
+	}
+	o.PoolSize = 32
+	return redis.NewClient(o), nil
+}
+
+// flush empties the database (every master's, on a cluster).
+func flush(ctx context.Context, rdb redis.UniversalClient) error {
+	if c, ok := rdb.(*redis.ClusterClient); ok {
+		return c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error { return n.FlushDB(ctx).Err() })
+	}
+	return rdb.FlushDB(ctx).Err()
+}
+
+func machine(ctx context.Context, rdb redis.UniversalClient, c config) map[string]string {
 	m := map[string]string{"cpus": strconv.Itoa(runtime.NumCPU()), "go": runtime.Version()}
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		for _, line := range strings.Split(string(b), "\n") {
@@ -122,9 +147,9 @@ func machine(ctx context.Context, rdb *redis.Client, c config) map[string]string
 	return m
 }
 
-func runOne(ctx context.Context, c config, rdb *redis.Client, scenario, mode string) (result, error) {
+func runOne(ctx context.Context, c config, rdb redis.UniversalClient, scenario, mode string) (result, error) {
 	res := result{Scenario: scenario, Mode: mode}
-	if err := rdb.FlushDB(ctx).Err(); err != nil {
+	if err := flush(ctx, rdb); err != nil {
 		return res, err
 	}
 	store, err := freshDB(ctx, c.mysqlBase)
@@ -284,7 +309,7 @@ func freshDB(ctx context.Context, base string) (*sqlstore.Store, error) {
 
 // seedOtherKeys sets n keys with a 24 h TTL, as a shop's pending
 // receipt confirmations are; orderd also keeps them in its due index.
-func seedOtherKeys(ctx context.Context, rdb *redis.Client, sched *expiry.Scheduler, n int, mode string) error {
+func seedOtherKeys(ctx context.Context, rdb redis.UniversalClient, sched *expiry.Scheduler, n int, mode string) error {
 	deadline := time.Now().Add(24 * time.Hour)
 	for i := 0; i < n; i += keysBatch {
 		var timers []expiry.Timer
@@ -298,7 +323,7 @@ func seedOtherKeys(ctx context.Context, rdb *redis.Client, sched *expiry.Schedul
 	return nil
 }
 
-func setTimers(ctx context.Context, rdb *redis.Client, sched *expiry.Scheduler, timers []expiry.Timer, mode string) error {
+func setTimers(ctx context.Context, rdb redis.UniversalClient, sched *expiry.Scheduler, timers []expiry.Timer, mode string) error {
 	if mode == "orderd" {
 		return sched.ScheduleMany(ctx, timers...)
 	}
@@ -342,7 +367,7 @@ func seedOrders(ctx context.Context, store *sqlstore.Store, n int, deadline func
 }
 
 // seedOrderKeys sets order_pay:<id> for every order, expiring at its deadline.
-func seedOrderKeys(ctx context.Context, rdb *redis.Client, sched *expiry.Scheduler, store *sqlstore.Store, mode string) error {
+func seedOrderKeys(ctx context.Context, rdb redis.UniversalClient, sched *expiry.Scheduler, store *sqlstore.Store, mode string) error {
 	rows, err := store.DB().QueryContext(ctx, `SELECT id, pay_deadline FROM orders ORDER BY id`)
 	if err != nil {
 		return err
