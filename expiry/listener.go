@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -260,48 +259,33 @@ func (l *Listener) Run(ctx context.Context) error {
 	}
 	defer topo.close()
 
-	// Handlers outlive ctx until the drain is over or the timeout passes.
-	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer hcancel()
+	w := startWorkers(ctx, l.cfg.Workers, l.cfg.QueueSize, l.handle)
+	l.queue.Store(&w.queue)
 
-	queue := make(chan Event, l.cfg.QueueSize)
-	l.queue.Store(&queue)
-
-	var workers sync.WaitGroup
-	for range l.cfg.Workers {
-		workers.Go(func() {
-			for ev := range queue {
-				l.handle(hctx, ev)
-			}
-		})
-	}
-
-	var bg sync.WaitGroup
+	var hooks hookRunner
 	subKick, notifyKick := make(chan struct{}, 1), make(chan struct{}, 1)
 	l.dropKick = make(chan struct{}, 1)
-	for _, h := range []struct {
-		trigger chan struct{}
-		f       func(context.Context)
-	}{{subKick, l.cfg.OnSubscribe}, {l.dropKick, l.cfg.OnDrop}} {
-		if h.f != nil {
-			bg.Go(func() { onTrigger(ctx, h.trigger, func() { h.f(ctx) }) })
-		}
+	if f := l.cfg.OnSubscribe; f != nil {
+		hooks.onTrigger(ctx, subKick, f)
+	}
+	if f := l.cfg.OnDrop; f != nil {
+		hooks.onTrigger(ctx, l.dropKick, f)
 	}
 	if l.cfg.Interval > 0 && l.cfg.OnInterval != nil {
-		bg.Go(func() { every(ctx, l.cfg.Interval, nil, func() { l.cfg.OnInterval(ctx) }) })
+		hooks.every(ctx, l.cfg.Interval, nil, l.cfg.OnInterval)
 	}
 	if l.cfg.Notify != NotifyIgnore {
-		bg.Go(func() { every(ctx, l.cfg.NotifyInterval, notifyKick, func() { l.checkNotify(ctx, topo) }) })
+		hooks.every(ctx, l.cfg.NotifyInterval, notifyKick, func(ctx context.Context) { l.checkNotify(ctx, topo) })
 	}
 	if s := l.cfg.Scheduler; s != nil {
 		for _, shard := range s.shards {
-			bg.Go(func() { l.reap(ctx, s, shard) })
+			hooks.run(ctx, func(ctx context.Context) { l.reap(ctx, s, shard) })
 		}
 	}
 
 	sub := &subscriber{topo: topo, channel: l.Channel(), interval: l.cfg.TopologyInterval, log: l.log,
 		subs: map[string]*nodeSub{}, errLog: sometimes{period: 10 * time.Second},
-		onMessage: func(m *redis.Message) { l.enqueue(ctx, queue, m) },
+		onMessage: func(m *redis.Message) { l.enqueue(ctx, w.queue, m) },
 		onSubscribed: func(node string) {
 			n := l.subs.Add(1)
 			l.log.Info("subscribed", zap.String("channel", l.Channel()), zap.String("node", node), zap.Uint64("subscriptions", n))
@@ -315,9 +299,17 @@ func (l *Listener) Run(ctx context.Context) error {
 		zap.String("key_prefix", l.cfg.KeyPrefix), zap.Int("workers", l.cfg.Workers))
 	sub.run(ctx) // until ctx ends; after it no message is delivered any more
 
-	close(queue)
+	// Stop in reverse: no more events in; the queue drains; the hooks,
+	// whose context has ended, finish the step in hand.
+	w.shutdown()
+	return l.drain(ctx, w, &hooks)
+}
+
+// drain waits for the workers and the hooks, for at most ShutdownTimeout.
+func (l *Listener) drain(ctx context.Context, w *workers, hooks *hookRunner) error {
+	defer w.abandon()
 	done := make(chan struct{})
-	go func() { workers.Wait(); bg.Wait(); close(done) }() // a running hook counts as in flight
+	go func() { w.wait(); hooks.wait(); close(done) }() // a running hook counts as in flight
 	timer := time.NewTimer(l.cfg.ShutdownTimeout)
 	defer timer.Stop()
 	select {
@@ -325,7 +317,6 @@ func (l *Listener) Run(ctx context.Context) error {
 		l.log.Info("listener stopped", zap.Uint64("handled", l.handled.Load()))
 		return nil
 	case <-timer.C:
-		hcancel()
 		l.log.Warn("listener stopped before its handlers finished: they were cancelled",
 			zap.Duration("shutdown_timeout", l.cfg.ShutdownTimeout), zap.Int64("in_flight", l.inFlight.Load()))
 		return errors.Join(ErrShutdownTimeout, ctx.Err())
