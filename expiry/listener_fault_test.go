@@ -142,19 +142,19 @@ func TestListenerMalformedKeysCountedAndLogBounded(t *testing.T) {
 func TestListenerNotifyCheckedAfterRedisRestart(t *testing.T) {
 	for _, policy := range []expiry.NotifyPolicy{expiry.NotifyCheck, expiry.NotifyEnable} {
 		t.Run(map[expiry.NotifyPolicy]string{expiry.NotifyCheck: "check", expiry.NotifyEnable: "enable"}[policy], func(t *testing.T) {
-			srv := startPrivate(t)
+			srv := testkit.StartPrivateRedis(t)
 			ctx := context.Background()
-			if err := srv.client.ConfigSet(ctx, "notify-keyspace-events", "Ex").Err(); err != nil {
+			if err := srv.Client.ConfigSet(ctx, "notify-keyspace-events", "Ex").Err(); err != nil {
 				t.Fatal(err)
 			}
 			got := make(chan string, 10)
 			h := expiry.HandlerFunc(func(_ context.Context, ev expiry.Event) error { got <- ev.Key; return nil })
-			l := expiry.NewListener(srv.client, h, expiry.ListenerConfig{Notify: policy, NotifyInterval: time.Hour, Logger: zap.NewNop()})
+			l := expiry.NewListener(srv.Client, h, expiry.ListenerConfig{Notify: policy, NotifyInterval: time.Hour, Logger: zap.NewNop()})
 			run(t, l)
 			waitSubscribed(t, l, 1)
 			testkit.WaitFor(t, 5*time.Second, "healthy", func() bool { h := l.Health(); return h.Subscribed && h.Notify == nil })
 
-			srv.restart() // its defaults: notify-keyspace-events ""
+			srv.Restart() // its defaults: notify-keyspace-events ""
 			waitSubscribed(t, l, 2)
 			if policy == expiry.NotifyCheck {
 				testkit.WaitFor(t, 3*time.Second, "notify reported off", func() bool {
@@ -166,9 +166,9 @@ func TestListenerNotifyCheckedAfterRedisRestart(t *testing.T) {
 				return
 			}
 			testkit.WaitFor(t, 3*time.Second, "notify set again", func() bool {
-				return srv.client.ConfigGet(ctx, "notify-keyspace-events").Val()["notify-keyspace-events"] != ""
+				return srv.Client.ConfigGet(ctx, "notify-keyspace-events").Val()["notify-keyspace-events"] != ""
 			})
-			srv.client.Set(ctx, "after:1", "1", 10*time.Millisecond)
+			srv.Client.Set(ctx, "after:1", "1", 10*time.Millisecond)
 			select {
 			case k := <-got:
 				if k != "after:1" {

@@ -456,19 +456,8 @@ func TestUsageErrorsExit2(t *testing.T) {
 // listen checks notify-keyspace-events: off means exit 2 with what to set,
 // unless asked to set it.
 func TestListenNotifyCheck(t *testing.T) {
-	dir := t.TempDir()
-	sock := filepath.Join(dir, "redis.sock")
-	rs := exec.Command("redis-server", "--port", "0", "--unixsocket", sock, "--save", "", "--dir", dir, "--notify-keyspace-events", "")
-	if err := rs.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rs.Process.Kill(); rs.Wait() })
-	for i := 0; i < 100; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	rs := testkit.StartPrivateRedis(t, "--notify-keyspace-events", "")
+	dir, sock := rs.Dir, rs.Sock
 	env := []string{"ORDERD_REDIS_URL=unix://" + sock, "ORDERD_DB=sqlite:" + filepath.Join(dir, "o.db"), "ORDERD_LOG_FORMAT=json"}
 	if code, out := runCmd(t, env, "migrate"); code != 0 {
 		t.Fatalf("migrate: %d %s", code, out)

@@ -19,15 +19,15 @@ import (
 // Redis restart and cut database connections: jq parses every line.
 func TestJSONLogsThroughRestarts(t *testing.T) {
 	jq := tool(t, "jq", "jq")
-	rs := startRedisOnSocket(t)
+	rs := testkit.StartPrivateRedis(t)
 	ctx := context.Background()
-	if err := rs.client.ConfigSet(ctx, "notify-keyspace-events", "Ex").Err(); err != nil {
+	if err := rs.Client.ConfigSet(ctx, "notify-keyspace-events", "Ex").Err(); err != nil {
 		t.Fatal(err)
 	}
 	url := ordertest.MySQLURL(t)
 	host := strings.TrimPrefix(ordertest.MySQLBase(), "mysql://orderd:orderd@")
 	db := testkit.NewProxy(t, host)
-	env := []string{"ORDERD_REDIS_URL=unix://" + rs.sock, "ORDERD_DB=" + strings.Replace(url, host, db.Addr(), 1),
+	env := []string{"ORDERD_REDIS_URL=unix://" + rs.Sock, "ORDERD_DB=" + strings.Replace(url, host, db.Addr(), 1),
 		"ORDERD_JWT_SECRET=" + e2eSecret, "ORDERD_LOG_FORMAT=json", "ORDERD_SWEEP_INTERVAL=1s"}
 	if code, out := runCmd(t, env, "migrate"); code != 0 {
 		t.Fatalf("migrate: %d %s", code, out)
@@ -45,12 +45,12 @@ func TestJSONLogsThroughRestarts(t *testing.T) {
 	order()
 
 	// Redis restarted (killed: its data and run-time settings are gone).
-	rs.kill()
+	rs.Kill()
 	testkit.WaitFor(t, 10*time.Second, "serve reporting Redis down", func() bool {
 		code, body := health(t, apiHealth)
 		return code == 503 && body["redis"] != ""
 	})
-	rs.start()
+	rs.Start()
 	waitHTTP(t, apiHealth)
 	waitHTTP(t, daemonHealth) // resubscribed, events set again
 	order()

@@ -5,58 +5,12 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/orderd/orderd/internal/testkit"
 )
-
-// redisOnSocket is a redis-server of the test's own on a unix socket, which
-// the test can restart: a restart loses settings made at run time.
-type redisOnSocket struct {
-	t      *testing.T
-	dir    string
-	sock   string
-	cmd    *exec.Cmd
-	client *redis.Client
-}
-
-func startRedisOnSocket(t *testing.T) *redisOnSocket {
-	t.Helper()
-	dir := t.TempDir()
-	r := &redisOnSocket{t: t, dir: dir, sock: filepath.Join(dir, "redis.sock")}
-	r.client = redis.NewClient(&redis.Options{Network: "unix", Addr: r.sock, MaxRetries: -1})
-	r.start()
-	t.Cleanup(func() { r.kill(); r.client.Close() })
-	return r
-}
-
-func (r *redisOnSocket) start() {
-	r.t.Helper()
-	r.cmd = exec.Command("redis-server", "--port", "0", "--unixsocket", r.sock, "--save", "", "--appendonly", "no", "--dir", r.dir)
-	if err := r.cmd.Start(); err != nil {
-		r.t.Fatal(err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for r.client.Ping(context.Background()).Err() != nil {
-		if time.Now().After(deadline) {
-			r.t.Fatal("redis-server did not start")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (r *redisOnSocket) kill() {
-	if r.cmd != nil {
-		r.cmd.Process.Kill()
-		r.cmd.Wait()
-		r.cmd = nil
-	}
-}
 
 // health reads /healthz: the status code and the body's fields.
 func health(t *testing.T, url string) (int, map[string]string) {
@@ -82,12 +36,12 @@ func TestListenHealthzAfterRedisRestartWithoutEvents(t *testing.T) {
 	for _, setIt := range []bool{false, true} {
 		name := map[bool]string{false: "check", true: "set-notify-config"}[setIt]
 		t.Run(name, func(t *testing.T) {
-			rs := startRedisOnSocket(t)
+			rs := testkit.StartPrivateRedis(t)
 			ctx := context.Background()
-			if err := rs.client.ConfigSet(ctx, "notify-keyspace-events", "Ex").Err(); err != nil {
+			if err := rs.Client.ConfigSet(ctx, "notify-keyspace-events", "Ex").Err(); err != nil {
 				t.Fatal(err)
 			}
-			env := []string{"ORDERD_REDIS_URL=unix://" + rs.sock, "ORDERD_DB=sqlite:" + filepath.Join(rs.dir, "o.db"), "ORDERD_LOG_FORMAT=json"}
+			env := []string{"ORDERD_REDIS_URL=unix://" + rs.Sock, "ORDERD_DB=sqlite:" + filepath.Join(rs.Dir, "o.db"), "ORDERD_LOG_FORMAT=json"}
 			if code, out := runCmd(t, env, "migrate"); code != 0 {
 				t.Fatalf("migrate: %d %s", code, out)
 			}
@@ -100,12 +54,11 @@ func TestListenHealthzAfterRedisRestartWithoutEvents(t *testing.T) {
 			url := "http://" + metrics + "/healthz"
 			waitHTTP(t, url)
 
-			rs.kill()
-			rs.start() // notify-keyspace-events is "" again
+			rs.Restart() // notify-keyspace-events is "" again
 			restarted := time.Now()
 			if setIt {
 				testkit.WaitFor(t, 10*time.Second, "notify-keyspace-events set again", func() bool {
-					return rs.client.ConfigGet(ctx, "notify-keyspace-events").Val()["notify-keyspace-events"] != ""
+					return rs.Client.ConfigGet(ctx, "notify-keyspace-events").Val()["notify-keyspace-events"] != ""
 				})
 				waitHTTP(t, url)
 			} else {
