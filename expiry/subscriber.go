@@ -74,7 +74,6 @@ func (s *subscriber) follow(ctx context.Context) {
 		return
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	for addr, sub := range s.subs {
 		if _, ok := masters[addr]; !ok {
 			_ = sub.ps.Close()
@@ -82,13 +81,18 @@ func (s *subscriber) follow(ctx context.Context) {
 			s.log.Info("unsubscribed from a node that is no longer a master", zap.String("node", addr))
 		}
 	}
+	for addr := range s.subs {
+		delete(masters, addr) // subscribed already
+	}
+	s.mu.Unlock()
+	// Subscribe outside the lock: dialling a node that is down takes a while,
+	// and a health check must not wait for it.
 	for addr, c := range masters {
-		if _, ok := s.subs[addr]; ok {
-			continue
-		}
 		sub := &nodeSub{ps: c.Subscribe(ctx, s.channel)}
-		s.subs[addr] = sub
 		msgs := sub.ps.ChannelWithSubscriptions(redis.WithChannelSize(1000))
+		s.mu.Lock()
+		s.subs[addr] = sub
+		s.mu.Unlock()
 		s.readers.Go(func() {
 			for m := range msgs {
 				switch m := m.(type) {
