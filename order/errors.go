@@ -5,7 +5,7 @@ import (
 	"fmt"
 )
 
-// Error codes, as CONTRACT.md names them.
+// Error codes, as the HTTP API answers them (README.md lists them).
 const (
 	CodeInvalidRequest    = "invalid_request"
 	CodeUnauthorized      = "unauthorized"

@@ -23,7 +23,7 @@ import (
 // naiveListen is the design orderd improves on, run as a daemon of its own
 // (`orderd-bench naive-listen REDIS_URL DB_URL`) for the side-by-side runs:
 // plain keyspace events handled one transaction per order by 8 workers (as
-// DESIGN.md §1 measured it), no due index, no sweep, and a reader that waits
+// the usual tutorial design), no due index, no sweep, and a reader that waits
 // for its handlers. It is built here from the library, not shipped in orderd.
 func naiveListen(redisURL, dbURL string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

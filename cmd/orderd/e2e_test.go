@@ -175,7 +175,7 @@ func (c *client) must(method, path, tok, body string, status int, code string) m
 func oid(o map[string]any) string { return strconv.FormatInt(int64(o["id"].(float64)), 10) }
 
 // TestBinaryEndToEnd runs the built orderd (migrate, serve, listen) against
-// real Redis and MariaDB and walks the API of CONTRACT.md.
+// real Redis and MariaDB and walks the HTTP API.
 func TestBinaryEndToEnd(t *testing.T) {
 	testkit.Redis(t, redisDB) // empties this package's database
 	env := []string{

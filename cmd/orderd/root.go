@@ -21,7 +21,7 @@ import (
 	"github.com/orderd/orderd/stock"
 )
 
-// globalOptions are the flags every subcommand takes (CONTRACT.md).
+// globalOptions are the flags every subcommand takes (README.md, "Reference").
 type globalOptions struct {
 	RedisURL       string
 	DB             string

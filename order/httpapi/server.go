@@ -1,4 +1,4 @@
-// Package httpapi serves the order HTTP API of CONTRACT.md on the order
+// Package httpapi serves the order HTTP API (README.md, "HTTP API") on the order
 // service: JSON in and out, HS256 bearer tokens, one place that maps service
 // errors to HTTP.
 package httpapi
