@@ -451,6 +451,11 @@ func TestUsageErrorsExit2(t *testing.T) {
 	if code, out := runCmd(t, nil, "version"); code != 0 || !strings.HasPrefix(out, "orderd ") {
 		t.Fatalf("version: %d %q", code, out)
 	}
+	for _, shell := range []string{"bash", "zsh", "fish"} {
+		if code, out := runCmd(t, nil, "completion", shell); code != 0 || !strings.Contains(out, "orderd") || len(out) < 500 {
+			t.Fatalf("completion %s: exit %d, %d bytes", shell, code, len(out))
+		}
+	}
 }
 
 // listen checks notify-keyspace-events: off means exit 2 with what to set,

@@ -55,7 +55,6 @@ on the command line wins.`,
 			return opts.complete(cmd)
 		},
 	}
-	root.CompletionOptions.DisableDefaultCmd = true
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErrorf("%v", err) })
 	f := root.PersistentFlags()
 	f.StringVar(&opts.RedisURL, "redis-url", "redis://127.0.0.1:6379/0", "Redis URL; the path's number is the database")
