@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -11,7 +12,7 @@ import (
 )
 
 func newMigrateCmd(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "migrate",
 		Short: "Create or upgrade the database schema (idempotent)",
 		Args:  cobra.NoArgs,
@@ -19,15 +20,51 @@ func newMigrateCmd(g *globalOptions) *cobra.Command {
 			return runtimeError(runMigrate(cmd.Context(), g))
 		},
 	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "status",
+		Short: "Print the schema version and the migrations still to apply",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runtimeError(runMigrateStatus(cmd.Context(), g, cmd.OutOrStdout()))
+		},
+	})
+	return cmd
 }
 
-func runMigrate(ctx context.Context, g *globalOptions) error {
+// openStore opens --db for migrate: wrong settings are exit 2.
+func openStore(ctx context.Context, g *globalOptions) (*sqlstore.Store, error) {
 	store, err := sqlstore.Open(ctx, g.DB)
 	if err != nil {
 		if sqlstore.IsConfigError(err) {
-			return usageErrorf("--db: %v", err)
+			return nil, usageErrorf("--db: %v", err)
 		}
-		return fmt.Errorf("database (--db): %w", err)
+		return nil, fmt.Errorf("database (--db): %w", err)
+	}
+	return store, nil
+}
+
+func runMigrateStatus(ctx context.Context, g *globalOptions, out io.Writer) error {
+	store, err := openStore(ctx, g)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	current, latest, err := store.SchemaVersion(ctx)
+	if err != nil {
+		return err
+	}
+	if current >= latest {
+		fmt.Fprintf(out, "schema version %d: up to date\n", current)
+		return nil
+	}
+	fmt.Fprintf(out, "schema version %d of %d: %d migration(s) to apply; run `orderd migrate`\n", current, latest, latest-current)
+	return nil
+}
+
+func runMigrate(ctx context.Context, g *globalOptions) error {
+	store, err := openStore(ctx, g)
+	if err != nil {
+		return err
 	}
 	defer store.Close()
 	applied, err := store.Migrate(ctx)
