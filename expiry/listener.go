@@ -139,11 +139,13 @@ type Stats struct {
 	InFlight      int64  // handler calls running now
 }
 
-// A Listener subscribes to Redis's expired-key events of one database and
-// hands each event to a Handler on a pool of workers.
+// A Listener subscribes to Redis's expired-key events of one database (on
+// every master of a Cluster, on the current master behind Sentinel) and hands
+// each event to a Handler on a pool of workers.
 //
-// One goroutine reads events into a bounded queue and never waits on a
-// handler, so a slow handler does not make go-redis or Redis drop events.
+// A goroutine per subscription reads events into a bounded queue and never
+// waits on a handler, so a slow handler does not make go-redis or Redis drop
+// events.
 type Listener struct {
 	client  redis.UniversalClient
 	handler Handler
@@ -154,7 +156,7 @@ type Listener struct {
 	received, handled, failed, ignored, malformed, dropped, subs, reaped atomic.Uint64
 	inFlight                                                             atomic.Int64
 	queue                                                                atomic.Pointer[chan Event]
-	running                                                              atomic.Bool
+	running, configWarned                                                atomic.Bool
 	notifyErr                                                            atomic.Pointer[error]
 	dropKick                                                             chan struct{}
 	dropLog, malformedLog                                                sometimes
@@ -350,7 +352,7 @@ func (l *Listener) checkNotify(ctx context.Context, topo topology) {
 		l.log.Error("Redis does not publish expired-key events: orders wait for the sweep", zap.Error(err))
 		l.notifyErr.Store(&err)
 	case errors.Is(err, ErrConfigUnavailable):
-		if prev == nil && ctx.Err() == nil {
+		if ctx.Err() == nil && l.configWarned.CompareAndSwap(false, true) { // once: it will not change
 			l.log.Warn("cannot check that Redis publishes expired-key events", zap.Error(err))
 		}
 	default: // Redis does not answer: the subscription and the health check say so
@@ -441,33 +443,5 @@ func (l *Listener) reap(ctx context.Context, s *Scheduler, shard string) {
 			wait = 0
 		}
 		timer.Reset(wait)
-	}
-}
-
-// every calls f every d, and whenever kick (which may be nil) is triggered,
-// until ctx ends.
-func every(ctx context.Context, d time.Duration, kick <-chan struct{}, f func()) {
-	t := time.NewTicker(d)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-kick:
-		}
-		f()
-	}
-}
-
-// onTrigger calls f each time trigger fires, until ctx ends.
-func onTrigger(ctx context.Context, trigger <-chan struct{}, f func()) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-trigger:
-			f()
-		}
 	}
 }

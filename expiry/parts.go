@@ -66,3 +66,31 @@ func (h *hookRunner) run(ctx context.Context, f func(context.Context)) {
 }
 
 func (h *hookRunner) wait() { h.wg.Wait() }
+
+// every calls f every d, and whenever kick (which may be nil) is triggered,
+// until ctx ends.
+func every(ctx context.Context, d time.Duration, kick <-chan struct{}, f func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-kick:
+		}
+		f()
+	}
+}
+
+// onTrigger calls f each time trigger fires, until ctx ends.
+func onTrigger(ctx context.Context, trigger <-chan struct{}, f func()) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-trigger:
+			f()
+		}
+	}
+}

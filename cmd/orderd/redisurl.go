@@ -32,7 +32,7 @@ func parseRedisURL(raw string) (redisTarget, error) {
 	}
 	plain := base + "://" + rest
 	switch {
-	case kind == "" || base == "unix" && kind == "":
+	case kind == "":
 		o, err := redis.ParseURL(plain)
 		if err != nil {
 			return redisTarget{}, err
