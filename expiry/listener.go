@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -14,8 +16,14 @@ import (
 // ListenerConfig configures a Listener. The zero value is usable.
 type ListenerConfig struct {
 	// KeyPrefix is stripped from every expired key before it is handled. Keys
-	// without it belong to other programs and are ignored.
+	// without it belong to other programs and are ignored. If empty, the
+	// Scheduler's KeyPrefix is used; when both are set they must be equal.
 	KeyPrefix string
+
+	// ID names this listener among those sharing the Scheduler's work: it is
+	// what its leases hold and what its heartbeat announces, so it must be
+	// unique among them. If empty, "<hostname>:<pid>:<random>" is used.
+	ID string
 
 	// Workers is the number of goroutines running the handler.
 	// If zero, 64 are used.
@@ -52,7 +60,10 @@ type ListenerConfig struct {
 	OnSubscribe func(ctx context.Context)
 
 	// Interval and OnInterval, when both are set, call OnInterval every
-	// Interval (a periodic sweep). Calls run one at a time.
+	// Interval (a periodic sweep). Calls run one at a time. With a
+	// Scheduler, only the listener holding the sweep lease calls it, and it
+	// calls it at once when it takes the lease (its former holder may have
+	// died before its turn).
 	Interval   time.Duration
 	OnInterval func(ctx context.Context)
 
@@ -68,13 +79,39 @@ type ListenerConfig struct {
 
 	// Scheduler, when set, is reaped every ReapInterval, each shard of its due
 	// index on its own: keys whose deadline has passed are touched so that
-	// Redis expires and announces them at once, however many other keys carry
-	// a TTL.
+	// Redis expires them at once, however many other keys carry a TTL, and
+	// each expired timer the reaper removes from the index is handed to the
+	// handler directly (its event, which Redis broadcasts to every listener,
+	// is then not handled again).
+	//
+	// Listeners given Schedulers of the same index share the work (see
+	// "Several listeners" in the package documentation): each shard is
+	// reaped by the one listener that holds its lease, an event is handled
+	// by the listener holding its key's shard (by whoever hears it when
+	// none does), and OnInterval runs on one listener at a time.
 	Scheduler *Scheduler
 
-	// ReapInterval is the pause between reaper rounds.
-	// If zero, 10 ms is used.
+	// ReapInterval is the pause between reaper rounds. If zero, 10 ms is
+	// used; if negative, the listener does not reap (timers then fire when
+	// Redis notices their keys expired), but still shares the work.
 	ReapInterval time.Duration
+
+	// LeaseTTL is how long a lease (on a shard of the due index, or on the
+	// periodic sweep) and a listener's heartbeat last without renewal: when
+	// a listener dies, the others take its shards within LeaseTTL plus
+	// LeaseInterval. If zero, 5 s is used.
+	LeaseTTL time.Duration
+
+	// LeaseInterval is the pause between lease rounds, each renewing the
+	// heartbeat and the leases held and taking free ones. A listener that
+	// joins or leaves, or releases a lease, announces it, and the others
+	// hold a round at once. If zero, a fifth of LeaseTTL is used.
+	LeaseInterval time.Duration
+
+	// OnShards, if set, is called whenever what this listener holds changes,
+	// and once with nothing when it stops: held names the shards of the due
+	// index it reaps, and sweeps whether it runs OnInterval.
+	OnShards func(held []string, sweeps bool)
 
 	// Sentinel, when the client is a failover client (redis.NewFailoverClient),
 	// is the options it was made with: the listener then subscribes on the
@@ -134,9 +171,15 @@ type Stats struct {
 	Malformed     uint64 // keys a handler could not parse (ErrMalformedKey)
 	Dropped       uint64 // events dropped because the queue stayed full
 	Subscriptions uint64 // (re)subscriptions confirmed by Redis
-	Reaped        uint64 // due keys the reaper found gone (expired by its touch or before)
+	Reaped        uint64 // due entries the reaper removed: keys expired (handed to the handler) or left without a TTL
+	Skipped       uint64 // events for keys whose shard another listener holds
+	Repeated      uint64 // events for timers the reaper had handed to the handler already
+	Takeovers     uint64 // leases this listener took (at its start, on a rebalance, from a listener that left or died)
 	QueueDepth    int    // events waiting for a worker now
 	InFlight      int64  // handler calls running now
+	Shards        int    // shards of the due index this listener holds now
+	Sweeps        bool   // whether this listener holds the sweep lease now
+	Listeners     int    // live listeners sharing the due index, as last seen
 }
 
 // A Listener subscribes to Redis's expired-key events of one database (on
@@ -154,6 +197,7 @@ type Listener struct {
 	log     *zap.Logger
 
 	received, handled, failed, ignored, malformed, dropped, subs, reaped atomic.Uint64
+	skipped, repeated                                                    atomic.Uint64
 	inFlight                                                             atomic.Int64
 	queue                                                                atomic.Pointer[chan Event]
 	running, configWarned                                                atomic.Bool
@@ -161,6 +205,9 @@ type Listener struct {
 	dropKick                                                             chan struct{}
 	dropLog, malformedLog                                                sometimes
 	sub                                                                  atomic.Pointer[subscriber] // while Run runs
+	leases                                                               atomic.Pointer[leaseKeeper] // while Run runs, with a Scheduler
+	takeovers                                                            atomic.Uint64               // of past runs
+	handedOver                                                           recent
 }
 
 // NewListener returns a Listener for the client's database (taken from the
@@ -189,12 +236,30 @@ func NewListener(client redis.UniversalClient, h Handler, cfg ListenerConfig) *L
 	if cfg.TopologyInterval <= 0 {
 		cfg.TopologyInterval = time.Second
 	}
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = 5 * time.Second
+	}
+	if cfg.LeaseInterval <= 0 {
+		cfg.LeaseInterval = cfg.LeaseTTL / 5
+	}
+	if cfg.ID == "" {
+		cfg.ID = defaultID()
+	}
+	if s := cfg.Scheduler; s != nil {
+		switch {
+		case cfg.KeyPrefix == "":
+			cfg.KeyPrefix = s.prefix
+		case s.prefix != "" && s.prefix != cfg.KeyPrefix:
+			panic(fmt.Sprintf("expiry: the listener's KeyPrefix %q differs from its Scheduler's %q", cfg.KeyPrefix, s.prefix))
+		}
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = zap.NewNop()
 	}
 	l := &Listener{client: client, handler: h, cfg: cfg, log: log,
-		dropLog: sometimes{period: time.Second}, malformedLog: sometimes{period: time.Second}}
+		dropLog: sometimes{period: time.Second}, malformedLog: sometimes{period: time.Second},
+		handedOver: recent{period: 30 * time.Second}}
 	if c, ok := client.(*redis.Client); ok {
 		l.db = c.Options().DB
 	}
@@ -203,6 +268,9 @@ func NewListener(client redis.UniversalClient, h Handler, cfg ListenerConfig) *L
 
 // Channel returns the channel the listener subscribes to.
 func (l *Listener) Channel() string { return ExpiredChannel(l.db) }
+
+// ID returns the name of the listener among those sharing its Scheduler.
+func (l *Listener) ID() string { return l.cfg.ID }
 
 // Stats returns the listener's counters.
 func (l *Listener) Stats() Stats {
@@ -215,7 +283,15 @@ func (l *Listener) Stats() Stats {
 		Dropped:       l.dropped.Load(),
 		Subscriptions: l.subs.Load(),
 		Reaped:        l.reaped.Load(),
+		Skipped:       l.skipped.Load(),
+		Repeated:      l.repeated.Load(),
+		Takeovers:     l.takeovers.Load(),
 		InFlight:      l.inFlight.Load(),
+	}
+	if k := l.leases.Load(); k != nil {
+		s.Takeovers += k.takeovers.Load()
+		shards, sweeps := k.held()
+		s.Shards, s.Sweeps, s.Listeners = len(shards), sweeps, k.liveListeners()
 	}
 	if q := l.queue.Load(); q != nil {
 		s.QueueDepth = len(*q)
@@ -265,7 +341,7 @@ func (l *Listener) Run(ctx context.Context) error {
 	l.queue.Store(&w.queue)
 
 	var hooks hookRunner
-	subKick, notifyKick := make(chan struct{}, 1), make(chan struct{}, 1)
+	subKick, notifyKick, sweepKick := make(chan struct{}, 1), make(chan struct{}, 1), make(chan struct{}, 1)
 	l.dropKick = make(chan struct{}, 1)
 	if f := l.cfg.OnSubscribe; f != nil {
 		hooks.onTrigger(ctx, subKick, f)
@@ -273,21 +349,40 @@ func (l *Listener) Run(ctx context.Context) error {
 	if f := l.cfg.OnDrop; f != nil {
 		hooks.onTrigger(ctx, l.dropKick, f)
 	}
+	keeper := l.startLeases(ctx, &hooks, sweepKick)
 	if l.cfg.Interval > 0 && l.cfg.OnInterval != nil {
-		hooks.every(ctx, l.cfg.Interval, nil, l.cfg.OnInterval)
+		hooks.every(ctx, l.cfg.Interval, sweepKick, func(ctx context.Context) {
+			if keeper == nil || keeper.holds(keeper.sweepItem()) {
+				l.cfg.OnInterval(ctx)
+			}
+		})
 	}
 	if l.cfg.Notify != NotifyIgnore {
 		hooks.every(ctx, l.cfg.NotifyInterval, notifyKick, func(ctx context.Context) { l.checkNotify(ctx, topo) })
 	}
-	if s := l.cfg.Scheduler; s != nil {
-		for _, shard := range s.shards {
-			hooks.run(ctx, func(ctx context.Context) { l.reap(ctx, s, shard) })
+	// The reapers hand timers to the queue: they stop before it closes.
+	var reapers sync.WaitGroup
+	if s := l.cfg.Scheduler; s != nil && l.cfg.ReapInterval > 0 {
+		for i := range s.shards {
+			reapers.Go(func() { l.reap(ctx, s, keeper, i, w.queue) })
 		}
 	}
 
-	sub := &subscriber{topo: topo, channel: l.Channel(), interval: l.cfg.TopologyInterval, log: l.log,
+	var channels []string
+	if keeper != nil {
+		channels = append(channels, keeper.channel)
+	}
+	sub := &subscriber{topo: topo, channel: l.Channel(), also: channels, interval: l.cfg.TopologyInterval, log: l.log,
 		subs: map[string]*nodeSub{}, errLog: sometimes{period: 10 * time.Second},
-		onMessage: func(m *redis.Message) { l.enqueue(ctx, w.queue, m) },
+		onMessage: func(m *redis.Message) {
+			if keeper != nil && m.Channel == keeper.channel {
+				if m.Payload != keeper.id {
+					trigger(keeper.kick) // another listener joined, left or handed over
+				}
+				return
+			}
+			l.enqueue(ctx, w.queue, m)
+		},
 		onSubscribed: func(node string) {
 			n := l.subs.Add(1)
 			l.log.Info("subscribed", zap.String("channel", l.Channel()), zap.String("node", node), zap.Uint64("subscriptions", n))
@@ -302,9 +397,41 @@ func (l *Listener) Run(ctx context.Context) error {
 	sub.run(ctx) // until ctx ends; after it no message is delivered any more
 
 	// Stop in reverse: no more events in; the queue drains; the hooks,
-	// whose context has ended, finish the step in hand.
+	// whose context has ended, finish the step in hand (the lease keeper
+	// releases the leases at once, so the others take over while the
+	// queue drains).
+	reapers.Wait()
 	w.shutdown()
 	return l.drain(ctx, w, &hooks)
+}
+
+// startLeases starts the lease keeper when the listener has a Scheduler, and
+// returns it (nil without one).
+func (l *Listener) startLeases(ctx context.Context, hooks *hookRunner, sweepKick chan struct{}) *leaseKeeper {
+	s := l.cfg.Scheduler
+	if s == nil {
+		return nil
+	}
+	k := newLeaseKeeper(l.client, s, l.cfg.ID, l.cfg.LeaseTTL, l.cfg.LeaseInterval, l.log)
+	sweeping := false
+	k.onChange = func(held []string, sweeps bool) {
+		l.log.Info("shards held", zap.String("listener", l.cfg.ID), zap.Strings("shards", held),
+			zap.Bool("sweep", sweeps), zap.Int("listeners", k.liveListeners()))
+		if sweeps && !sweeping {
+			trigger(sweepKick) // its former holder may have died before its turn
+		}
+		sweeping = sweeps
+		if f := l.cfg.OnShards; f != nil {
+			f(held, sweeps)
+		}
+	}
+	l.leases.Store(k)
+	hooks.run(ctx, func(ctx context.Context) {
+		k.run(ctx)
+		l.leases.Store(nil)
+		l.takeovers.Add(k.takeovers.Load())
+	})
+	return k
 }
 
 // drain waits for the workers and the hooks, for at most ShutdownTimeout.
@@ -368,6 +495,16 @@ func (l *Listener) enqueue(ctx context.Context, queue chan Event, m *redis.Messa
 		l.log.Debug("expired key ignored: not ours", KeyField(m.Payload))
 		return
 	}
+	if s := l.cfg.Scheduler; s != nil {
+		if k := l.leases.Load(); k != nil && !k.mine(s.shardOf(ev.RawKey)) {
+			l.skipped.Add(1) // another listener holds its shard
+			return
+		}
+		if !l.handedOver.first(ev.RawKey) {
+			l.repeated.Add(1) // the reaper handed it over already
+			return
+		}
+	}
 	select {
 	case queue <- ev:
 		return
@@ -384,6 +521,9 @@ func (l *Listener) enqueue(ctx context.Context, queue chan Event, m *redis.Messa
 		}
 	}
 	n := l.dropped.Add(1)
+	if l.cfg.Scheduler != nil {
+		l.handedOver.forget(ev.RawKey)
+	}
 	trigger(l.dropKick)
 	if ok, _ := l.dropLog.allow(time.Now()); ok { // one line a second, not one per event
 		l.log.Warn("queue full: dropping expired-key events; a catch-up sweep handles them",
@@ -420,20 +560,31 @@ func (l *Listener) handle(ctx context.Context, ev Event) {
 	}
 }
 
-// reap runs the reaper of one shard of s's due index until ctx ends. Each
-// shard has a loop of its own, so a shard whose node fails or fails over
-// (on Cluster the shards live on different masters) stalls no other.
-func (l *Listener) reap(ctx context.Context, s *Scheduler, shard string) {
+// reap runs the reaper of shard i of s's due index until ctx ends, while
+// this listener holds the shard's lease. Each shard has a loop of its own, so
+// a shard whose node fails or fails over (on Cluster the shards live on
+// different masters) stalls no other.
+func (l *Listener) reap(ctx context.Context, s *Scheduler, k *leaseKeeper, i int, queue chan<- Event) {
+	shard := s.shards[i]
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
+		if !k.holds(i) {
+			select { // until what this listener holds changes
+			case <-ctx.Done():
+				return
+			case <-k.changes():
+				continue
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
 		}
-		res, err := s.reapShard(ctx, shard)
+		res, fired, err := s.reapShard(ctx, shard)
 		l.reaped.Add(uint64(res.Gone))
+		l.handOver(ctx, s, fired, queue)
 		wait := l.cfg.ReapInterval
 		switch {
 		case err != nil && ctx.Err() == nil:
@@ -443,5 +594,33 @@ func (l *Listener) reap(ctx context.Context, s *Scheduler, shard string) {
 			wait = 0
 		}
 		timer.Reset(wait)
+	}
+}
+
+// handOver queues the timers a reaper round removed from the index, waiting
+// for room: they are in no index any more. Those whose event was handled
+// first are left out. When ctx ends first, the rest go back to the index for
+// whichever listener reaps the shard next.
+func (l *Listener) handOver(ctx context.Context, s *Scheduler, fired []string, queue chan<- Event) {
+	for j, raw := range fired {
+		if !l.handedOver.first(raw) {
+			continue // its event came first
+		}
+		key, ok := strings.CutPrefix(raw, l.cfg.KeyPrefix)
+		if !ok {
+			l.ignored.Add(1)
+			continue
+		}
+		select {
+		case queue <- Event{Key: key, RawKey: raw, DB: l.db, Received: time.Now()}:
+		case <-ctx.Done():
+			bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			if err := s.putBack(bctx, fired[j:]); err != nil {
+				l.log.Warn("reaped timers not put back in the due index: the catch-up sweep of the next start takes them",
+					zap.Int("timers", len(fired)-j), zap.Error(err))
+			}
+			cancel()
+			return
+		}
 	}
 }

@@ -13,10 +13,20 @@ import (
 
 // SchedulerConfig configures a Scheduler. The zero value is usable.
 type SchedulerConfig struct {
+	// KeyPrefix is the application's namespace on a Redis it may share with
+	// others: the index's default name starts with it, and a Listener given
+	// this Scheduler strips it from expired keys (ListenerConfig.KeyPrefix
+	// must then be empty or the same). Keys given to Schedule and Cancel are
+	// full key names, prefix included.
+	KeyPrefix string
+
 	// Index names the due index: sorted sets "<Index>:{<n>}" (n from 0 to
 	// Shards-1), scored by deadline in Unix milliseconds. The hash tags put
 	// each shard in a slot of its own on Redis Cluster.
-	// If empty, "expiry:due" is used.
+	// Listeners given this Scheduler share the work through keys beside
+	// the index ("<Index>:listeners", "<Index>:{<n>}:lease",
+	// "<Index>:sweep"); two applications on one Redis need two indexes.
+	// If empty, KeyPrefix + "expiry:due" is used.
 	Index string
 
 	// Shards is the number of sorted sets the index is split into. On Redis
@@ -37,6 +47,8 @@ type SchedulerConfig struct {
 // which can take minutes when many keys carry a TTL.
 type Scheduler struct {
 	client redis.UniversalClient
+	prefix string
+	index  string
 	shards []string
 	batch  int
 }
@@ -44,7 +56,7 @@ type Scheduler struct {
 // NewScheduler returns a Scheduler writing to client.
 func NewScheduler(client redis.UniversalClient, cfg SchedulerConfig) *Scheduler {
 	if cfg.Index == "" {
-		cfg.Index = "expiry:due"
+		cfg.Index = cfg.KeyPrefix + "expiry:due"
 	}
 	if cfg.Shards <= 0 {
 		cfg.Shards = 16
@@ -52,7 +64,7 @@ func NewScheduler(client redis.UniversalClient, cfg SchedulerConfig) *Scheduler 
 	if cfg.ReapBatch <= 0 {
 		cfg.ReapBatch = 1000
 	}
-	s := &Scheduler{client: client, batch: cfg.ReapBatch}
+	s := &Scheduler{client: client, prefix: cfg.KeyPrefix, index: cfg.Index, batch: cfg.ReapBatch}
 	for i := range cfg.Shards {
 		s.shards = append(s.shards, cfg.Index+":{"+strconv.Itoa(i)+"}")
 	}
@@ -62,8 +74,19 @@ func NewScheduler(client redis.UniversalClient, cfg SchedulerConfig) *Scheduler 
 // Shards returns the names of the index's sorted sets.
 func (s *Scheduler) Shards() []string { return append([]string(nil), s.shards...) }
 
-func (s *Scheduler) shard(key string) string {
-	return s.shards[crc32.ChecksumIEEE([]byte(key))%uint32(len(s.shards))]
+// KeyPrefix returns the key prefix the Scheduler was configured with.
+func (s *Scheduler) KeyPrefix() string { return s.prefix }
+
+// Index returns the name of the due index.
+func (s *Scheduler) Index() string { return s.index }
+
+func (s *Scheduler) shard(key string) string { return s.shards[s.shardOf(key)] }
+
+// shardOf returns the number of the shard that indexes key. Keys written by
+// other programs, never indexed, have a shard all the same: the listener that
+// holds it handles their events.
+func (s *Scheduler) shardOf(key string) int {
+	return int(crc32.ChecksumIEEE([]byte(key)) % uint32(len(s.shards)))
 }
 
 // Schedule sets key (value "1") to expire at deadline and records it in the
@@ -121,16 +144,19 @@ type ReapResult struct {
 }
 
 // zremDue removes members whose score is still at or before ARGV[1], so an
-// entry written again for a later deadline in the meantime survives.
+// entry written again for a later deadline in the meantime survives, and
+// returns those it removed: of two reapers racing over a shard, one gets
+// each entry.
 var zremDue = redis.NewScript(`
-local n = 0
+local out = {}
 for i = 2, #ARGV do
   local s = redis.call('ZSCORE', KEYS[1], ARGV[i])
   if s and tonumber(s) <= tonumber(ARGV[1]) then
-    n = n + redis.call('ZREM', KEYS[1], ARGV[i])
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    out[#out + 1] = ARGV[i]
   end
 end
-return n`)
+return out`)
 
 // Reap runs one reaper round: for every shard it reads up to ReapBatch due
 // entries and touches their keys (PTTL), which makes Redis expire a key whose
@@ -138,11 +164,15 @@ return n`)
 // is really gone; a key Redis still holds (its clock may lag ours by a
 // millisecond, or the key was set again) is re-scored by its remaining TTL, and
 // a key left without a TTL is no timer any more and leaves the index.
+//
+// A Listener given the Scheduler reaps by itself, and hands each expired
+// timer it removes to its handler at once; Reap is for programs that reap
+// without a Listener.
 func (s *Scheduler) Reap(ctx context.Context) (ReapResult, error) {
 	var res ReapResult
 	var errs []error
 	for _, shard := range s.shards {
-		r, err := s.reapShard(ctx, shard)
+		r, _, err := s.reapShard(ctx, shard)
 		res.Due += r.Due
 		res.Gone += r.Gone
 		res.More = res.More || r.More
@@ -153,14 +183,17 @@ func (s *Scheduler) Reap(ctx context.Context) (ReapResult, error) {
 	return res, errors.Join(errs...)
 }
 
-func (s *Scheduler) reapShard(ctx context.Context, shard string) (ReapResult, error) {
+// reapShard runs a reaper round over one shard, and returns besides the keys
+// that expired (not those left without a TTL) whose entries this round
+// removed.
+func (s *Scheduler) reapShard(ctx context.Context, shard string) (ReapResult, []string, error) {
 	now := time.Now().UnixMilli()
 	keys, err := s.client.ZRangeArgs(ctx, redis.ZRangeArgs{
 		Key: shard, Start: "-inf", Stop: strconv.FormatInt(now, 10),
 		ByScore: true, Count: int64(s.batch),
 	}).Result()
 	if err != nil || len(keys) == 0 {
-		return ReapResult{}, err
+		return ReapResult{}, nil, err
 	}
 	res := ReapResult{Due: len(keys), More: len(keys) == s.batch}
 
@@ -171,22 +204,27 @@ func (s *Scheduler) reapShard(ctx context.Context, shard string) (ReapResult, er
 		}
 		return nil
 	}); err != nil && !errors.Is(err, redis.Nil) {
-		return res, fmt.Errorf("expiry: reap %s: %w", shard, err)
+		return res, nil, fmt.Errorf("expiry: reap %s: %w", shard, err)
 	}
 
 	gone := []any{now}
+	expired := map[string]bool{}
 	var rescore []redis.Z
 	for i, c := range ttls {
 		switch d := c.Val(); {
-		case d == -2 || d == -1: // gone, or no TTL any more
+		case d == -2: // gone: expired (by this touch or before)
+			gone = append(gone, keys[i])
+			expired[keys[i]] = true
+		case d == -1: // no TTL any more: no timer
 			gone = append(gone, keys[i])
 		case d >= 0:
 			rescore = append(rescore, redis.Z{Score: float64(now + max(d.Milliseconds(), 1)), Member: keys[i]})
 		}
 	}
+	var removed *redis.Cmd
 	_, err = s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		if len(gone) > 1 {
-			zremDue.Eval(ctx, p, []string{shard}, gone...) // EVAL: a pipeline cannot fall back from EVALSHA
+			removed = zremDue.Eval(ctx, p, []string{shard}, gone...) // EVAL: a pipeline cannot fall back from EVALSHA
 		}
 		if len(rescore) > 0 {
 			p.ZAddXX(ctx, shard, rescore...)
@@ -194,8 +232,33 @@ func (s *Scheduler) reapShard(ctx context.Context, shard string) (ReapResult, er
 		return nil
 	})
 	if err != nil {
-		return res, fmt.Errorf("expiry: reap %s: %w", shard, err)
+		return res, nil, fmt.Errorf("expiry: reap %s: %w", shard, err)
 	}
-	res.Gone = len(gone) - 1
-	return res, nil
+	var fired []string
+	if removed != nil {
+		out, _ := removed.StringSlice()
+		res.Gone = len(out)
+		for _, k := range out {
+			if expired[k] {
+				fired = append(fired, k)
+			}
+		}
+	}
+	return res, fired, nil
+}
+
+// putBack returns entries a reaper removed but could not hand over (the
+// listener stopped) to the index, due now, for the next reaper.
+func (s *Scheduler) putBack(ctx context.Context, keys []string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	now := float64(time.Now().UnixMilli())
+	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range keys {
+			p.ZAdd(ctx, s.shard(k), redis.Z{Score: now, Member: k})
+		}
+		return nil
+	})
+	return err
 }

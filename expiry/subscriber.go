@@ -18,7 +18,8 @@ import (
 // onSubscribed (the moment for a catch-up sweep: events were missed).
 type subscriber struct {
 	topo         topology
-	channel      string
+	channel      string   // the expired-key channel
+	also         []string // more channels to hear on the same subscription
 	interval     time.Duration
 	log          *zap.Logger
 	onMessage    func(*redis.Message)
@@ -88,7 +89,7 @@ func (s *subscriber) follow(ctx context.Context) {
 	// Subscribe outside the lock: dialling a node that is down takes a while,
 	// and a health check must not wait for it.
 	for addr, c := range masters {
-		sub := &nodeSub{ps: c.Subscribe(ctx, s.channel)}
+		sub := &nodeSub{ps: c.Subscribe(ctx, append([]string{s.channel}, s.also...)...)}
 		msgs := sub.ps.ChannelWithSubscriptions(redis.WithChannelSize(1000))
 		s.mu.Lock()
 		s.subs[addr] = sub
@@ -97,7 +98,7 @@ func (s *subscriber) follow(ctx context.Context) {
 			for m := range msgs {
 				switch m := m.(type) {
 				case *redis.Subscription:
-					if m.Kind == "subscribe" {
+					if m.Kind == "subscribe" && m.Channel == s.channel {
 						sub.confirmed.Store(true)
 						s.onSubscribed(addr)
 					}
