@@ -204,7 +204,7 @@ type Listener struct {
 	notifyErr                                                            atomic.Pointer[error]
 	dropKick                                                             chan struct{}
 	dropLog, malformedLog                                                sometimes
-	sub                                                                  atomic.Pointer[subscriber] // while Run runs
+	sub                                                                  atomic.Pointer[subscriber]  // while Run runs
 	leases                                                               atomic.Pointer[leaseKeeper] // while Run runs, with a Scheduler
 	takeovers                                                            atomic.Uint64               // of past runs
 	handedOver                                                           recent
