@@ -87,6 +87,7 @@ type leaseKeeper struct {
 	onChange func(held []string, sweeps bool)
 
 	kick      chan struct{}
+	announce  atomic.Bool // tell the others after the next round
 	takeovers atomic.Uint64
 
 	mu        sync.Mutex
@@ -161,10 +162,17 @@ func (k *leaseKeeper) held() (shards []string, sweeps bool) {
 	return shards, now.Before(k.heldUntil[k.sweepItem()])
 }
 
+// joined is called when this listener hears the lease channel (again): it
+// holds a round at once and tells the others, which then hand over what is
+// now assigned to it. (Told before it hears, it might miss their hand-over.)
+func (k *leaseKeeper) joined() {
+	k.announce.Store(true)
+	trigger(k.kick)
+}
+
 // run keeps the leases until ctx ends, then releases them.
 func (k *leaseKeeper) run(ctx context.Context) {
 	errLog := sometimes{period: 10 * time.Second}
-	announce := true // a newcomer tells the others, so they hand over at once
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
@@ -175,16 +183,15 @@ func (k *leaseKeeper) run(ctx context.Context) {
 		case <-t.C:
 		case <-k.kick:
 		}
-		released, err := k.round(ctx)
+		moved, err := k.round(ctx)
 		if err != nil && ctx.Err() == nil {
 			if ok, suppressed := errLog.allow(time.Now()); ok {
 				k.log.Warn("cannot renew the shard leases; they lapse after the lease TTL",
 					zap.Error(err), zap.Duration("lease_ttl", k.ttl), zap.Uint64("suppressed", suppressed))
 			}
 		}
-		if (released || announce) && err == nil {
+		if err == nil && (k.announce.Swap(false) || moved) {
 			k.client.Publish(ctx, k.channel, k.id)
-			announce = false
 		}
 		k.report()
 		t.Reset(k.interval)
@@ -193,8 +200,10 @@ func (k *leaseKeeper) run(ctx context.Context) {
 
 // round beats the heartbeat, reads the live listeners and the leases, and
 // takes, renews and releases leases to match the assignment. It reports
-// whether it released any.
-func (k *leaseKeeper) round(ctx context.Context) (released bool, err error) {
+// whether it took or released any: the others should then read the leases
+// again, so that none goes on handling the events of a shard it no longer
+// holds, or thinks free.
+func (k *leaseKeeper) round(ctx context.Context) (moved bool, err error) {
 	start := time.Now()
 	now := strconv.FormatInt(start.UnixMilli(), 10)
 	var members *redis.StringSliceCmd
@@ -248,11 +257,12 @@ func (k *leaseKeeper) round(ctx context.Context) (released bool, err error) {
 		switch {
 		case rel[i]:
 			k.holders[i], k.heldUntil[i] = "", time.Time{}
-			released = true
+			moved = true
 		case n == 1 || n == 2:
 			k.holders[i], k.heldUntil[i] = k.id, start.Add(k.ttl)
 			if n == 2 {
 				k.takeovers.Add(1)
+				moved = true
 			}
 		default: // another took it first
 			k.heldUntil[i] = time.Time{}
@@ -262,7 +272,7 @@ func (k *leaseKeeper) round(ctx context.Context) (released bool, err error) {
 			}
 		}
 	}
-	return released, nil
+	return moved, nil
 }
 
 // report calls onChange and wakes the reapers when what we hold changed.
@@ -309,22 +319,24 @@ func (k *leaseKeeper) stop() {
 }
 
 // assign returns the live listener that should hold each item: the shards
-// are spread evenly (each takes the highest-ranked listener by rendezvous
-// hashing that holds fewer than its share), the sweep goes to its
-// highest-ranked listener. Every listener that sees the same live set
-// computes the same assignment.
+// are spread evenly (each takes its highest-ranked listener by rendezvous
+// hashing that has room: every listener ends with the floor or the ceiling of
+// the shards' mean), the sweep goes to its highest-ranked listener. Every
+// listener that sees the same live set computes the same assignment.
 func assign(live []string, items []leaseItem) []string {
 	want := make([]string, len(items))
 	if len(live) == 0 {
 		return want
 	}
 	shards := len(items) - 1
-	share := (shards + len(live) - 1) / len(live)
+	floor, extra := shards/len(live), shards%len(live) // extra listeners take floor+1
 	load := make(map[string]int, len(live))
+	full := 0 // listeners holding floor+1
+	room := func(m string) bool { return load[m] < floor || (load[m] == floor && full < extra) }
 	for i, it := range items {
 		best, bestScore := "", uint64(0)
 		for _, m := range live {
-			if i < shards && load[m] >= share {
+			if i < shards && !room(m) {
 				continue
 			}
 			if s := rank(m, it.name); best == "" || s > bestScore || (s == bestScore && m < best) {
@@ -332,7 +344,12 @@ func assign(live []string, items []leaseItem) []string {
 			}
 		}
 		want[i] = best
-		load[best]++
+		if i < shards {
+			if load[best] == floor {
+				full++
+			}
+			load[best]++
+		}
 	}
 	return want
 }

@@ -388,6 +388,9 @@ func (l *Listener) Run(ctx context.Context) error {
 			l.log.Info("subscribed", zap.String("channel", l.Channel()), zap.String("node", node), zap.Uint64("subscriptions", n))
 			trigger(notifyKick)
 			trigger(subKick)
+			if keeper != nil {
+				keeper.joined()
+			}
 		},
 	}
 	l.sub.Store(sub)
