@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -90,9 +91,9 @@ func runListen(ctx context.Context, o *listenOptions) error {
 
 	m := newDaemonMetrics()
 	svc := order.NewService(d.store, d.counter, d.sched, o.serviceConfig(m.onTransition))
-	reaped := d.sched
+	reap := time.Duration(0) // the listener's default
 	if !o.Reaper {
-		reaped = nil
+		reap = -1
 	}
 	notify := expiry.NotifyCheck
 	switch {
@@ -108,7 +109,8 @@ func runListen(ctx context.Context, o *listenOptions) error {
 		SweepInterval:  o.SweepInterval,
 		Workers:        o.Workers,
 		Batch:          daemon.BatchConfig{Max: o.BatchMax, OnBatch: m.onBatch},
-		Scheduler:      reaped,
+		Scheduler:      d.sched,
+		ReapInterval:   reap,
 		Logger:         o.log,
 		OnSweep:        m.onSweep,
 	})

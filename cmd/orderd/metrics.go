@@ -25,6 +25,7 @@ type daemonMetrics struct {
 	sweeps   *prometheus.CounterVec
 	batches  prometheus.Histogram
 	rebuilt  prometheus.Counter
+	noop     prometheus.Counter
 }
 
 func newDaemonMetrics() *daemonMetrics {
@@ -54,7 +55,11 @@ func newDaemonMetrics() *daemonMetrics {
 			Help: "Redis stock counters rebuilt from the database because a give-back was lost.",
 		}),
 	}
-	reg.MustRegister(m.lateness, m.rescued, m.sweeps, m.batches, m.rebuilt)
+	m.noop = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "orderd_transitions_unchanged_total",
+		Help: "Orders an expiry event or a reaped timer brought to a transaction that left them as they were (moved already, paid meanwhile, or not due): work done twice.",
+	})
+	reg.MustRegister(m.lateness, m.rescued, m.sweeps, m.batches, m.rebuilt, m.noop)
 	return m
 }
 
@@ -73,7 +78,10 @@ func (m *daemonMetrics) onSweep(_ int, err error) {
 	m.sweeps.WithLabelValues("ok").Inc()
 }
 
-func (m *daemonMetrics) onBatch(n int) { m.batches.Observe(float64(n)) }
+func (m *daemonMetrics) onBatch(size, moved int) {
+	m.batches.Observe(float64(size))
+	m.noop.Add(float64(size - moved))
+}
 
 func (m *daemonMetrics) onStockRebuilt(n int) { m.rebuilt.Add(float64(n)) }
 
@@ -90,7 +98,21 @@ func (m *daemonMetrics) watchListener(l *expiry.Listener) {
 	counter("orderd_events_malformed_total", "Events for orderd's keys with a malformed order id (logged at most once a second).", func(s expiry.Stats) uint64 { return s.Malformed })
 	counter("orderd_events_dropped_total", "Events dropped because the queue stayed full.", func(s expiry.Stats) uint64 { return s.Dropped })
 	counter("orderd_subscriptions_total", "(Re)subscriptions to Redis; each one runs a catch-up sweep.", func(s expiry.Stats) uint64 { return s.Subscriptions })
-	counter("orderd_reaped_total", "Due timers the reaper found expired.", func(s expiry.Stats) uint64 { return s.Reaped })
+	counter("orderd_reaped_total", "Due timers the reaper removed from the index: expired (each handed to its handler) or left without a TTL.", func(s expiry.Stats) uint64 { return s.Reaped })
+	counter("orderd_events_skipped_total", "Events for keys whose shard another listener holds: that one handles them.", func(s expiry.Stats) uint64 { return s.Skipped })
+	counter("orderd_events_repeated_total", "Events for timers this listener's reaper had handed to the handler already.", func(s expiry.Stats) uint64 { return s.Repeated })
+	counter("orderd_lease_takeovers_total", "Leases (shards of the due index, the sweep) this listener took: at its start, on a rebalance, or from a listener that left or died.", func(s expiry.Stats) uint64 { return s.Takeovers })
+	gauge := func(name, help string, f func(expiry.Stats) float64) {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help},
+			func() float64 { return f(l.Stats()) }))
+	}
+	gauge("orderd_shards_held", "Shards of the due index this listener holds: it reaps them and handles their keys' events.", func(s expiry.Stats) float64 { return float64(s.Shards) })
+	gauge("orderd_sweep_held", "1 while this listener holds the sweep lease: it runs the periodic sweep and the stock check.", func(s expiry.Stats) float64 { return boolFloat(s.Sweeps) })
+	gauge("orderd_listeners", "Live listeners sharing the due index, this one included, as last seen.", func(s expiry.Stats) float64 { return float64(s.Listeners) })
+	info := prometheus.NewGauge(prometheus.GaugeOpts{Name: "orderd_listener_info", Help: "1, labelled with this listener's id (what its leases hold).",
+		ConstLabels: prometheus.Labels{"id": l.ID()}})
+	info.Set(1)
+	m.reg.MustRegister(info)
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "orderd_queue_depth", Help: "Events read but not yet handled.",
 	}, func() float64 { return float64(l.Stats().QueueDepth) }))

@@ -190,7 +190,7 @@ func (o *globalOptions) open(ctx context.Context) (*deps, error) {
 	return &deps{
 		rdb:     rdb,
 		store:   store,
-		sched:   expiry.NewScheduler(rdb, expiry.SchedulerConfig{Index: keys.DueIndex()}),
+		sched:   expiry.NewScheduler(rdb, expiry.SchedulerConfig{KeyPrefix: keys.Prefix, Index: keys.DueIndex()}),
 		counter: stock.NewCounter(rdb, keys.Stock()),
 	}, nil
 }

@@ -35,8 +35,23 @@ type Config struct {
 	Workers int
 	// Batch groups events into transactions.
 	Batch BatchConfig
-	// Scheduler, when set, is reaped so that timers fire on time.
+	// Scheduler, when set, is reaped so that timers fire on time, and daemons
+	// given Schedulers of the same due index share the work: each reaps its
+	// share of the shards and handles their events, and one at a time runs
+	// the periodic sweep (expiry.ListenerConfig.Scheduler).
 	Scheduler *expiry.Scheduler
+	// ReapInterval is passed to the listener: the pause between reaper
+	// rounds. If zero, the listener's default (10 ms) is used; if negative,
+	// timers are not reaped (they fire when Redis notices them expired).
+	ReapInterval time.Duration
+	// ID names this daemon among those sharing the due index. If empty, the
+	// listener makes one of the host name and the process id.
+	ID string
+	// LeaseTTL is passed to the listener: how long the leases of a daemon
+	// that died hold its shards and the sweep. If zero, 5 s is used.
+	LeaseTTL time.Duration
+	// OnShards, if set, is told what the daemon holds whenever it changes.
+	OnShards func(held []string, sweeps bool)
 	// Logger receives the daemon's log lines. If nil, nothing is logged.
 	Logger *zap.Logger
 	// OnSweep, if set, is told the outcome of every sweep.
@@ -62,7 +77,9 @@ type Config struct {
 // order_confirm: keys to the service in batches, sweeping the database at
 // start-up, after every resubscription and every SweepInterval, and after
 // every periodic sweep mending Redis stock counters that lost a give-back
-// (ReconcileStock).
+// (ReconcileStock). Catch-up sweeps run on the daemon that may have missed
+// events; of daemons sharing a Scheduler, one at a time runs the periodic
+// sweep and the stock check.
 func New(s *order.Service, client redis.UniversalClient, cfg Config) *expiry.Listener {
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = 30 * time.Second
@@ -80,6 +97,9 @@ func New(s *order.Service, client redis.UniversalClient, cfg Config) *expiry.Lis
 	mux := expiry.NewServeMux()
 	mux.Use(expiry.Recover(log), expiry.Retry(expiry.RetryPolicy{}))
 	Register(mux, s, cfg.Batch)
+	if sc := cfg.Scheduler; sc != nil && sc.KeyPrefix() != "" && sc.KeyPrefix() != s.Keys().Prefix {
+		panic("daemon: the Scheduler's KeyPrefix differs from the service's key prefix")
+	}
 
 	var mu sync.Mutex // sweeps never overlap
 	sweep := func(reason string, olderThan time.Duration, periodic bool) func(context.Context) {
@@ -123,6 +143,10 @@ func New(s *order.Service, client redis.UniversalClient, cfg Config) *expiry.Lis
 		Interval:        cfg.SweepInterval,
 		OnInterval:      sweep("interval", cfg.SweepGrace, true),
 		Scheduler:       cfg.Scheduler,
+		ReapInterval:    cfg.ReapInterval,
+		ID:              cfg.ID,
+		LeaseTTL:        cfg.LeaseTTL,
+		OnShards:        cfg.OnShards,
 		Notify:          cfg.Notify,
 		Sentinel:        cfg.Sentinel,
 		ShutdownTimeout: cfg.ShutdownTimeout,

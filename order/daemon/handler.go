@@ -15,11 +15,27 @@ import (
 type BatchConfig struct {
 	// Max is the largest batch. If zero, 500 is used.
 	Max int
-	// Wait is how long the first event of a batch waits for others.
+	// Wait is how long a batch waits for one more event: it is applied when
+	// it is full, when no event joined it for Wait, or MaxWait after its
+	// first event, whichever comes first. A lone event waits Wait; a burst
+	// fills batches whatever the share of it each daemon gets.
 	// If zero, 2 ms is used.
 	Wait time.Duration
-	// OnBatch, if set, is told the size of every batch applied.
-	OnBatch func(size int)
+	// MaxWait bounds how long the first event of a batch waits for others.
+	// If zero, 10 × Wait is used.
+	MaxWait time.Duration
+	// Concurrency bounds the batches of one kind (expiries, completions)
+	// applied at once. A batch ready while all are busy waits for one to
+	// commit, and goes on filling meanwhile: under load, batches grow rather
+	// than multiply (group commit), which is what keeps several daemons
+	// sharing a burst at about the transactions of one. If zero, 2 is used.
+	Concurrency int
+	// OnBatch, if set, is told the size of every batch applied and how many
+	// of its orders it moved. The others were left as they were: moved
+	// already (by another daemon, a sweep, or a repeated event), paid or
+	// cancelled meanwhile, or not due yet (their timer is set again). With
+	// several daemons, that count is the measure of work done twice.
+	OnBatch func(size, moved int)
 }
 
 // Register routes the two timer keys of mux to the service s: an expired
@@ -51,8 +67,10 @@ func batchHandler(prefix string, b *batcher) expiry.Handler {
 type batcher struct {
 	max     int
 	wait    time.Duration
+	maxWait time.Duration
+	slots   chan struct{} // one per batch being applied
 	apply   func(ctx context.Context, ids []int64, source string) (int, error)
-	onBatch func(size int)
+	onBatch func(size, moved int)
 
 	mu  sync.Mutex
 	cur *batch
@@ -60,6 +78,7 @@ type batcher struct {
 
 type batch struct {
 	ids  []int64
+	grew chan struct{} // a member joined
 	full chan struct{}
 	done chan struct{}
 	err  error
@@ -72,7 +91,14 @@ func newBatcher(cfg BatchConfig, apply func(context.Context, []int64, string) (i
 	if cfg.Wait <= 0 {
 		cfg.Wait = 2 * time.Millisecond
 	}
-	return &batcher{max: cfg.Max, wait: cfg.Wait, apply: apply, onBatch: cfg.OnBatch}
+	if cfg.MaxWait <= 0 {
+		cfg.MaxWait = 10 * cfg.Wait
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 2
+	}
+	return &batcher{max: cfg.Max, wait: cfg.Wait, maxWait: max(cfg.MaxWait, cfg.Wait),
+		slots: make(chan struct{}, cfg.Concurrency), apply: apply, onBatch: cfg.OnBatch}
 }
 
 // errBatchAborted is what the members of a batch get when its leader did not
@@ -84,10 +110,14 @@ func (b *batcher) do(ctx context.Context, id int64) error {
 	b.mu.Lock()
 	bt, leader := b.cur, false
 	if bt == nil {
-		bt = &batch{full: make(chan struct{}), done: make(chan struct{}), err: errBatchAborted}
+		bt = &batch{grew: make(chan struct{}, 1), full: make(chan struct{}), done: make(chan struct{}), err: errBatchAborted}
 		b.cur, leader = bt, true
 	}
 	bt.ids = append(bt.ids, id)
+	select {
+	case bt.grew <- struct{}{}:
+	default:
+	}
 	if len(bt.ids) >= b.max {
 		b.cur = nil
 		close(bt.full)
@@ -105,18 +135,36 @@ func (b *batcher) do(ctx context.Context, id int64) error {
 	return b.lead(ctx, bt)
 }
 
-// lead waits for bt to fill, applies it and tells its members the outcome.
-// The members are released whatever happens: bt.done is closed even when
-// apply panics (they see errBatchAborted, the panic goes on up).
+// lead waits for bt to fill (or for members to stop joining) and for a free
+// slot, applies it and tells its members the outcome. The members are released whatever happens:
+// bt.done is closed even when apply panics (they see errBatchAborted, the
+// panic goes on up).
 func (b *batcher) lead(ctx context.Context, bt *batch) error {
 	defer close(bt.done)
-	t := time.NewTimer(b.wait)
-	select {
-	case <-bt.full:
-	case <-t.C:
+	idle, limit := time.NewTimer(b.wait), time.NewTimer(b.maxWait)
+	defer idle.Stop()
+	defer limit.Stop()
+	<-bt.grew // the leader's own join
+wait:
+	for {
+		select {
+		case <-bt.full:
+			break wait
+		case <-bt.grew:
+			idle.Reset(b.wait)
+		case <-idle.C:
+			break wait
+		case <-limit.C:
+			break wait
+		case <-ctx.Done():
+			break wait
+		}
+	}
+	select { // the batch stays open to new members until a slot frees
+	case b.slots <- struct{}{}:
+		defer func() { <-b.slots }()
 	case <-ctx.Done():
 	}
-	t.Stop()
 	b.mu.Lock()
 	if b.cur == bt {
 		b.cur = nil
@@ -126,10 +174,10 @@ func (b *batcher) lead(ctx context.Context, bt *batch) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if b.onBatch != nil {
-		b.onBatch(len(ids))
+	n, err := b.apply(ctx, ids, "event")
+	if b.onBatch != nil && err == nil {
+		b.onBatch(len(ids), n)
 	}
-	_, err := b.apply(ctx, ids, "event")
 	bt.err = err
 	return err
 }

@@ -10,7 +10,9 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/orderd/orderd/order"
 	"github.com/orderd/orderd/order/sqlstore"
@@ -113,4 +115,47 @@ func CheckStock(tb testing.TB, st order.Store, sku, total int64) {
 // Describe is a short text of an order for failure messages.
 func Describe(o order.Order) string {
 	return fmt.Sprintf("order %d (%s, qty %d, deadline %s)", o.ID, o.Status, o.Qty, o.PayDeadline.Format("15:04:05.000"))
+}
+
+// SeedPending inserts n pending orders of one unit of sku (which must
+// exist), all due at deadline, straight into the database in bulk, takes
+// their units from the SKU's available stock, and returns their ids: a burst
+// without n round trips through the service. Their timers are the caller's.
+func SeedPending(tb testing.TB, st *sqlstore.Store, sku int64, n int, deadline time.Time) []int64 {
+	tb.Helper()
+	ctx := context.Background()
+	db := st.DB()
+	if _, err := db.ExecContext(ctx, db.Rebind(`UPDATE skus SET available = available - ? WHERE sku = ?`), n, sku); err != nil {
+		tb.Fatal(err)
+	}
+	var first int64
+	if err := db.GetContext(ctx, &first, `SELECT COALESCE(MAX(id), 0) FROM orders`); err != nil {
+		tb.Fatal(err)
+	}
+	now := time.Now().UnixMilli()
+	const rows = 500
+	for i := 0; i < n; i += rows {
+		m := min(n, i+rows) - i
+		var sb strings.Builder
+		sb.WriteString(`INSERT INTO orders (user_id, sku, qty, amount_cents, status, created_at, pay_deadline, auto_confirmed) VALUES `)
+		args := make([]any, 0, 4*m)
+		for j := range m {
+			if j > 0 {
+				sb.WriteByte(',')
+			}
+			sb.WriteString(`(?, ?, 1, 100, 'pending', ?, ?, 0)`)
+			args = append(args, i+j+1, sku, now, deadline.UnixMilli())
+		}
+		if _, err := db.ExecContext(ctx, db.Rebind(sb.String()), args...); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	var ids []int64
+	if err := db.SelectContext(ctx, &ids, db.Rebind(`SELECT id FROM orders WHERE id > ? ORDER BY id`), first); err != nil {
+		tb.Fatal(err)
+	}
+	if len(ids) != n {
+		tb.Fatalf("seeded %d orders, want %d", len(ids), n)
+	}
+	return ids
 }
