@@ -123,6 +123,12 @@ func Describe(o order.Order) string {
 // without n round trips through the service. Their timers are the caller's.
 func SeedPending(tb testing.TB, st *sqlstore.Store, sku int64, n int, deadline time.Time) []int64 {
 	tb.Helper()
+	return SeedPendingAt(tb, st, sku, n, func(int) time.Time { return deadline })
+}
+
+// SeedPendingAt is SeedPending with the i-th order due at deadline(i).
+func SeedPendingAt(tb testing.TB, st *sqlstore.Store, sku int64, n int, deadline func(i int) time.Time) []int64 {
+	tb.Helper()
 	ctx := context.Background()
 	db := st.DB()
 	if _, err := db.ExecContext(ctx, db.Rebind(`UPDATE skus SET available = available - ? WHERE sku = ?`), n, sku); err != nil {
@@ -144,7 +150,7 @@ func SeedPending(tb testing.TB, st *sqlstore.Store, sku int64, n int, deadline t
 				sb.WriteByte(',')
 			}
 			sb.WriteString(`(?, ?, 1, 100, 'pending', ?, ?, 0)`)
-			args = append(args, i+j+1, sku, now, deadline.UnixMilli())
+			args = append(args, i+j+1, sku, now, deadline(i+j).UnixMilli())
 		}
 		if _, err := db.ExecContext(ctx, db.Rebind(sb.String()), args...); err != nil {
 			tb.Fatal(err)
