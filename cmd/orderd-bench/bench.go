@@ -35,6 +35,7 @@ const (
 type result struct {
 	Scenario   string  `json:"scenario"`
 	Mode       string  `json:"mode"`
+	Listeners  int     `json:"listeners"`
 	Orders     int     `json:"orders"`
 	Handled    int     `json:"handled"`
 	NotHandled int     `json:"not_handled"`
@@ -52,6 +53,13 @@ type result struct {
 	Dropped    float64 `json:"events_dropped"`
 	Reconnects float64 `json:"reconnects"`
 	Rescued    float64 `json:"rescued_by_sweep"`
+	// Database transactions committed or rolled back from the end of the
+	// seeding to the end (MariaDB's Com_commit + Com_rollback), the orders
+	// moved by transactions that changed nothing, and the share of the
+	// transitions made by the busiest listener.
+	Transactions float64 `json:"transactions"`
+	Unchanged    float64 `json:"transitions_unchanged"`
+	BusiestPct   float64 `json:"busiest_listener_pct"`
 }
 
 type report struct {
@@ -75,11 +83,23 @@ func run(ctx context.Context, c config) (*report, error) {
 		"duration": c.duration.String(), "burst": strconv.Itoa(c.burst), "naive_wait": c.naiveWait.String(),
 	}}
 	for _, sc := range c.scenarios {
-		for _, mode := range c.modes {
-			fmt.Fprintf(os.Stderr, "== %s, %s\n", sc, mode)
-			r, err := runOne(ctx, c, rdb, sc, mode)
+		type run struct {
+			mode      string
+			listeners int
+		}
+		var runs []run
+		if sc == "replicas" { // the same burst, shared by one listener, then by several
+			runs = []run{{"orderd", 1}, {"orderd", c.replicas}}
+		} else {
+			for _, mode := range c.modes {
+				runs = append(runs, run{mode, 1})
+			}
+		}
+		for _, x := range runs {
+			fmt.Fprintf(os.Stderr, "== %s, %s ×%d\n", sc, x.mode, x.listeners)
+			r, err := runOne(ctx, c, rdb, sc, x.mode, x.listeners)
 			if err != nil {
-				return rep, fmt.Errorf("%s/%s: %w", sc, mode, err)
+				return rep, fmt.Errorf("%s/%s: %w", sc, x.mode, err)
 			}
 			rep.Results = append(rep.Results, r)
 		}
@@ -147,8 +167,8 @@ func machine(ctx context.Context, rdb redis.UniversalClient, c config) map[strin
 	return m
 }
 
-func runOne(ctx context.Context, c config, rdb redis.UniversalClient, scenario, mode string) (result, error) {
-	res := result{Scenario: scenario, Mode: mode}
+func runOne(ctx context.Context, c config, rdb redis.UniversalClient, scenario, mode string, listeners int) (result, error) {
+	res := result{Scenario: scenario, Mode: mode, Listeners: listeners}
 	if err := flush(ctx, rdb); err != nil {
 		return res, err
 	}
@@ -167,11 +187,19 @@ func runOne(ctx context.Context, c config, rdb redis.UniversalClient, scenario, 
 		fmt.Fprintf(os.Stderr, "   %d other timers set in %v\n", c.otherKeys, time.Since(t0).Round(time.Millisecond))
 	}
 
-	d, err := startDaemon(ctx, c, mode)
-	if err != nil {
-		return res, err
+	var ds []*daemon
+	defer func() {
+		for _, d := range ds {
+			d.kill()
+		}
+	}()
+	for range listeners {
+		d, err := startDaemon(ctx, c, mode)
+		if err != nil {
+			return res, err
+		}
+		ds = append(ds, d)
 	}
-	defer d.kill()
 
 	// Deadlines: steady spreads them at --rate per second; burst puts them
 	// all at one moment. Both start late enough for the seeding to finish.
@@ -198,6 +226,10 @@ func runOne(ctx context.Context, c config, rdb redis.UniversalClient, scenario, 
 	fmt.Fprintf(os.Stderr, "   their keys set in %v; first deadline in %v\n", time.Since(t0).Round(time.Millisecond), time.Until(start).Round(time.Millisecond))
 	if time.Now().After(start) {
 		fmt.Fprintln(os.Stderr, "   warning: seeding ran past the first deadline; early orders count as late")
+	}
+	tx0, err := transactions(ctx, store)
+	if err != nil {
+		return res, err
 	}
 
 	// Wait until every order is handled, or the mode's time is up.
@@ -228,19 +260,39 @@ func runOne(ctx context.Context, c config, rdb redis.UniversalClient, scenario, 
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	res.RSSMB = d.peakRSSMB()
-	if m, err := d.metrics(); err == nil {
-		if m["orderd_batch_size_count"] > 0 {
-			res.MeanBatch = m["orderd_batch_size_sum"] / m["orderd_batch_size_count"]
-		}
-		res.Dropped = m["orderd_events_dropped_total"]
-		res.Reconnects = max(m["orderd_subscriptions_total"]-1, 0)
-		res.Rescued = m["orderd_sweep_rescued_total"]
-	} else {
-		fmt.Fprintln(os.Stderr, "   metrics:", err)
-	}
-	if err := d.stop(); err != nil {
+	tx1, err := transactions(ctx, store)
+	if err != nil {
 		return res, err
+	}
+	res.Transactions = tx1 - tx0
+	var batches, batched, transitions, busiest float64
+	for _, d := range ds {
+		res.RSSMB = max(res.RSSMB, d.peakRSSMB())
+		m, err := d.metrics()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "   metrics:", err)
+			continue
+		}
+		batches += m["orderd_batch_size_count"]
+		batched += m["orderd_batch_size_sum"]
+		res.Dropped += m["orderd_events_dropped_total"]
+		res.Reconnects += max(m["orderd_subscriptions_total"]-1, 0)
+		res.Rescued += m["orderd_sweep_rescued_total"]
+		res.Unchanged += m["orderd_transitions_unchanged_total"]
+		moved := m["orderd_transition_lateness_seconds_count"]
+		transitions += moved
+		busiest = max(busiest, moved)
+	}
+	if batches > 0 {
+		res.MeanBatch = batched / batches
+	}
+	if transitions > 0 {
+		res.BusiestPct = 100 * busiest / transitions
+	}
+	for _, d := range ds {
+		if err := d.stop(); err != nil {
+			return res, err
+		}
 	}
 	return collect(ctx, store, res, n, start)
 }
@@ -269,7 +321,7 @@ func collect(ctx context.Context, store *sqlstore.Store, res result, n int, star
 		q := func(p float64) float64 { return float64(late[min(len(late)-1, int(p*float64(len(late))))]) }
 		res.P50ms, res.P99ms, res.MaxMs = q(0.5), q(0.99), float64(late[len(late)-1])
 	}
-	if res.Scenario == "burst" && len(rows) > 0 {
+	if res.Scenario != "steady" && len(rows) > 0 {
 		res.ElapsedS = float64(lastAt-start.UnixMilli()) / 1000
 		res.PerSecond = float64(len(rows)) / max(res.ElapsedS, 0.001)
 	}
@@ -282,6 +334,23 @@ func collect(ctx context.Context, store *sqlstore.Store, res result, n int, star
 	}
 	res.StockOK = available+live == skuTotal
 	return res, nil
+}
+
+// transactions reads how many transactions the database server committed or
+// rolled back so far (it serves the benchmark alone).
+func transactions(ctx context.Context, store *sqlstore.Store) (float64, error) {
+	var rows []struct {
+		Name  string  `db:"Variable_name"`
+		Value float64 `db:"Value"`
+	}
+	if err := store.DB().SelectContext(ctx, &rows, `SHOW GLOBAL STATUS WHERE Variable_name IN ('Com_commit', 'Com_rollback')`); err != nil {
+		return 0, err
+	}
+	var n float64
+	for _, r := range rows {
+		n += r.Value
+	}
+	return n, nil
 }
 
 func freshDB(ctx context.Context, base string) (*sqlstore.Store, error) {

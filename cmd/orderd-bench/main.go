@@ -34,6 +34,7 @@ type config struct {
 	duration  time.Duration
 	burst     int
 	naiveWait time.Duration
+	replicas  int // listeners of the replicas scenario, run against one
 	modes     []string
 	scenarios []string
 	extra     []string // more flags for `orderd listen` in orderd mode
@@ -60,7 +61,8 @@ func main() {
 	flag.IntVar(&c.burst, "burst", -1, "orders sharing one deadline in burst (overrides the preset)")
 	flag.DurationVar(&c.naiveWait, "naive-wait", -1, "how long the naive mode may take after the last deadline before the rest count as not handled")
 	flag.StringVar(&modes, "modes", "orderd,naive", "modes to run")
-	flag.StringVar(&scenarios, "scenarios", "steady,burst", "scenarios to run")
+	flag.StringVar(&scenarios, "scenarios", "steady,burst,replicas", "scenarios to run (replicas: the burst with one `orderd listen`, then with --replicas of them, orderd mode only)")
+	flag.IntVar(&c.replicas, "replicas", 3, "listeners sharing the burst in the replicas scenario")
 	var extra string
 	flag.StringVar(&extra, "listen-flags", "", "more flags for `orderd listen` in orderd mode, space-separated (tuning experiments)")
 	flag.Parse()
@@ -89,13 +91,13 @@ func main() {
 		}
 	}
 	for _, s := range c.scenarios {
-		if s != "steady" && s != "burst" {
+		if s != "steady" && s != "burst" && s != "replicas" {
 			fmt.Fprintf(os.Stderr, "orderd-bench: --scenarios: unknown scenario %q\n", s)
 			os.Exit(2)
 		}
 	}
-	if c.rate <= 0 || c.duration <= 0 || c.burst <= 0 || c.otherKeys < 0 {
-		fmt.Fprintln(os.Stderr, "orderd-bench: --rate, --duration and --burst must be positive")
+	if c.rate <= 0 || c.duration <= 0 || c.burst <= 0 || c.otherKeys < 0 || c.replicas < 2 {
+		fmt.Fprintln(os.Stderr, "orderd-bench: --rate, --duration and --burst must be positive, --replicas at least 2")
 		os.Exit(2)
 	}
 	if _, err := os.Stat(c.orderd); err != nil {
