@@ -67,4 +67,39 @@
 //
 // notify-keyspace-events is per node and not replicated: the Listener checks
 // it on every node, replicas included, and reports one that lacks it.
+//
+// # Several listeners
+//
+// Run as many Listeners as you like (processes, hosts) on one Redis, each
+// given a Scheduler of the same due index: they share the work instead of
+// repeating it. Redis broadcasts every expired-key event to all of them, so
+// each shard of the index has one holder at a time, by a lease in Redis on
+// the shard's own hash tag ("<Index>:{n}:lease", the same Cluster node as the
+// shard). The holder reaps the shard and hands each expired timer to its
+// handler itself; an event is handled by the listener that holds its key's
+// shard (keys written by other programs have a shard too: a hash of the key)
+// and by whoever hears it when no one holds it; the others count it in
+// Stats.Skipped. A timer both reaped and announced is handled once. OnInterval
+// (the periodic sweep) runs on the one listener that holds the sweep lease
+// ("<Index>:sweep"); OnSubscribe and OnDrop stay with the listener that may
+// have missed events.
+//
+// Each listener beats a heartbeat in "<Index>:listeners" every LeaseInterval
+// (1 s) and computes from the live ones the same even assignment as every
+// other (rendezvous hashing with a bound on the load). A listener that joins
+// or stops cleanly says so on the channel "<Index>:leases", and the shards
+// move within milliseconds; one that dies keeps its shards until its leases
+// lapse (LeaseTTL, 5 s). OnShards tells a listener what it holds whenever that
+// changes; Stats has Shards, Sweeps, Listeners and Takeovers.
+//
+// Leases save work; they are not what makes the work correct. During a
+// failover or a partition two listeners may briefly act on one shard, so
+// handlers must stay idempotent (a conditional update, as always with
+// events).
+//
+// The index, its leases and the key prefix are one namespace per
+// application: give the Scheduler a KeyPrefix (its index is then named
+// "<KeyPrefix>expiry:due" unless you name it) and the Listener takes the same
+// prefix from it. Two applications on one Redis must not share an index, or
+// one's reaper would hand the other's timers to its handler.
 package expiry

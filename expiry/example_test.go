@@ -3,6 +3,7 @@ package expiry_test
 import (
 	"context"
 	"fmt"
+	"log"
 	"strings"
 	"time"
 
@@ -73,5 +74,27 @@ func ExampleListener_sentinel() {
 	fo := &redis.FailoverOptions{MasterName: "shop", SentinelAddrs: []string{"127.0.0.1:26379"}}
 	mux := expiry.NewServeMux()
 	l := expiry.NewListener(redis.NewFailoverClient(fo), mux, expiry.ListenerConfig{Sentinel: fo})
+	_ = l.Run(context.Background())
+}
+
+// Several listeners of one application, in as many processes, share the work
+// of its Scheduler: each reaps its share of the due index's shards and
+// handles their keys' events. Give each a unique ID (the default is the
+// host name, the process id and a random part) and make the handler
+// idempotent: leases save work, they do not make it correct.
+func ExampleListener_replicas() {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
+	sched := expiry.NewScheduler(rdb, expiry.SchedulerConfig{KeyPrefix: "shop:"}) // index "shop:expiry:due"
+	mux := expiry.NewServeMux()
+	mux.HandleFunc("order_pay:", func(ctx context.Context, ev expiry.Event) error { return nil })
+	l := expiry.NewListener(rdb, mux, expiry.ListenerConfig{
+		Scheduler: sched, // KeyPrefix "shop:" comes from it
+		LeaseTTL:  5 * time.Second,
+		OnShards: func(held []string, sweeps bool) {
+			log.Printf("reaping %d shards; periodic sweep here: %v", len(held), sweeps)
+		},
+		Interval:   30 * time.Second,
+		OnInterval: func(ctx context.Context) { /* sweep: on one listener at a time */ },
+	})
 	_ = l.Run(context.Background())
 }

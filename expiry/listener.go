@@ -169,7 +169,7 @@ type Stats struct {
 	Failed        uint64 // handler calls that returned an error
 	Ignored       uint64 // keys without the prefix or without a handler
 	Malformed     uint64 // keys a handler could not parse (ErrMalformedKey)
-	Dropped       uint64 // events dropped because the queue stayed full
+	Dropped       uint64 // events and reaped timers dropped because the queue stayed full
 	Subscriptions uint64 // (re)subscriptions confirmed by Redis
 	Reaped        uint64 // due entries the reaper removed: keys expired (handed to the handler) or left without a TTL
 	Skipped       uint64 // events for keys whose shard another listener holds
@@ -271,6 +271,16 @@ func (l *Listener) Channel() string { return ExpiredChannel(l.db) }
 
 // ID returns the name of the listener among those sharing its Scheduler.
 func (l *Listener) ID() string { return l.cfg.ID }
+
+// Handles reports whether the listener handles the expiry of key (the full
+// key, prefix included) now: it holds the key's shard, or as far as it knows
+// no listener does, or it shares no Scheduler. A catch-up after events were
+// lost (OnSubscribe, OnDrop) need take only such keys: the others' events
+// were not lost.
+func (l *Listener) Handles(key string) bool {
+	s, k := l.cfg.Scheduler, l.leases.Load()
+	return s == nil || k == nil || k.mine(s.shardOf(key))
+}
 
 // Stats returns the listener's counters.
 func (l *Listener) Stats() Stats {
@@ -498,8 +508,8 @@ func (l *Listener) enqueue(ctx context.Context, queue chan Event, m *redis.Messa
 		l.log.Debug("expired key ignored: not ours", KeyField(m.Payload))
 		return
 	}
-	if s := l.cfg.Scheduler; s != nil {
-		if k := l.leases.Load(); k != nil && !k.mine(s.shardOf(ev.RawKey)) {
+	if l.cfg.Scheduler != nil {
+		if !l.Handles(ev.RawKey) {
 			l.skipped.Add(1) // another listener holds its shard
 			return
 		}
@@ -508,9 +518,17 @@ func (l *Listener) enqueue(ctx context.Context, queue chan Event, m *redis.Messa
 			return
 		}
 	}
+	l.offer(ctx, queue, ev)
+}
+
+// offer queues ev for the workers, waiting up to QueueWait for room, and
+// reports whether it did. When the queue stays full it drops ev, counts it
+// and triggers OnDrop: a catch-up sweep handles in bulk what a burst too big
+// for the queue stood for, faster than the events would.
+func (l *Listener) offer(ctx context.Context, queue chan<- Event, ev Event) bool {
 	select {
 	case queue <- ev:
-		return
+		return true
 	default:
 	}
 	if l.cfg.QueueWait > 0 {
@@ -518,7 +536,7 @@ func (l *Listener) enqueue(ctx context.Context, queue chan Event, m *redis.Messa
 		defer timer.Stop()
 		select {
 		case queue <- ev:
-			return
+			return true
 		case <-timer.C:
 		case <-ctx.Done():
 		}
@@ -529,9 +547,10 @@ func (l *Listener) enqueue(ctx context.Context, queue chan Event, m *redis.Messa
 	}
 	trigger(l.dropKick)
 	if ok, _ := l.dropLog.allow(time.Now()); ok { // one line a second, not one per event
-		l.log.Warn("queue full: dropping expired-key events; a catch-up sweep handles them",
+		l.log.Warn("queue full: dropping expired timers; a catch-up sweep handles them",
 			zap.Uint64("dropped", n), zap.Int("queue_size", cap(queue)))
 	}
+	return false
 }
 
 // trigger asks a hook goroutine for one more call, without waiting.
@@ -600,23 +619,14 @@ func (l *Listener) reap(ctx context.Context, s *Scheduler, k *leaseKeeper, i int
 	}
 }
 
-// handOver queues the timers a reaper round removed from the index, waiting
-// for room: they are in no index any more. Those whose event was handled
-// first are left out. When ctx ends first, the rest go back to the index for
-// whichever listener reaps the shard next.
+// handOver queues the timers a reaper round removed from the index, those
+// whose event was not handled first, as their events would be: when the
+// queue stays full they are dropped and OnDrop is triggered (a burst bigger
+// than the queue is the catch-up sweep's). When ctx ends first, the rest go
+// back to the index for whichever listener reaps the shard next.
 func (l *Listener) handOver(ctx context.Context, s *Scheduler, fired []string, queue chan<- Event) {
 	for j, raw := range fired {
-		if !l.handedOver.first(raw) {
-			continue // its event came first
-		}
-		key, ok := strings.CutPrefix(raw, l.cfg.KeyPrefix)
-		if !ok {
-			l.ignored.Add(1)
-			continue
-		}
-		select {
-		case queue <- Event{Key: key, RawKey: raw, DB: l.db, Received: time.Now()}:
-		case <-ctx.Done():
+		if ctx.Err() != nil {
 			bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 			if err := s.putBack(bctx, fired[j:]); err != nil {
 				l.log.Warn("reaped timers not put back in the due index: the catch-up sweep of the next start takes them",
@@ -625,5 +635,14 @@ func (l *Listener) handOver(ctx context.Context, s *Scheduler, fired []string, q
 			cancel()
 			return
 		}
+		if !l.handedOver.first(raw) {
+			continue // its event came first
+		}
+		key, ok := strings.CutPrefix(raw, l.cfg.KeyPrefix)
+		if !ok {
+			l.ignored.Add(1)
+			continue
+		}
+		l.offer(ctx, queue, Event{Key: key, RawKey: raw, DB: l.db, Received: time.Now()})
 	}
 }

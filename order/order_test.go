@@ -602,3 +602,42 @@ func TestSweepPagesThroughBacklog(t *testing.T) {
 		ordertest.CheckStock(t, st, 1, 100)
 	})
 }
+
+// A filtered sweep (a daemon catching up on the events of its own shards)
+// moves the orders it keeps and only those, across pages where the filter
+// keeps none.
+func TestSweepWhereTakesOnlyKeptOrders(t *testing.T) {
+	st := ordertest.Open(t, ordertest.SQLiteURL(t))
+	var skew atomic.Int64
+	svc := order.NewService(st, nil, nil, order.Config{SweepBatch: 5,
+		Now: func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }})
+	ctx := context.Background()
+	_, err := svc.PutSKU(ctx, order.SKU{SKU: 1, Name: "x", Available: 100})
+	must(t, err)
+	var ids []int64
+	for i := range 40 {
+		o, err := svc.Create(ctx, int64(i+1), 1, 1)
+		must(t, err)
+		ids = append(ids, o.ID)
+	}
+	skew.Store(int64(time.Hour))
+	kept := func(id int64) bool { return id > ids[29] || id%7 == 0 } // pages 1–6 keep few or none
+	n, err := svc.SweepWhere(ctx, 0, func(s order.Status, id int64) bool { return s == order.Pending && kept(id) })
+	must(t, err)
+	want := 0
+	for _, id := range ids {
+		o, _ := st.Get(ctx, id)
+		if kept(id) {
+			want++
+			if o.Status != order.Expired {
+				t.Fatalf("kept order %d: %s", id, o.Status)
+			}
+		} else if o.Status != order.Pending {
+			t.Fatalf("order %d left out, yet %s", id, o.Status)
+		}
+	}
+	if n != want {
+		t.Fatalf("moved %d, want %d", n, want)
+	}
+	ordertest.CheckStock(t, st, 1, 100)
+}

@@ -438,6 +438,14 @@ func (s *Service) observe(moved []Order, to Status, source string) {
 // batches in hand commit, and returns ctx's error: the rest waits for the
 // next sweep. It returns how many orders it moved.
 func (s *Service) Sweep(ctx context.Context, olderThan time.Duration) (int, error) {
+	return s.SweepWhere(ctx, olderThan, nil)
+}
+
+// SweepWhere is Sweep over the overdue orders for which keep (when not nil)
+// returns true, given the status they wait in (Pending or Shipped) and their
+// id: one of several daemons catching up on the events it missed takes the
+// orders whose events were its own.
+func (s *Service) SweepWhere(ctx context.Context, olderThan time.Duration, keep func(Status, int64) bool) (int, error) {
 	// A batch in hand finishes even when ctx ends: stopping means taking no
 	// new page, not abandoning a transaction.
 	work := context.WithoutCancel(ctx)
@@ -459,27 +467,14 @@ func (s *Service) Sweep(ctx context.Context, olderThan time.Duration) (int, erro
 			mu.Unlock()
 		}
 		sem := make(chan struct{}, s.cfg.SweepWorkers)
-		var cursor DueCursor
-		for {
-			if err := ctx.Err(); err != nil {
-				fail(err)
-				break
-			}
-			ids, next, err := s.store.Due(ctx, step.status, before, cursor, s.cfg.SweepBatch)
-			if err != nil {
-				fail(cmp.Or(ctx.Err(), err))
-				break
-			}
-			if len(ids) == 0 {
-				break
-			}
+		// launch applies ids as one batch, SweepWorkers at a time, and
+		// reports whether to go on.
+		launch := func(ids []int64) bool {
 			select {
 			case sem <- struct{}{}:
 			case <-ctx.Done():
 				fail(ctx.Err())
-			}
-			if ctx.Err() != nil {
-				break
+				return false
 			}
 			wg.Go(func() {
 				defer func() { <-sem }()
@@ -490,9 +485,35 @@ func (s *Service) Sweep(ctx context.Context, olderThan time.Duration) (int, erro
 				}
 			})
 			mu.Lock()
-			failed := firstErr != nil
-			mu.Unlock()
-			if failed || len(ids) < s.cfg.SweepBatch {
+			defer mu.Unlock()
+			return firstErr == nil
+		}
+		var cursor DueCursor
+		var held []int64 // kept, not applied yet: filtered pages fill a batch together
+	pages:
+		for {
+			if err := ctx.Err(); err != nil {
+				fail(err)
+				break
+			}
+			ids, next, err := s.store.Due(ctx, step.status, before, cursor, s.cfg.SweepBatch)
+			if err != nil {
+				fail(cmp.Or(ctx.Err(), err))
+				break
+			}
+			last := len(ids) < s.cfg.SweepBatch
+			if keep != nil {
+				ids = slices.DeleteFunc(ids, func(id int64) bool { return !keep(step.status, id) })
+			}
+			held = append(held, ids...)
+			for len(held) >= s.cfg.SweepBatch || (last && len(held) > 0) {
+				n := min(len(held), s.cfg.SweepBatch)
+				if !launch(held[:n:n]) {
+					break pages
+				}
+				held = held[n:]
+			}
+			if last {
 				break
 			}
 			cursor = next

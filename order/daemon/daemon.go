@@ -78,8 +78,9 @@ type Config struct {
 // start-up, after every resubscription and every SweepInterval, and after
 // every periodic sweep mending Redis stock counters that lost a give-back
 // (ReconcileStock). Catch-up sweeps run on the daemon that may have missed
-// events; of daemons sharing a Scheduler, one at a time runs the periodic
-// sweep and the stock check.
+// events, over the orders whose events it handles (with a Scheduler shared
+// by several daemons: those of the shards it holds); one daemon at a time
+// runs the periodic sweep, over every overdue order, and the stock check.
 func New(s *order.Service, client redis.UniversalClient, cfg Config) *expiry.Listener {
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = 30 * time.Second
@@ -101,13 +102,27 @@ func New(s *order.Service, client redis.UniversalClient, cfg Config) *expiry.Lis
 		panic("daemon: the Scheduler's KeyPrefix differs from the service's key prefix")
 	}
 
+	var l *expiry.Listener // set below; the sweeps run only once it runs
+	keys := s.Keys()
+	// A catch-up takes the orders whose events this daemon handles: those of
+	// the shards it holds (and of free ones). The others' events were not lost.
+	mine := func(st order.Status, id int64) bool {
+		if st == order.Shipped {
+			return l.Handles(keys.Confirm(id))
+		}
+		return l.Handles(keys.Pay(id))
+	}
 	var mu sync.Mutex // sweeps never overlap
 	sweep := func(reason string, olderThan time.Duration, periodic bool) func(context.Context) {
 		return func(ctx context.Context) {
 			mu.Lock()
 			defer mu.Unlock()
 			start := time.Now()
-			n, err := s.Sweep(ctx, olderThan)
+			keep := mine
+			if periodic {
+				keep = nil // the safety net: every overdue order, whoever's
+			}
+			n, err := s.SweepWhere(ctx, olderThan, keep)
 			if cfg.OnSweep != nil {
 				cfg.OnSweep(n, err)
 			}
@@ -152,5 +167,6 @@ func New(s *order.Service, client redis.UniversalClient, cfg Config) *expiry.Lis
 		ShutdownTimeout: cfg.ShutdownTimeout,
 		Logger:          log,
 	}
-	return expiry.NewListener(client, mux, lc)
+	l = expiry.NewListener(client, mux, lc)
+	return l
 }
