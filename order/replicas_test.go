@@ -54,7 +54,7 @@ type burstResult struct {
 // rdb, seeds orders pending orders sharing one deadline, and waits until
 // every one expired. Each replica's sweep runs at start only (the events and
 // the reaper do the work), so the counts are those of the event path.
-func replicaBurst(t *testing.T, rdb redis.UniversalClient, prefix string, n, orders int) burstResult {
+func replicaBurst(t *testing.T, rdb redis.UniversalClient, sentinel *redis.FailoverOptions, prefix string, n, orders int) burstResult {
 	t.Helper()
 	url := ordertest.MySQLURL(t)
 	st := ordertest.Open(t, url)
@@ -87,7 +87,7 @@ func replicaBurst(t *testing.T, rdb redis.UniversalClient, prefix string, n, ord
 				last = time.Now()
 				mu.Unlock()
 			}})
-		ls[i] = daemon.New(svc, rdb, daemon.Config{Scheduler: sched, SweepInterval: time.Hour, ID: "replica-" + strconv.Itoa(i),
+		ls[i] = daemon.New(svc, rdb, daemon.Config{Scheduler: sched, SweepInterval: time.Hour, ID: "replica-" + strconv.Itoa(i), Sentinel: sentinel,
 			Batch: daemon.BatchConfig{OnBatch: func(size, moved int) {
 				unchanged.Add(int64(size - moved))
 				mu.Lock()
@@ -193,8 +193,8 @@ func checkShared(t *testing.T, one, three burstResult, orders int) {
 func TestReplicasShareBurst(t *testing.T) {
 	rdb := testkit.Redis(t, redisDB)
 	const orders = 20000
-	one := replicaBurst(t, rdb, "one:", 1, orders)
-	three := replicaBurst(t, rdb, "three:", 3, orders)
+	one := replicaBurst(t, rdb, nil, "one:", 1, orders)
+	three := replicaBurst(t, rdb, nil, "three:", 3, orders)
 	checkShared(t, one, three, orders)
 }
 
@@ -204,7 +204,16 @@ func TestReplicasShareBurstOnCluster(t *testing.T) {
 	const prefix = "orderd-replicas:"
 	rdb := testkit.Cluster(t, prefix)
 	const orders = 20000
-	one := replicaBurst(t, rdb, prefix+"one:", 1, orders)
-	three := replicaBurst(t, rdb, prefix+"three:", 3, orders)
+	one := replicaBurst(t, rdb, nil, prefix+"one:", 1, orders)
+	three := replicaBurst(t, rdb, nil, prefix+"three:", 3, orders)
+	checkShared(t, one, three, orders)
+}
+
+// And behind Sentinel: the leases live on the master the sentinels name.
+func TestReplicasShareBurstBehindSentinel(t *testing.T) {
+	rdb, fo := testkit.Sentinel(t, redisDB)
+	const orders = 20000
+	one := replicaBurst(t, rdb, fo, "one:", 1, orders)
+	three := replicaBurst(t, rdb, fo, "three:", 3, orders)
 	checkShared(t, one, three, orders)
 }
