@@ -155,6 +155,22 @@ func TestReplicasRebalanceOnJoinAndLeave(t *testing.T) {
 	c := r.start(t, rdb, "join:due", cfg)
 	waitSpread(t, 5*time.Second, a, b, c)
 
+	// Inspect sees what the listeners say they hold.
+	st, err := expiry.NewScheduler(rdb, expiry.SchedulerConfig{Index: "join:due"}).Inspect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Listeners) != 3 || len(st.Shards) != 16 {
+		t.Fatalf("inspect: %d listeners, %d shards", len(st.Listeners), len(st.Shards))
+	}
+	for _, ls := range st.Listeners {
+		for _, l := range r.l {
+			if l.ID() == ls.ID && (l.Stats().Shards != len(ls.Shards) || l.Stats().Sweeps != ls.Sweeps || ls.Until.Before(time.Now())) {
+				t.Fatalf("inspect says %s holds %d shards (sweeps %v), it says %+v", ls.ID, len(ls.Shards), ls.Sweeps, l.Stats())
+			}
+		}
+	}
+
 	// One listener sweeps: the others' counts stand still while its grows.
 	var sweeper int
 	for i, l := range r.l {

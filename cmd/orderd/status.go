@@ -1,0 +1,266 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/orderd/orderd/expiry"
+	"github.com/orderd/orderd/order"
+)
+
+type statusOptions struct {
+	*globalOptions
+	JSON bool
+	Next int
+}
+
+func newStatusCmd(g *globalOptions) *cobra.Command {
+	o := &statusOptions{globalOptions: g}
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show what is pending, overdue and due next; timers in Redis; live listeners",
+		Long: `Show what orderd is doing: orders by status, overdue orders and the oldest's
+age, the next deadlines, the timers in the Redis due index per shard, whether
+Redis publishes expired-key events (on every node), the live listeners and the
+shards they hold, and the schema version.
+
+Exit 0 when all is well, 1 when something needs attention (orders overdue by
+more than --sweep-interval, expired-key events off, no listener running while
+orders wait for a deadline), so that it can serve as a check in scripts.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.Next < 0 {
+				return usageErrorf("--next must not be negative, not %d", o.Next)
+			}
+			return runtimeError(runStatus(cmd.Context(), o, cmd.OutOrStdout()))
+		},
+	}
+	cmd.Flags().BoolVar(&o.JSON, "json", false, "print JSON (for scripts) instead of a table")
+	cmd.Flags().IntVar(&o.Next, "next", 5, "how many of the next deadlines to show")
+	return cmd
+}
+
+// statusReport is what `orderd status` prints; its JSON form is for scripts.
+type statusReport struct {
+	At       time.Time        `json:"at"`
+	Redis    string           `json:"redis"`
+	Schema   schemaStatus     `json:"schema"`
+	Notify   notifyStatus     `json:"expired_events"`
+	Orders   map[string]int64 `json:"orders"`
+	Overdue  []overdueStatus  `json:"overdue"`
+	Next     []nextDeadline   `json:"next_deadlines"`
+	Index    indexStatus      `json:"due_index"`
+	Problems []string         `json:"problems"`
+	Healthy  bool             `json:"healthy"`
+}
+
+type schemaStatus struct {
+	Version int64 `json:"version"`
+	Latest  int64 `json:"latest"`
+}
+
+type notifyStatus struct {
+	On     *bool  `json:"on"` // null when Redis does not let us read the setting
+	Detail string `json:"detail,omitempty"`
+}
+
+type overdueStatus struct {
+	Status        string     `json:"status"`
+	Count         int64      `json:"count"`
+	Oldest        *time.Time `json:"oldest_deadline,omitempty"`
+	OldestSeconds float64    `json:"oldest_age_seconds"`
+}
+
+type nextDeadline struct {
+	ID     int64     `json:"id"`
+	Status string    `json:"status"`
+	At     time.Time `json:"deadline"`
+}
+
+type indexStatus struct {
+	Name      string           `json:"name"`
+	Timers    int64            `json:"timers"`
+	Overdue   int64            `json:"overdue"`
+	Shards    []shardStatus    `json:"shards"`
+	Listeners []listenerStatus `json:"listeners"`
+	Sweeper   string           `json:"sweeper"`
+}
+
+type shardStatus struct {
+	Name    string `json:"name"`
+	Timers  int64  `json:"timers"`
+	Overdue int64  `json:"overdue"`
+	Holder  string `json:"holder"`
+}
+
+type listenerStatus struct {
+	ID     string   `json:"id"`
+	Shards []string `json:"shards"`
+	Sweeps bool     `json:"sweeps"`
+}
+
+func runStatus(ctx context.Context, o *statusOptions, out io.Writer) error {
+	d, err := o.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer d.close()
+	now := time.Now()
+	r := statusReport{At: now.UTC().Truncate(time.Millisecond), Redis: o.redis.String(), Orders: map[string]int64{},
+		Overdue: []overdueStatus{}, Next: []nextDeadline{}, Problems: []string{}}
+
+	if r.Schema.Version, r.Schema.Latest, err = d.store.SchemaVersion(ctx); err != nil {
+		return err
+	}
+	ov, err := d.store.Overview(ctx, now, o.Next)
+	if err != nil {
+		return err
+	}
+	for _, st := range []order.Status{order.Pending, order.Paid, order.Shipped, order.Completed, order.Cancelled, order.Expired} {
+		r.Orders[string(st)] = ov.Counts[st]
+	}
+	for _, st := range []order.Status{order.Pending, order.Shipped} {
+		od := overdueStatus{Status: string(st), Count: ov.Overdue[st]}
+		if oldest, ok := ov.OldestOverdue[st]; ok {
+			od.Oldest = &oldest
+			od.OldestSeconds = now.Sub(oldest).Seconds()
+			if age := now.Sub(oldest); age > o.SweepInterval {
+				r.Problems = append(r.Problems, fmt.Sprintf("%d %s order(s) overdue, the oldest by %v: more than --sweep-interval (%v); is `orderd listen` running?",
+					od.Count, st, age.Round(time.Second), o.SweepInterval))
+			}
+		}
+		r.Overdue = append(r.Overdue, od)
+	}
+	for _, n := range ov.Next {
+		r.Next = append(r.Next, nextDeadline{ID: n.ID, Status: string(n.Status), At: n.At})
+	}
+
+	switch err := expiry.CheckNotify(ctx, d.rdb); {
+	case err == nil:
+		on := true
+		r.Notify.On = &on
+	case errors.Is(err, expiry.ErrNotifyDisabled):
+		off := false
+		r.Notify.On, r.Notify.Detail = &off, err.Error()
+		r.Problems = append(r.Problems, "Redis does not publish expired-key events: "+err.Error())
+	case errors.Is(err, expiry.ErrConfigUnavailable):
+		r.Notify.Detail = "unknown: " + err.Error()
+	default:
+		return fmt.Errorf("read notify-keyspace-events: %w", err)
+	}
+
+	idx, err := d.sched.Inspect(ctx)
+	if err != nil {
+		return err
+	}
+	r.Index = indexStatus{Name: d.sched.Index(), Shards: []shardStatus{}, Listeners: []listenerStatus{}, Sweeper: idx.Sweeper}
+	r.Index.Timers, r.Index.Overdue = idx.Timers()
+	for _, sh := range idx.Shards {
+		r.Index.Shards = append(r.Index.Shards, shardStatus(sh))
+	}
+	for _, l := range idx.Listeners {
+		r.Index.Listeners = append(r.Index.Listeners, listenerStatus{ID: l.ID, Shards: append([]string{}, l.Shards...), Sweeps: l.Sweeps})
+	}
+	if waiting := ov.Counts[order.Pending] + ov.Counts[order.Shipped]; len(idx.Listeners) == 0 && waiting > 0 {
+		r.Problems = append(r.Problems, fmt.Sprintf("no `orderd listen` is running, and %d order(s) wait for a deadline", waiting))
+	}
+	r.Healthy = len(r.Problems) == 0
+
+	if o.JSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(r); err != nil {
+			return err
+		}
+	} else {
+		r.print(out, now)
+	}
+	if !r.Healthy {
+		return fmt.Errorf("%d problem(s) need attention: %s", len(r.Problems), strings.Join(r.Problems, "; "))
+	}
+	return nil
+}
+
+// print writes the report as tables for a terminal.
+func (r *statusReport) print(w io.Writer, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "redis\t%s\n", r.Redis)
+	schema := "up to date"
+	if r.Schema.Version < r.Schema.Latest {
+		schema = fmt.Sprintf("%d migration(s) to apply: run `orderd migrate`", r.Schema.Latest-r.Schema.Version)
+	}
+	fmt.Fprintf(tw, "schema\tversion %d (%s)\n", r.Schema.Version, schema)
+	events := "unknown (" + r.Notify.Detail + ")"
+	if r.Notify.On != nil && *r.Notify.On {
+		events = "on (every node)"
+	} else if r.Notify.On != nil {
+		events = "OFF: " + r.Notify.Detail
+	}
+	fmt.Fprintf(tw, "expired-key events\t%s\n", events)
+	var counts []string
+	for _, st := range []string{"pending", "paid", "shipped", "completed", "cancelled", "expired"} {
+		counts = append(counts, fmt.Sprintf("%s %d", st, r.Orders[st]))
+	}
+	fmt.Fprintf(tw, "orders\t%s\n", strings.Join(counts, ", "))
+	for _, o := range r.Overdue {
+		line := fmt.Sprintf("%d", o.Count)
+		if o.Oldest != nil {
+			line += fmt.Sprintf(", the oldest by %v", time.Duration(o.OldestSeconds*float64(time.Second)).Round(time.Millisecond))
+		}
+		fmt.Fprintf(tw, "overdue %s\t%s\n", o.Status, line)
+	}
+	fmt.Fprintf(tw, "due index\t%s: %d timer(s), %d overdue, in %d shards\n", r.Index.Name, r.Index.Timers, r.Index.Overdue, len(r.Index.Shards))
+	fmt.Fprintf(tw, "listeners\t%d live\n", len(r.Index.Listeners))
+	tw.Flush()
+
+	if len(r.Next) > 0 {
+		fmt.Fprintln(w, "\nnext deadlines:")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  order\tstatus\tdeadline\tin")
+		for _, n := range r.Next {
+			fmt.Fprintf(tw, "  %d\t%s\t%s\t%v\n", n.ID, n.Status, n.At.UTC().Format(time.RFC3339Nano), n.At.Sub(now).Round(time.Millisecond))
+		}
+		tw.Flush()
+	}
+	if len(r.Index.Listeners) > 0 {
+		fmt.Fprintln(w, "\nlisteners:")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  id\tshards\tsweep")
+		for _, l := range r.Index.Listeners {
+			fmt.Fprintf(tw, "  %s\t%d\t%s\n", l.ID, len(l.Shards), yes(l.Sweeps))
+		}
+		tw.Flush()
+	}
+	fmt.Fprintln(w, "\nshards:")
+	tw2 := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw2, "  shard\ttimers\toverdue\tholder")
+	for _, s := range r.Index.Shards {
+		holder := s.Holder
+		if holder == "" {
+			holder = "-"
+		}
+		fmt.Fprintf(tw2, "  %s\t%d\t%d\t%s\n", s.Name, s.Timers, s.Overdue, holder)
+	}
+	tw2.Flush()
+	if len(r.Problems) > 0 {
+		fmt.Fprintln(w, "\nneeds attention:")
+		for _, p := range r.Problems {
+			fmt.Fprintln(w, "  - "+p)
+		}
+	}
+}
+
+func yes(b bool) string {
+	if b {
+		return "yes"
+	}
+	return ""
+}
