@@ -47,7 +47,7 @@ func (s *Store) Overview(ctx context.Context, now time.Time, n int) (Overview, e
 	}
 	for _, st := range []order.Status{order.Pending, order.Shipped} {
 		var due struct {
-			N      int64 `db:"n"`
+			N      int64  `db:"n"`
 			Oldest *int64 `db:"oldest"`
 		}
 		if err := s.db.GetContext(ctx, &due, `SELECT COUNT(*) AS n, MIN(due_at) AS oldest FROM orders
