@@ -45,10 +45,14 @@ type Config struct {
 	// SweepWorkers is the number of sweep transactions run at once.
 	// If zero, 2 are used.
 	SweepWorkers int
-	// StockSettle is how long ReconcileStock watches a Redis stock counter
-	// that disagrees with the database before it replaces it: a counter that
-	// nothing reserved from or gave back to for that long is wrong, not
-	// busy. If zero, 1 s is used.
+	// StockSettle is how long ReconcileStock must have seen a Redis stock
+	// counter disagree with the database (over two calls at least that far
+	// apart) before it replaces it: a counter that nothing reserved from or
+	// gave back to for that long, beside a database whose available units
+	// did not move either, is wrong, not busy. Keep it
+	// longer than the longest order creation (the HTTP API's request deadline
+	// is 5 s): an order reserved in Redis whose row is not committed yet is
+	// no lost give-back. If zero, 6 s is used.
 	StockSettle time.Duration
 	// Logger receives the service's log lines. If nil, nothing is logged.
 	Logger *zap.Logger
@@ -66,8 +70,9 @@ type Service struct {
 	cfg    Config
 	log    *zap.Logger
 
-	resyncMu sync.Mutex
-	resyncAt map[int64]time.Time // SKU → last resync after the database refused what Redis took
+	resyncMu   sync.Mutex
+	resyncAt   map[int64]time.Time  // SKU → last resync after the database refused what Redis took
+	stockWatch map[int64]stockWatch // counters ReconcileStock saw disagree, and since when
 }
 
 // NewService returns a Service over store. counter (the Redis stock
@@ -90,7 +95,7 @@ func NewService(store Store, counter *stock.Counter, timers Timers, cfg Config) 
 		cfg.SweepWorkers = 2
 	}
 	if cfg.StockSettle <= 0 {
-		cfg.StockSettle = time.Second
+		cfg.StockSettle = 6 * time.Second
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -99,7 +104,7 @@ func NewService(store Store, counter *stock.Counter, timers Timers, cfg Config) 
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Service{store: store, stock: counter, timers: timers, cfg: cfg, log: log, resyncAt: map[int64]time.Time{}}
+	return &Service{store: store, stock: counter, timers: timers, cfg: cfg, log: log, resyncAt: map[int64]time.Time{}, stockWatch: map[int64]stockWatch{}}
 }
 
 func (s *Service) now() time.Time { return s.cfg.Now().UTC().Truncate(time.Millisecond) }
@@ -530,50 +535,67 @@ func (s *Service) SweepWhere(ctx context.Context, olderThan time.Duration, keep 
 // database while nothing moves them: a give-back lost between a database
 // commit and Redis (Redis unreachable for a moment, the process killed in
 // between) leaves a counter below the truth, which would answer sold_out
-// for good. It reads every counter and every SKU's available units; those
-// that differ are read again after StockSettle, and each whose counter
-// nothing reserved from or gave back to meanwhile (its seq did not move) is
-// rebuilt from the database, unless it moved in the instant before the
-// rebuild. A busy counter is left alone: it is still selling, and once it
-// runs dry it is quiet and mended on the next call. The cost when all agree
-// is one query and one Redis round trip. It returns how many counters it
-// rebuilt.
+// for good. Each call reads every counter and every SKU's available units
+// and remembers those that differ; a counter found differing in the same
+// way (its seq and the database's units unmoved) by a call at least
+// StockSettle after the one that first saw it is rebuilt from the database,
+// unless it moved in the instant before the rebuild. A busy counter, or one
+// beside a database still catching up with it, is left alone. It never
+// waits: the daemon calls it after every periodic sweep, so a lost give-back
+// is mended after the later of StockSettle and a sweep interval. The cost
+// when all agree is one query and one Redis round trip. It returns how many
+// counters it rebuilt.
 func (s *Service) ReconcileStock(ctx context.Context) (int, error) {
 	if s.stock == nil {
 		return 0, nil
 	}
-	suspects, err := s.stockSuspects(ctx, nil)
-	if err != nil || len(suspects) == 0 {
-		return 0, err
-	}
-	t := time.NewTimer(s.cfg.StockSettle)
-	select {
-	case <-ctx.Done():
-		t.Stop()
-		return 0, ctx.Err()
-	case <-t.C:
-	}
-	still, err := s.stockSuspects(ctx, suspects)
+	suspects, err := s.stockSuspects(ctx)
 	if err != nil {
 		return 0, err
 	}
-	fixed := 0
-	for sku, seq := range still {
-		if suspects[sku] != seq {
-			continue // it moved: busy, not lost
+	now := time.Now()
+	s.resyncMu.Lock()
+	due := map[int64]stockState{}
+	for sku, st := range suspects {
+		// Idle means idle on both sides: an order reserved in Redis whose
+		// row is not committed yet (a database that lags a flash sale)
+		// leaves the counter still and the database moving, and is no lost
+		// give-back.
+		if w, ok := s.stockWatch[sku]; ok && w.state == st {
+			if now.Sub(w.since) >= s.cfg.StockSettle {
+				due[sku] = st
+			}
+			continue
 		}
+		s.stockWatch[sku] = stockWatch{state: st, since: now}
+	}
+	for sku := range s.stockWatch {
+		if _, ok := suspects[sku]; !ok {
+			delete(s.stockWatch, sku)
+		}
+	}
+	s.resyncMu.Unlock()
+
+	fixed := 0
+	for sku, st := range due {
 		k, err := s.store.GetSKU(ctx, sku)
 		if err != nil {
 			return fixed, err
+		}
+		if k.Available != st.db {
+			continue // the database moved since
 		}
 		held, err := s.store.LiveQty(ctx, sku)
 		if err != nil {
 			return fixed, err
 		}
-		ok, err := s.stock.SetIf(ctx, sku, seq, k.Available, k.LimitPerUser, held)
+		ok, err := s.stock.SetIf(ctx, sku, st.seq, k.Available, k.LimitPerUser, held)
 		if err != nil {
 			return fixed, err
 		}
+		s.resyncMu.Lock()
+		delete(s.stockWatch, sku)
+		s.resyncMu.Unlock()
 		if ok {
 			fixed++
 			s.log.Warn("stock counter disagreed with the database while idle: rebuilt",
@@ -583,16 +605,23 @@ func (s *Service) ReconcileStock(ctx context.Context) (int, error) {
 	return fixed, nil
 }
 
-// stockSuspects returns the SKUs (of only, when not nil) whose Redis counter
-// exists and differs from the database's available units, with the counter's
-// seq.
-func (s *Service) stockSuspects(ctx context.Context, only map[int64]int64) (map[int64]int64, error) {
+// stockWatch is a counter found disagreeing with the database, and since when.
+type stockWatch struct {
+	state stockState
+	since time.Time
+}
+
+// stockState is a SKU's Redis counter's seq and the database's available
+// units, read together.
+type stockState struct{ seq, db int64 }
+
+// stockSuspects returns the SKUs whose Redis counter exists and differs
+// from the database's available units, with the counter's seq and the
+// database's units.
+func (s *Service) stockSuspects(ctx context.Context) (map[int64]stockState, error) {
 	skus, err := s.store.ListSKUs(ctx)
 	if err != nil {
 		return nil, err
-	}
-	if only != nil {
-		skus = slices.DeleteFunc(skus, func(k SKU) bool { _, ok := only[k.SKU]; return !ok })
 	}
 	ids := make([]int64, len(skus))
 	for i, k := range skus {
@@ -602,10 +631,10 @@ func (s *Service) stockSuspects(ctx context.Context, only map[int64]int64) (map[
 	if err != nil {
 		return nil, err
 	}
-	out := map[int64]int64{}
+	out := map[int64]stockState{}
 	for i, st := range states {
 		if st.OK && st.Available != skus[i].Available {
-			out[ids[i]] = st.Seq
+			out[ids[i]] = stockState{seq: st.Seq, db: skus[i].Available}
 		}
 	}
 	return out, nil

@@ -115,6 +115,7 @@ func runListen(ctx context.Context, o *listenOptions) error {
 		OnSweep:        m.onSweep,
 	})
 	m.watchListener(l)
+	m.reg.MustRegister(newOrdersCollector(d.store, o.log))
 	wait := func() {}
 	if o.MetricsAddr != "" {
 		health := func(ctx context.Context) httpapi.Problems {

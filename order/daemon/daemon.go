@@ -113,50 +113,49 @@ func New(s *order.Service, client redis.UniversalClient, cfg Config) *expiry.Lis
 		return l.Handles(keys.Pay(id))
 	}
 	var mu sync.Mutex // sweeps never overlap
-	sweep := func(reason string, olderThan time.Duration, periodic bool) func(context.Context) {
-		return func(ctx context.Context) {
-			mu.Lock()
-			defer mu.Unlock()
-			start := time.Now()
-			keep := mine
-			if periodic {
-				keep = nil // the safety net: every overdue order, whoever's
-			}
-			n, err := s.SweepWhere(ctx, olderThan, keep)
-			if cfg.OnSweep != nil {
-				cfg.OnSweep(n, err)
-			}
-			switch {
-			case err != nil && ctx.Err() != nil:
-				log.Info("sweep stopped: shutting down (the next start takes the rest)", zap.String("reason", reason), zap.Int("moved", n))
-				return
-			case err != nil:
-				log.Error("sweep failed", zap.String("reason", reason), zap.Int("moved", n), zap.Error(err))
-			case n > 0:
-				log.Info("sweep moved overdue orders", zap.String("reason", reason), zap.Int("moved", n), zap.Duration("took", time.Since(start)))
-			default:
-				log.Debug("sweep found nothing overdue", zap.String("reason", reason))
-			}
-			if !periodic {
-				return // a catch-up sweep returns at once: its triggers may be waiting
-			}
-			fixed, err := s.ReconcileStock(ctx)
-			if err != nil && ctx.Err() == nil {
-				log.Error("stock check failed", zap.Error(err))
-			}
-			if cfg.OnStockRebuilt != nil {
-				cfg.OnStockRebuilt(fixed)
-			}
+	sweepOnce := func(ctx context.Context, reason string, olderThan time.Duration, keep func(order.Status, int64) bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		start := time.Now()
+		n, err := s.SweepWhere(ctx, olderThan, keep)
+		if cfg.OnSweep != nil {
+			cfg.OnSweep(n, err)
+		}
+		switch {
+		case err != nil && ctx.Err() != nil:
+			log.Info("sweep stopped: shutting down (the next start takes the rest)", zap.String("reason", reason), zap.Int("moved", n))
+		case err != nil:
+			log.Error("sweep failed", zap.String("reason", reason), zap.Int("moved", n), zap.Error(err))
+		case n > 0:
+			log.Info("sweep moved overdue orders", zap.String("reason", reason), zap.Int("moved", n), zap.Duration("took", time.Since(start)))
+		default:
+			log.Debug("sweep found nothing overdue", zap.String("reason", reason))
+		}
+	}
+	catchUp := func(reason string) func(context.Context) {
+		return func(ctx context.Context) { sweepOnce(ctx, reason, 0, mine) }
+	}
+	periodic := func(ctx context.Context) {
+		sweepOnce(ctx, "interval", cfg.SweepGrace, nil) // the safety net: every overdue order, whoever's
+		if ctx.Err() != nil {
+			return
+		}
+		fixed, err := s.ReconcileStock(ctx)
+		if err != nil && ctx.Err() == nil {
+			log.Error("stock check failed", zap.Error(err))
+		}
+		if cfg.OnStockRebuilt != nil {
+			cfg.OnStockRebuilt(fixed)
 		}
 	}
 	lc := expiry.ListenerConfig{
 		KeyPrefix:       s.Keys().Prefix,
 		Workers:         cfg.Workers,
 		QueueWait:       cfg.QueueWait,
-		OnSubscribe:     sweep("subscribed", 0, false),
-		OnDrop:          sweep("events dropped", 0, false),
+		OnSubscribe:     catchUp("subscribed"),
+		OnDrop:          catchUp("events dropped"),
 		Interval:        cfg.SweepInterval,
-		OnInterval:      sweep("interval", cfg.SweepGrace, true),
+		OnInterval:      periodic,
 		Scheduler:       cfg.Scheduler,
 		ReapInterval:    cfg.ReapInterval,
 		ID:              cfg.ID,

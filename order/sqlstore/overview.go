@@ -45,18 +45,14 @@ func (s *Store) Overview(ctx context.Context, now time.Time, n int) (Overview, e
 	for _, c := range counts {
 		ov.Counts[order.Status(c.Status)] = c.N
 	}
+	w, err := s.Waiting(ctx, now)
+	if err != nil {
+		return ov, err
+	}
 	for _, st := range []order.Status{order.Pending, order.Shipped} {
-		var due struct {
-			N      int64  `db:"n"`
-			Oldest *int64 `db:"oldest"`
-		}
-		if err := s.db.GetContext(ctx, &due, `SELECT COUNT(*) AS n, MIN(due_at) AS oldest FROM orders
-			WHERE status = ? AND due_at <= ?`, st, ms(now)); err != nil {
-			return ov, fmt.Errorf("sqlstore: count overdue %s orders: %w", st, err)
-		}
-		ov.Overdue[st] = due.N
-		if due.Oldest != nil {
-			ov.OldestOverdue[st] = fromMS(*due.Oldest)
+		ov.Overdue[st] = w[st].Overdue
+		if !w[st].Oldest.IsZero() {
+			ov.OldestOverdue[st] = w[st].Oldest
 		}
 		var next []struct {
 			ID    int64 `db:"id"`
@@ -73,4 +69,36 @@ func (s *Store) Overview(ctx context.Context, now time.Time, n int) (Overview, e
 	slices.SortFunc(ov.Next, func(a, b Deadline) int { return cmp.Or(a.At.Compare(b.At), cmp.Compare(a.ID, b.ID)) })
 	ov.Next = ov.Next[:min(n, len(ov.Next))]
 	return ov, nil
+}
+
+// Waiting is how many orders wait in a status for its deadline, and of
+// those how many are overdue and the oldest overdue deadline (zero when none).
+type Waiting struct {
+	Count, Overdue int64
+	Oldest         time.Time
+}
+
+// Waiting counts the orders waiting for a deadline (pending, shipped) and
+// the overdue ones, from the index orders_due: cheap enough for metrics.
+func (s *Store) Waiting(ctx context.Context, now time.Time) (map[order.Status]Waiting, error) {
+	out := map[order.Status]Waiting{}
+	for _, st := range []order.Status{order.Pending, order.Shipped} {
+		var row struct {
+			Count   int64  `db:"n"`
+			Overdue int64  `db:"overdue"`
+			Oldest  *int64 `db:"oldest"`
+		}
+		if err := s.db.GetContext(ctx, &row, `SELECT COUNT(*) AS n,
+			COALESCE(SUM(CASE WHEN due_at <= ? THEN 1 ELSE 0 END), 0) AS overdue,
+			MIN(CASE WHEN due_at <= ? THEN due_at END) AS oldest
+			FROM orders WHERE status = ?`, ms(now), ms(now), st); err != nil {
+			return nil, fmt.Errorf("sqlstore: count %s orders: %w", st, err)
+		}
+		w := Waiting{Count: row.Count, Overdue: row.Overdue}
+		if row.Oldest != nil {
+			w.Oldest = fromMS(*row.Oldest)
+		}
+		out[st] = w
+	}
+	return out, nil
 }
