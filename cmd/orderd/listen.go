@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
@@ -116,6 +117,9 @@ func runListen(ctx context.Context, o *listenOptions) error {
 	})
 	m.watchListener(l)
 	m.reg.MustRegister(newOrdersCollector(d.store, o.log))
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "orderd_sweep_interval_seconds", Help: "The --sweep-interval: overdue orders older than this were missed by the sweep too.",
+	}, func() float64 { return o.SweepInterval.Seconds() }))
 	wait := func() {}
 	if o.MetricsAddr != "" {
 		health := func(ctx context.Context) httpapi.Problems {

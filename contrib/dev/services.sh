@@ -5,7 +5,7 @@
 #   services_scratch NAME       make $ORDERD_SCRATCH, removed with the servers on exit
 #   services_install [mysql] [TOOL...]
 #                               install redis-server (and mariadb-server, and the Debian
-#                               package of each TOOL: systemd-analyze, supervisord, jq)
+#                               package of each TOOL: systemd-analyze, supervisord, jq, promtool)
 #                               from Debian when missing
 #   services_start redis|mysql|cluster|sentinel
 #                               start a private server (or set) under $ORDERD_SCRATCH on loopback ports
@@ -42,6 +42,7 @@ _tool_package() {
 	case "$1" in
 	systemd-analyze) echo systemd ;;
 	supervisord) echo supervisor ;;
+	promtool) echo prometheus ;;
 	*) echo "$1" ;;
 	esac
 }
