@@ -60,7 +60,7 @@ func newAPI(t testing.TB, st *sqlstore.Store, cfg order.Config) *api {
 	t.Cleanup(srv.Close)
 	tr := &http.Transport{MaxConnsPerHost: 128, MaxIdleConnsPerHost: 128}
 	t.Cleanup(tr.CloseIdleConnections)
-	a := &api{t: t, srv: srv, svc: svc, store: st, counter: counter, client: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
+	a := &api{t: t, srv: srv, svc: svc, store: st, counter: counter, client: &http.Client{Transport: validating{next: tr, tb: t}, Timeout: 30 * time.Second}}
 	if d, ok := t.(*testing.T); ok {
 		// The daemon, so that orders expire on their own.
 		l := daemon.New(svc, rdb, daemon.Config{Scheduler: sched, SweepInterval: time.Hour, Logger: zaptest.NewLogger(d, zaptest.Level(zapWarn))})
@@ -95,6 +95,9 @@ func (a *api) do(method, path, tok string, body any) (int, map[string]any) {
 		rd = bytes.NewReader(j)
 	}
 	req, _ := http.NewRequest(method, a.srv.URL+path, rd)
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	if tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}

@@ -1,11 +1,14 @@
-// Package httpapi serves the order HTTP API (README.md, "HTTP API") on the order
-// service: JSON in and out, HS256 bearer tokens, one place that maps service
-// errors to HTTP.
+// Package httpapi serves the order HTTP API on the order service: JSON in and
+// out, HS256 bearer tokens, one place that maps service errors to HTTP. The
+// API is documented by openapi.yaml beside this file (OpenAPI returns it;
+// the server serves it at GET /openapi.yaml), and the tests hold the server
+// to it.
 package httpapi
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"runtime"
 	"strconv"
@@ -77,21 +80,31 @@ func New(svc *order.Service, cfg Config) (http.Handler, error) {
 		return nil, err
 	}
 
+	handlers := map[string]http.Handler{
+		"PUT /v1/skus/{sku}":          s.auth(true, s.putSKU),
+		"GET /v1/skus/{sku}":          s.wrap(s.getSKU),
+		"GET /v1/skus":                s.wrap(s.listSKUs),
+		"POST /v1/orders":             s.auth(false, s.createOrder),
+		"GET /v1/orders/{id}":         s.auth(false, s.getOrder),
+		"GET /v1/orders":              s.auth(false, s.listOrders),
+		"POST /v1/orders/{id}/pay":    s.auth(false, s.act(svc.Pay)),
+		"POST /v1/orders/{id}/cancel": s.auth(false, s.act(svc.Cancel)),
+		"POST /v1/orders/{id}/ship": s.auth(true, s.act(func(ctx context.Context, _, id int64) (order.Order, error) {
+			return svc.Ship(ctx, id) // admins ship any order
+		})),
+		"POST /v1/orders/{id}/confirm": s.auth(false, s.act(svc.Confirm)),
+		"GET /healthz":                 HealthHandler(s.health),
+		"GET /metrics":                 promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}),
+		"GET /openapi.yaml":            http.HandlerFunc(serveOpenAPI),
+	}
 	mux := http.NewServeMux()
-	mux.Handle("PUT /v1/skus/{sku}", s.auth(true, s.putSKU))
-	mux.HandleFunc("GET /v1/skus/{sku}", s.wrap(s.getSKU))
-	mux.HandleFunc("GET /v1/skus", s.wrap(s.listSKUs))
-	mux.Handle("POST /v1/orders", s.auth(false, s.createOrder))
-	mux.Handle("GET /v1/orders/{id}", s.auth(false, s.getOrder))
-	mux.Handle("GET /v1/orders", s.auth(false, s.listOrders))
-	mux.Handle("POST /v1/orders/{id}/pay", s.auth(false, s.act(svc.Pay)))
-	mux.Handle("POST /v1/orders/{id}/cancel", s.auth(false, s.act(svc.Cancel)))
-	mux.Handle("POST /v1/orders/{id}/confirm", s.auth(false, s.act(svc.Confirm)))
-	mux.Handle("POST /v1/orders/{id}/ship", s.auth(true, s.act(func(ctx context.Context, _, id int64) (order.Order, error) {
-		return svc.Ship(ctx, id) // admins ship any order
-	})))
-	mux.Handle("GET /healthz", HealthHandler(s.health))
-	mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
+	for _, pattern := range routes {
+		mux.Handle(pattern, handlers[pattern])
+		delete(handlers, pattern)
+	}
+	if len(handlers) > 0 {
+		panic(fmt.Sprintf("httpapi: handlers without a route: %v", handlers))
+	}
 	mux.HandleFunc("/", s.wrap(func(w http.ResponseWriter, r *http.Request) (any, int, error) {
 		if allow := allowed(mux, r); len(allow) > 0 {
 			w.Header().Set("Allow", strings.Join(allow, ", "))
