@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/orderd/orderd/internal/testkit"
 )
 
 // When the leader's apply panics, every member of its batch is released (with
@@ -90,4 +92,60 @@ func TestBatcherMemberWatchesContext(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("a member ignored its context")
 	}
+}
+
+// While every slot is busy committing, members keep joining the next batch:
+// under load batches grow rather than multiply (group commit).
+func TestBatcherFillsWhileSlotsAreBusy(t *testing.T) {
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var sizes []int
+	b := newBatcher(BatchConfig{Max: 500, Wait: time.Millisecond, MaxWait: 2 * time.Millisecond, Concurrency: 1},
+		func(_ context.Context, ids []int64, _ string) (int, error) {
+			mu.Lock()
+			sizes = append(sizes, len(ids))
+			first := len(sizes) == 1
+			mu.Unlock()
+			if first {
+				<-release // the one slot stays busy
+			}
+			return len(ids), nil
+		})
+	var wg sync.WaitGroup
+	wg.Go(func() { b.do(context.Background(), 1) })
+	waitFor := func(what string, cond func() bool) { t.Helper(); testkit.WaitFor(t, 10*time.Second, what, cond) }
+	waitFor("the first batch applying", func() bool { mu.Lock(); defer mu.Unlock(); return len(sizes) == 1 })
+	const more = 300 // far past Wait and MaxWait apart, all waiting for the slot
+	for i := range more {
+		wg.Go(func() { b.do(context.Background(), int64(i+2)) })
+	}
+	waitFor("the waiting batch to hold them all", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.cur != nil && len(b.cur.ids) == more
+	})
+	close(release)
+	wg.Wait()
+	if len(sizes) != 2 || sizes[1] != more {
+		t.Fatalf("batches %v, want [1 %d]", sizes, more)
+	}
+}
+
+// BenchmarkBatcher is the cost of one member's way through a batch, with
+// members arriving from many goroutines and an apply that does nothing.
+func BenchmarkBatcher(b *testing.B) {
+	bt := newBatcher(BatchConfig{Max: 500, Wait: 100 * time.Microsecond}, func(_ context.Context, ids []int64, _ string) (int, error) {
+		return len(ids), nil
+	})
+	b.SetParallelism(64)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		var id int64
+		for pb.Next() {
+			id++
+			if err := bt.do(context.Background(), id); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
