@@ -36,3 +36,9 @@ var SkipRetry = errors.New("expiry: skip retry")
 // SkipRetry, and the Listener counts it in Stats.Malformed and logs a bounded
 // prefix of it at most once a second.
 var ErrMalformedKey = fmt.Errorf("expiry: malformed key: %w", SkipRetry)
+
+// ErrNoRecord is wrapped by the error a handler returns for a well-formed
+// key whose record does not exist (a timer set for an order id that no order
+// has). It wraps SkipRetry; the Listener counts it in Stats.NoRecord, not as
+// handled, and logs a bounded prefix of such a key at most once a second.
+var ErrNoRecord = fmt.Errorf("expiry: no record for the key: %w", SkipRetry)

@@ -169,6 +169,7 @@ type Stats struct {
 	Failed        uint64 // handler calls that returned an error
 	Ignored       uint64 // keys without the prefix or without a handler
 	Malformed     uint64 // keys a handler could not parse (ErrMalformedKey)
+	NoRecord      uint64 // keys whose record does not exist (ErrNoRecord)
 	Dropped       uint64 // events and reaped timers dropped because the queue stayed full
 	Subscriptions uint64 // (re)subscriptions confirmed by Redis
 	Reaped        uint64 // due entries the reaper removed: keys expired (handed to the handler) or left without a TTL
@@ -197,13 +198,13 @@ type Listener struct {
 	log     *zap.Logger
 
 	received, handled, failed, ignored, malformed, dropped, subs, reaped atomic.Uint64
-	skipped, repeated                                                    atomic.Uint64
+	skipped, repeated, noRecord                                          atomic.Uint64
 	inFlight                                                             atomic.Int64
 	queue                                                                atomic.Pointer[chan Event]
 	running, configWarned                                                atomic.Bool
 	notifyErr                                                            atomic.Pointer[error]
 	dropKick                                                             chan struct{}
-	dropLog, malformedLog                                                sometimes
+	dropLog, malformedLog, noRecordLog                                   sometimes
 	sub                                                                  atomic.Pointer[subscriber]  // while Run runs
 	leases                                                               atomic.Pointer[leaseKeeper] // while Run runs, with a Scheduler
 	takeovers                                                            atomic.Uint64               // of past runs
@@ -258,7 +259,7 @@ func NewListener(client redis.UniversalClient, h Handler, cfg ListenerConfig) *L
 		log = zap.NewNop()
 	}
 	l := &Listener{client: client, handler: h, cfg: cfg, log: log,
-		dropLog: sometimes{period: time.Second}, malformedLog: sometimes{period: time.Second},
+		dropLog: sometimes{period: time.Second}, malformedLog: sometimes{period: time.Second}, noRecordLog: sometimes{period: time.Second},
 		handedOver: recent{period: 30 * time.Second}}
 	if c, ok := client.(*redis.Client); ok {
 		l.db = c.Options().DB
@@ -290,6 +291,7 @@ func (l *Listener) Stats() Stats {
 		Failed:        l.failed.Load(),
 		Ignored:       l.ignored.Load(),
 		Malformed:     l.malformed.Load(),
+		NoRecord:      l.noRecord.Load(),
 		Dropped:       l.dropped.Load(),
 		Subscriptions: l.subs.Load(),
 		Reaped:        l.reaped.Load(),
@@ -575,6 +577,11 @@ func (l *Listener) handle(ctx context.Context, ev Event) {
 		l.malformed.Add(1)
 		if ok, suppressed := l.malformedLog.allow(time.Now()); ok {
 			l.log.Warn("expired key ignored: malformed", KeyField(ev.RawKey), zap.Uint64("suppressed", suppressed))
+		}
+	case errors.Is(err, ErrNoRecord):
+		l.noRecord.Add(1)
+		if ok, suppressed := l.noRecordLog.allow(time.Now()); ok {
+			l.log.Warn("expired key ignored: no such record", KeyField(ev.RawKey), zap.Uint64("suppressed", suppressed))
 		}
 	default:
 		l.failed.Add(1)

@@ -103,6 +103,8 @@ type Store interface {
 	// starting after the cursor; and the cursor after the last one returned.
 	Due(ctx context.Context, status Status, now time.Time, after DueCursor, limit int) ([]int64, DueCursor, error)
 
+	// Existing returns those of ids that are orders.
+	Existing(ctx context.Context, ids []int64) ([]int64, error)
 	// LiveQty returns, per user, the units of sku held by live orders.
 	LiveQty(ctx context.Context, sku int64) (map[int64]int64, error)
 

@@ -641,3 +641,30 @@ func TestSweepWhereTakesOnlyKeptOrders(t *testing.T) {
 	}
 	ordertest.CheckStock(t, st, 1, 100)
 }
+
+// An expired key for an order id that no order has is counted on its own
+// (not as handled) and logged, bounded; it changes nothing.
+func TestExpiredKeyOfUnknownOrder(t *testing.T) {
+	st := ordertest.Open(t, ordertest.SQLiteURL(t))
+	core, logs := observer.New(zapcore.WarnLevel)
+	e := newEnv(t, st, order.Config{})
+	e.sku(t, 1, 10, 0)
+	l := e.daemon(t, daemon.Config{SweepInterval: time.Hour, Logger: zap.New(core)})
+	ctx := context.Background()
+	real := create(t, e.svc, 1, 1, 1)
+	for _, key := range []string{order.PayKey(real.ID + 1000), order.ConfirmKey(real.ID + 2000)} {
+		if err := e.rdb.Set(ctx, key, "1", time.Millisecond).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testkit.WaitFor(t, 10*time.Second, "both keys counted as of no order", func() bool { return l.Stats().NoRecord == 2 })
+	if s := l.Stats(); s.Handled != 0 || s.Failed != 0 {
+		t.Fatalf("stats %+v: the unknown orders were counted as handled or failed", s)
+	}
+	if n := logs.FilterMessage("expired key ignored: no such record").Len(); n < 1 || n > 2 {
+		t.Fatalf("want a log line a second at most, got %d: %v", n, logs.All())
+	}
+	if o := e.order(t, real.ID); o.Status != order.Pending {
+		t.Fatalf("the real order is %s", o.Status)
+	}
+}

@@ -372,34 +372,64 @@ func (s *Service) releaseRedis(ctx context.Context, orders ...Order) {
 	}
 }
 
+// Applied is what one batch of deadline transitions did.
+type Applied struct {
+	// Moved is how many orders the batch moved; the others of its ids were
+	// left as they were (moved already, paid or cancelled meanwhile, not due).
+	Moved int
+	// Missing are the ids of no order at all: a timer key written (by
+	// another program, say) for an order that does not exist. Batches from
+	// the sweep, which reads its ids from the orders, have none.
+	Missing []int64
+}
+
 // ExpireOrders expires, in one transaction, those of ids that are pending and
 // past their pay deadline, and gives their stock back. Orders not due yet get
-// their timer set again for the real deadline. It returns how many it moved.
-func (s *Service) ExpireOrders(ctx context.Context, ids []int64, source string) (int, error) {
+// their timer set again for the real deadline.
+func (s *Service) ExpireOrders(ctx context.Context, ids []int64, source string) (Applied, error) {
 	moved, notDue, err := s.store.Expire(ctx, ids, s.now())
 	if err != nil {
-		return 0, err
+		return Applied{}, err
 	}
 	s.releaseRedis(ctx, moved...)
 	s.observe(moved, Expired, source)
 	for _, o := range notDue {
 		s.schedule(ctx, PayKey(o.ID), o.PayDeadline)
 	}
-	return len(moved), nil
+	return s.applied(ctx, ids, len(moved)+len(notDue), len(moved), source)
 }
 
 // CompleteOrders confirms receipt, in one transaction, of those of ids that
 // are shipped and past their confirm deadline.
-func (s *Service) CompleteOrders(ctx context.Context, ids []int64, source string) (int, error) {
+func (s *Service) CompleteOrders(ctx context.Context, ids []int64, source string) (Applied, error) {
 	moved, notDue, err := s.store.Complete(ctx, ids, s.now())
 	if err != nil {
-		return 0, err
+		return Applied{}, err
 	}
 	s.observe(moved, Completed, source)
 	for _, o := range notDue {
 		s.schedule(ctx, ConfirmKey(o.ID), *o.ConfirmDeadline)
 	}
-	return len(moved), nil
+	return s.applied(ctx, ids, len(moved)+len(notDue), len(moved), source)
+}
+
+// applied finds, when some of ids were neither moved nor waiting, which of
+// them are no order at all. It costs a query only then.
+func (s *Service) applied(ctx context.Context, ids []int64, accounted, moved int, source string) (Applied, error) {
+	a := Applied{Moved: moved}
+	if accounted == len(ids) || source == "sweep" {
+		return a, nil
+	}
+	existing, err := s.store.Existing(ctx, ids)
+	if err != nil {
+		return a, nil // the transitions committed; which ids were strangers is only for counting
+	}
+	for _, id := range ids {
+		if !slices.Contains(existing, id) {
+			a.Missing = append(a.Missing, id)
+		}
+	}
+	return a, nil
 }
 
 // maxLoggedIDs bounds the order ids one log line lists.
@@ -457,7 +487,7 @@ func (s *Service) SweepWhere(ctx context.Context, olderThan time.Duration, keep 
 	var total atomic.Int64
 	for _, step := range []struct {
 		status Status
-		apply  func(context.Context, []int64, string) (int, error)
+		apply  func(context.Context, []int64, string) (Applied, error)
 	}{
 		{Pending, s.ExpireOrders},
 		{Shipped, s.CompleteOrders},
@@ -483,8 +513,8 @@ func (s *Service) SweepWhere(ctx context.Context, olderThan time.Duration, keep 
 			}
 			wg.Go(func() {
 				defer func() { <-sem }()
-				n, err := step.apply(work, ids, "sweep")
-				total.Add(int64(n))
+				a, err := step.apply(work, ids, "sweep")
+				total.Add(int64(a.Moved))
 				if err != nil {
 					fail(err)
 				}

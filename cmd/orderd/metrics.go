@@ -108,6 +108,7 @@ func (m *daemonMetrics) watchListener(l *expiry.Listener) {
 	counter("orderd_events_failed_total", "Events whose handler failed (the sweep retries them).", func(s expiry.Stats) uint64 { return s.Failed })
 	counter("orderd_events_ignored_total", "Events for keys that are not orderd's.", func(s expiry.Stats) uint64 { return s.Ignored })
 	counter("orderd_events_malformed_total", "Events for orderd's keys with a malformed order id (logged at most once a second).", func(s expiry.Stats) uint64 { return s.Malformed })
+	counter("orderd_events_unknown_order_total", "Events for order ids that no order has (a key written for an order that does not exist; logged at most once a second).", func(s expiry.Stats) uint64 { return s.NoRecord })
 	counter("orderd_events_dropped_total", "Events dropped because the queue stayed full.", func(s expiry.Stats) uint64 { return s.Dropped })
 	counter("orderd_subscriptions_total", "(Re)subscriptions to Redis; each one runs a catch-up sweep.", func(s expiry.Stats) uint64 { return s.Subscriptions })
 	counter("orderd_reaped_total", "Due timers the reaper removed from the index: expired (each handed to its handler) or left without a TTL.", func(s expiry.Stats) uint64 { return s.Reaped })

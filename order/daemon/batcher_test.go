@@ -8,13 +8,14 @@ import (
 	"time"
 
 	"github.com/orderd/orderd/internal/testkit"
+	"github.com/orderd/orderd/order"
 )
 
 // When the leader's apply panics, every member of its batch is released (with
 // an error worth retrying) instead of waiting forever.
 func TestBatcherReleasesMembersWhenApplyPanics(t *testing.T) {
 	entered := make(chan struct{})
-	b := newBatcher(BatchConfig{Max: 100, Wait: 50 * time.Millisecond}, func(context.Context, []int64, string) (int, error) {
+	b := newBatcher(BatchConfig{Max: 100, Wait: 50 * time.Millisecond}, func(context.Context, []int64, string) (order.Applied, error) {
 		close(entered)
 		panic("apply failed")
 	})
@@ -60,10 +61,10 @@ func TestBatcherReleasesMembersWhenApplyPanics(t *testing.T) {
 func TestBatcherMemberWatchesContext(t *testing.T) {
 	release := make(chan struct{})
 	entered := make(chan struct{})
-	b := newBatcher(BatchConfig{Max: 2, Wait: time.Hour}, func(context.Context, []int64, string) (int, error) {
+	b := newBatcher(BatchConfig{Max: 2, Wait: time.Hour}, func(context.Context, []int64, string) (order.Applied, error) {
 		close(entered)
 		<-release
-		return 0, nil
+		return order.Applied{}, nil
 	})
 	var wg sync.WaitGroup
 	wg.Go(func() { b.do(context.Background(), 1) }) // the leader, stuck in apply
@@ -101,7 +102,7 @@ func TestBatcherFillsWhileSlotsAreBusy(t *testing.T) {
 	var mu sync.Mutex
 	var sizes []int
 	b := newBatcher(BatchConfig{Max: 500, Wait: time.Millisecond, MaxWait: 2 * time.Millisecond, Concurrency: 1},
-		func(_ context.Context, ids []int64, _ string) (int, error) {
+		func(_ context.Context, ids []int64, _ string) (order.Applied, error) {
 			mu.Lock()
 			sizes = append(sizes, len(ids))
 			first := len(sizes) == 1
@@ -109,7 +110,7 @@ func TestBatcherFillsWhileSlotsAreBusy(t *testing.T) {
 			if first {
 				<-release // the one slot stays busy
 			}
-			return len(ids), nil
+			return order.Applied{Moved: len(ids)}, nil
 		})
 	var wg sync.WaitGroup
 	wg.Go(func() { b.do(context.Background(), 1) })
@@ -134,8 +135,8 @@ func TestBatcherFillsWhileSlotsAreBusy(t *testing.T) {
 // BenchmarkBatcher is the cost of one member's way through a batch, with
 // members arriving from many goroutines and an apply that does nothing.
 func BenchmarkBatcher(b *testing.B) {
-	bt := newBatcher(BatchConfig{Max: 500, Wait: 100 * time.Microsecond}, func(_ context.Context, ids []int64, _ string) (int, error) {
-		return len(ids), nil
+	bt := newBatcher(BatchConfig{Max: 500, Wait: 100 * time.Microsecond}, func(_ context.Context, ids []int64, _ string) (order.Applied, error) {
+		return order.Applied{Moved: len(ids)}, nil
 	})
 	b.SetParallelism(64)
 	b.ReportAllocs()

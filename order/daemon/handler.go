@@ -3,6 +3,8 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -30,8 +32,9 @@ type BatchConfig struct {
 	// than multiply (group commit), which is what keeps several daemons
 	// sharing a burst at about the transactions of one. If zero, 2 is used.
 	Concurrency int
-	// OnBatch, if set, is told the size of every batch applied and how many
-	// of its orders it moved. The others were left as they were: moved
+	// OnBatch, if set, is told the size of every batch applied (its ids of
+	// orders that exist) and how many of them it moved. The others were left
+	// as they were: moved
 	// already (by another daemon, a sweep, or a repeated event), paid or
 	// cancelled meanwhile, or not due yet (their timer is set again). With
 	// several daemons, that count is the measure of work done twice.
@@ -42,8 +45,9 @@ type BatchConfig struct {
 // order_pay:<id> expires the order if it is still pending, an expired
 // order_confirm:<id> completes it if it is still shipped. Events that arrive
 // together are applied in batches, one transaction per batch. A key with a
-// malformed id gets an error wrapping expiry.ErrMalformedKey (the listener
-// counts it and logs it, bounded).
+// malformed id gets an error wrapping expiry.ErrMalformedKey, and one for an
+// order that does not exist an error wrapping expiry.ErrNoRecord (the
+// listener counts each and logs them, bounded).
 func Register(mux *expiry.ServeMux, s *order.Service, cfg BatchConfig) {
 	mux.Handle(order.PayKeyPrefix, batchHandler(order.PayKeyPrefix, newBatcher(cfg, s.ExpireOrders)))
 	mux.Handle(order.ConfirmKeyPrefix, batchHandler(order.ConfirmKeyPrefix, newBatcher(cfg, s.CompleteOrders)))
@@ -69,7 +73,7 @@ type batcher struct {
 	wait    time.Duration
 	maxWait time.Duration
 	slots   chan struct{} // one per batch being applied
-	apply   func(ctx context.Context, ids []int64, source string) (int, error)
+	apply   func(ctx context.Context, ids []int64, source string) (order.Applied, error)
 	onBatch func(size, moved int)
 
 	mu  sync.Mutex
@@ -77,14 +81,15 @@ type batcher struct {
 }
 
 type batch struct {
-	ids  []int64
-	grew chan struct{} // a member joined
-	full chan struct{}
-	done chan struct{}
-	err  error
+	ids     []int64
+	missing []int64       // of ids, those that are no order
+	grew    chan struct{} // a member joined
+	full    chan struct{}
+	done    chan struct{}
+	err     error
 }
 
-func newBatcher(cfg BatchConfig, apply func(context.Context, []int64, string) (int, error)) *batcher {
+func newBatcher(cfg BatchConfig, apply func(context.Context, []int64, string) (order.Applied, error)) *batcher {
 	if cfg.Max <= 0 {
 		cfg.Max = 500
 	}
@@ -127,12 +132,23 @@ func (b *batcher) do(ctx context.Context, id int64) error {
 	if !leader {
 		select {
 		case <-bt.done:
-			return bt.err
+			return bt.result(id)
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
-	return b.lead(ctx, bt)
+	if err := b.lead(ctx, bt); err != nil {
+		return err
+	}
+	return bt.result(id)
+}
+
+// result is what member id of a finished batch gets.
+func (bt *batch) result(id int64) error {
+	if bt.err == nil && slices.Contains(bt.missing, id) {
+		return fmt.Errorf("%w: order %d does not exist", expiry.ErrNoRecord, id)
+	}
+	return bt.err
 }
 
 // lead waits for bt to fill (or for members to stop joining) and for a free
@@ -174,10 +190,10 @@ wait:
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	n, err := b.apply(ctx, ids, "event")
+	a, err := b.apply(ctx, ids, "event")
 	if b.onBatch != nil && err == nil {
-		b.onBatch(len(ids), n)
+		b.onBatch(len(ids)-len(a.Missing), a.Moved)
 	}
-	bt.err = err
+	bt.missing, bt.err = a.Missing, err
 	return err
 }

@@ -404,6 +404,22 @@ func (s *Store) Due(ctx context.Context, status order.Status, now time.Time, aft
 	return ids, after, nil
 }
 
+// Existing returns those of ids that are orders.
+func (s *Store) Existing(ctx context.Context, ids []int64) ([]int64, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	q, args, err := sqlx.In(`SELECT id FROM orders WHERE id IN (?)`, ids)
+	if err != nil {
+		return nil, err
+	}
+	var out []int64
+	if err := s.db.SelectContext(ctx, &out, q, args...); err != nil {
+		return nil, fmt.Errorf("sqlstore: existing orders: %w", err)
+	}
+	return out, nil
+}
+
 // LiveQty returns, per user, the units of sku held by live orders.
 func (s *Store) LiveQty(ctx context.Context, sku int64) (map[int64]int64, error) {
 	var rows []struct {
