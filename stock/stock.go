@@ -46,6 +46,7 @@ func (r Result) String() string {
 type Counter struct {
 	client redis.UniversalClient
 	prefix string
+	flags  *soldOutFlags // nil unless CacheSoldOut was called
 }
 
 // NewCounter returns a Counter whose keys start with prefix.
@@ -67,31 +68,47 @@ if limit > 0 then
   local had = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
   if had + qty > limit then return 2 end
 end
-if tonumber(avail) < qty then return 1 end
+if tonumber(avail) < qty then
+  if tonumber(avail) <= 0 then return 4 end
+  return 1
+end
 redis.call('HINCRBY', KEYS[1], 'available', -qty)
 redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HINCRBY', KEYS[2], ARGV[1], qty)
 return 0`)
 
-// releaseScript gives units back to one SKU: ARGV[1] is the total, then
-// pairs of user and units.
+// releaseScript gives units back to one SKU: ARGV[1] is the total, ARGV[2]
+// the restock channel, ARGV[3] the SKU, then pairs of user and units. A
+// counter that was empty announces that it is not any more, so that the
+// processes that cached it as sold out sell again.
 var releaseScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HINCRBY', KEYS[1], 'available', ARGV[1])
+  local now = redis.call('HINCRBY', KEYS[1], 'available', ARGV[1])
   redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  if now - tonumber(ARGV[1]) <= 0 and now > 0 then
+    redis.call('PUBLISH', ARGV[2], ARGV[3])
+  end
 end
-for i = 2, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   if redis.call('HINCRBY', KEYS[2], ARGV[i], -tonumber(ARGV[i+1])) <= 0 then
     redis.call('HDEL', KEYS[2], ARGV[i])
   end
 end
 return 0`)
 
-// Reserve atomically checks and takes qty units of sku for user.
+// Reserve atomically checks and takes qty units of sku for user. With
+// CacheSoldOut, a SKU that Redis found empty answers SoldOut from memory.
 func (c *Counter) Reserve(ctx context.Context, sku, user, qty int64) (Result, error) {
+	if c.flags.has(sku) {
+		return SoldOut, nil
+	}
 	n, err := reserveScript.Run(ctx, c.client, c.keys(sku), user, qty).Int()
 	if err != nil {
 		return Unknown, fmt.Errorf("stock: reserve sku %d: %w", sku, err)
+	}
+	if n == 4 { // empty: remember it
+		c.flags.set(sku)
+		return SoldOut, nil
 	}
 	return Result(n), nil
 }
@@ -114,7 +131,7 @@ func (c *Counter) Release(ctx context.Context, holds ...Hold) error {
 		args, ok := bySKU[h.SKU]
 		if !ok {
 			skus = append(skus, h.SKU)
-			args = []any{int64(0)}
+			args = []any{int64(0), c.restockChannel(), h.SKU}
 		}
 		args[0] = args[0].(int64) + h.Qty
 		bySKU[h.SKU] = append(args, h.User, h.Qty)
@@ -140,8 +157,11 @@ local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
 if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= seq then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[1], 'available', ARGV[2], 'limit', ARGV[3], 'seq', seq + 1)
-for i = 4, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i+1])
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
 end
 return 1`)
 
@@ -160,8 +180,8 @@ func (c *Counter) SetIf(ctx context.Context, sku, seq, available, limit int64, h
 }
 
 func (c *Counter) set(ctx context.Context, sku int64, seq string, available, limit int64, held map[int64]int64) (bool, error) {
-	args := make([]any, 0, 3+2*len(held))
-	args = append(args, seq, available, limit)
+	args := make([]any, 0, 5+2*len(held))
+	args = append(args, seq, available, limit, c.restockChannel(), sku)
 	for u, q := range held {
 		if q > 0 {
 			args = append(args, u, q)

@@ -45,6 +45,13 @@ func runServe(ctx context.Context, o *serveOptions) error {
 		return err
 	}
 	defer d.close()
+	// A sold-out SKU costs no Redis call for a second; units coming back
+	// anywhere (an expiry, a cancel, a restock) clear the flag at once.
+	d.counter.CacheSoldOut(time.Second)
+	wctx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() { defer close(watched); d.counter.WatchRestocks(wctx, nil) }()
+	defer func() { stopWatch(); <-watched }()
 
 	svc := order.NewService(d.store, d.counter, d.sched, o.serviceConfig(nil))
 	reg := prometheus.NewRegistry()

@@ -46,6 +46,11 @@ func newAPI(t testing.TB, st *sqlstore.Store, cfg order.Config) *api {
 	rdb := testkit.Redis(t, redisDB)
 	sched := expiry.NewScheduler(rdb, expiry.SchedulerConfig{})
 	counter := stock.NewCounter(rdb, "")
+	counter.CacheSoldOut(time.Second) // as orderd serve does
+	wctx, stopWatch := context.WithCancel(context.Background())
+	watched := make(chan struct{})
+	go func() { defer close(watched); counter.WatchRestocks(wctx, nil) }()
+	t.Cleanup(func() { stopWatch(); <-watched })
 	svc := order.NewService(st, counter, sched, cfg)
 	h, err := httpapi.New(svc, httpapi.Config{JWTSecret: secret, Health: func(ctx context.Context) httpapi.Problems {
 		if err := rdb.Ping(ctx).Err(); err != nil {
