@@ -2,12 +2,15 @@ package expiry_test
 
 import (
 	"context"
+	"fmt"
+	"hash/crc32"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap/zaptest"
 
 	"github.com/orderd/orderd/expiry"
 	"github.com/orderd/orderd/internal/testkit"
@@ -150,4 +153,46 @@ func TestListenerWithSchedulerFiresEveryTimer(t *testing.T) {
 		worst = max(worst, d)
 	}
 	t.Logf("%d timers among 50,000 other TTL keys: worst lateness %v", n, worst)
+}
+
+// Another program (PHP, say) writes a timer into the due index itself, as
+// the README's integration guide says: SET the key with its TTL and ZADD
+// it to shard crc32(key) % 16 scored by its deadline in Unix ms. The
+// listener's reaper finds it there and hands it to the handler, once.
+func TestTimerWrittenByAnotherProgramIsReaped(t *testing.T) {
+	rdb := setup(t)
+	got := make(chan expiry.Event, 10)
+	sched := expiry.NewScheduler(rdb, expiry.SchedulerConfig{KeyPrefix: "shop:", Index: "shop:orderd:due"})
+	l := expiry.NewListener(rdb, expiry.HandlerFunc(func(_ context.Context, ev expiry.Event) error { got <- ev; return nil }),
+		expiry.ListenerConfig{Scheduler: sched, Logger: zaptest.NewLogger(t)})
+	run(t, l)
+	waitSubscribed(t, l, 1)
+	testkit.WaitFor(t, 10*time.Second, "the shards held", func() bool { return l.Stats().Shards == 16 })
+
+	const key = "shop:order_pay:77"
+	deadline := time.Now().Add(300 * time.Millisecond)
+	shard := fmt.Sprintf("shop:orderd:due:{%d}", crc32.ChecksumIEEE([]byte(key))%16) // PHP: crc32($key) % 16
+	ctx := context.Background()
+	if err := rdb.Set(ctx, key, "1", time.Until(deadline)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ZAdd(ctx, shard, redis.Z{Score: float64(deadline.UnixMilli()), Member: key}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ev := <-got:
+		if ev.Key != "order_pay:77" {
+			t.Fatalf("handled %+v", ev)
+		}
+	case <-time.After(testkit.Scale(10 * time.Second)):
+		t.Fatal("the timer written by another program never fired")
+	}
+	testkit.WaitFor(t, 10*time.Second, "its index entry reaped", func() bool {
+		return l.Stats().Reaped == 1 && rdb.ZCard(ctx, shard).Val() == 0
+	})
+	select {
+	case ev := <-got:
+		t.Fatalf("handled twice: %+v", ev)
+	default:
+	}
 }
