@@ -154,6 +154,9 @@ func TestListenReplicasKillOneMidBurst(t *testing.T) {
 	t.Logf("killed a listener with %d of %d orders left; the rest expired %v later; max lateness %v",
 		left, orders, time.Since(killed).Round(time.Millisecond), rs.maxLate(t))
 	rs.waitSpread(t, 15*time.Second, 1, 2)
+	if !containsLine(rs.procs[1].stderr.String(), `"msg":"shards held"`, `"listeners":2`) {
+		t.Errorf("listener 1 did not log the shards it holds after the take-over:\n%s", rs.procs[1].stderr)
+	}
 	if n := rs.count(t, order.Expired); n != orders {
 		t.Fatalf("%d orders expired, want %d", n, orders)
 	}
