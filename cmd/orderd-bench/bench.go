@@ -60,6 +60,12 @@ type result struct {
 	Transactions float64 `json:"transactions"`
 	Unchanged    float64 `json:"transitions_unchanged"`
 	BusiestPct   float64 `json:"busiest_listener_pct"`
+	// CPU seconds used from the end of the seeding to the end: by the
+	// daemons, by Redis, by the whole machine (the rest: the database, the
+	// benchmark itself, the kernel).
+	CPUDaemonS  float64 `json:"cpu_daemon_s"`
+	CPURedisS   float64 `json:"cpu_redis_s"`
+	CPUMachineS float64 `json:"cpu_machine_s"`
 }
 
 type report struct {
@@ -231,6 +237,11 @@ func runOne(ctx context.Context, c config, rdb redis.UniversalClient, scenario, 
 	if err != nil {
 		return res, err
 	}
+	pids := make([]int, len(ds))
+	for i, d := range ds {
+		pids[i] = d.cmd.Process.Pid
+	}
+	cpu0 := readCPU(ctx, rdb, pids)
 
 	// Wait until every order is handled, or the mode's time is up.
 	last := deadline(n - 1)
@@ -265,6 +276,8 @@ func runOne(ctx context.Context, c config, rdb redis.UniversalClient, scenario, 
 		return res, err
 	}
 	res.Transactions = tx1 - tx0
+	cpu := readCPU(ctx, rdb, pids).sub(cpu0)
+	res.CPUDaemonS, res.CPURedisS, res.CPUMachineS = cpu.daemons, cpu.redis, cpu.machine
 	var batches, batched, transitions, busiest float64
 	for _, d := range ds {
 		res.RSSMB = max(res.RSSMB, d.peakRSSMB())
