@@ -355,3 +355,72 @@ func TestReplicaWithoutEventsReported(t *testing.T) {
 		return errors.Is(err, expiry.ErrNotifyDisabled) && strings.Contains(err.Error(), addr)
 	})
 }
+
+// Three daemons share a Cluster's shards while a master holding some of
+// their leases dies: its leases are lost with it (or come back on the
+// promoted replica) and the shards change hands, which may cost a little
+// repeated work, never a double effect. Every order moves once, stock is
+// conserved, and none is later than the sweep interval and the lease TTL.
+func TestClusterFailoverWithReplicas(t *testing.T) {
+	const prefix = "t-cluster-replicas:"
+	const sweep = 2 * time.Second
+	c := testkit.Cluster(t, prefix)
+	e := newScaleEnv(t, c, prefix, time.Second, sweep, nil)
+	sched := expiry.NewScheduler(c, expiry.SchedulerConfig{KeyPrefix: prefix, Index: prefix + "orderd:due"})
+	ls := []*expiry.Listener{e.l}
+	for i := range 2 {
+		l := daemon.New(e.svc, c, daemon.Config{Scheduler: sched, SweepInterval: sweep, ID: "replica-" + strconv.Itoa(i+1),
+			Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); l.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+		ls = append(ls, l)
+	}
+	spread := func(what string) {
+		t.Helper()
+		testkit.WaitFor(t, 30*time.Second, what, func() bool {
+			held := 0
+			for _, l := range ls {
+				s := l.Stats()
+				if s.Listeners != 3 || s.Shards < 5 || !l.Health().Subscribed {
+					return false
+				}
+				held += s.Shards
+			}
+			return held == 16
+		})
+	}
+	spread("the shards spread over three daemons")
+
+	stop := make(chan struct{})
+	idsc := e.stream(t, 25*time.Millisecond, stop)
+	e.waitCreated(t, 40)
+	master, _ := masterWithReplica(t, c)
+	restart := testkit.KillNode(t, master.Options().Addr)
+	testkit.WaitFor(t, 60*time.Second, "the dead master replaced", func() bool {
+		ms, err := mastersOf(c)
+		return err == nil && len(ms) == 3 && !ms[master.Options().Addr]
+	})
+	restart()
+	testkit.WaitClusterOK(t, c)
+	spread("the shards spread again")
+	e.waitCreated(t, 40)
+	close(stop)
+	ids := <-idsc
+	e.waitExpired(t, 30*time.Second, ids)
+
+	all := e.all()
+	if len(all) != len(ids) {
+		t.Fatalf("%d transitions for %d orders: each order must move once", len(all), len(ids))
+	}
+	ordertest.CheckStock(t, e.store, 1, 100000)
+	if m := latest(all); m > sweep+5*time.Second+2*time.Second {
+		t.Errorf("an order was handled %v after its deadline, want within the sweep interval and the lease TTL", m)
+	}
+	var takeovers uint64
+	for _, l := range ls {
+		takeovers += l.Stats().Takeovers
+	}
+	t.Logf("%d orders through a killed master with three daemons: latest %v; %d lease take-overs in all", len(ids), latest(all), takeovers)
+}
