@@ -157,8 +157,8 @@ type cutAfterExpire struct {
 	armed atomic.Bool
 }
 
-func (c *cutAfterExpire) Expire(ctx context.Context, ids []int64, now time.Time) (moved, notDue []order.Order, err error) {
-	moved, notDue, err = c.Store.Expire(ctx, ids, now)
+func (c *cutAfterExpire) Expire(ctx context.Context, ids []int64, now time.Time, source string) (moved, notDue []order.Order, err error) {
+	moved, notDue, err = c.Store.Expire(ctx, ids, now, source)
 	if len(moved) > 0 && c.armed.CompareAndSwap(true, false) {
 		c.proxy.Cut()
 	}

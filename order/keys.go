@@ -37,3 +37,7 @@ func (k Keys) Stock() string { return k.Prefix }
 
 // Transitions names the stream of order transitions.
 func (k Keys) Transitions() string { return k.Prefix + "orderd:transitions" }
+
+// TransitionsRelay names the lease held by the one process that relays the
+// outbox to the transitions stream.
+func (k Keys) TransitionsRelay() string { return k.Transitions() + ":relay" }

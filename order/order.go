@@ -92,11 +92,12 @@ type Store interface {
 	// before now to expired and gives its stock back, all in one
 	// transaction. It returns the orders it moved and those pending but not
 	// due yet, with ID, UserID, SKU, Qty, Status, the deadlines and the time
-	// of the transition set (other fields may be zero).
-	Expire(ctx context.Context, ids []int64, now time.Time) (moved []Order, notDue []Order, err error)
+	// of the transition set (other fields may be zero). source (a Source
+	// constant) is what made the transition, for the changes recorded.
+	Expire(ctx context.Context, ids []int64, now time.Time, source string) (moved []Order, notDue []Order, err error)
 	// Complete moves every shipped order of ids whose confirm deadline is at
 	// or before now to completed (auto_confirmed), in one transaction.
-	Complete(ctx context.Context, ids []int64, now time.Time) (moved []Order, notDue []Order, err error)
+	Complete(ctx context.Context, ids []int64, now time.Time, source string) (moved []Order, notDue []Order, err error)
 
 	// Due returns up to limit ids of orders in status (Pending or Shipped)
 	// whose deadline (pay or confirm) is at or before now, in deadline order,

@@ -29,14 +29,14 @@ type txCounter struct {
 	n *atomic.Int64
 }
 
-func (c txCounter) Expire(ctx context.Context, ids []int64, now time.Time) (moved, notDue []order.Order, err error) {
+func (c txCounter) Expire(ctx context.Context, ids []int64, now time.Time, source string) (moved, notDue []order.Order, err error) {
 	c.n.Add(1)
-	return c.Store.Expire(ctx, ids, now)
+	return c.Store.Expire(ctx, ids, now, source)
 }
 
-func (c txCounter) Complete(ctx context.Context, ids []int64, now time.Time) (moved, notDue []order.Order, err error) {
+func (c txCounter) Complete(ctx context.Context, ids []int64, now time.Time, source string) (moved, notDue []order.Order, err error) {
 	c.n.Add(1)
-	return c.Store.Complete(ctx, ids, now)
+	return c.Store.Complete(ctx, ids, now, source)
 }
 
 // burstResult is what a burst handled by some replicas of the daemon cost.

@@ -25,7 +25,7 @@ type Timers interface {
 type Transition struct {
 	To       Status        // Expired or Completed
 	Lateness time.Duration // from the deadline to the commit
-	Source   string        // "event" or "sweep"
+	Source   string        // SourceEvent or SourceSweep
 }
 
 // Config configures a Service. The zero value is usable.
@@ -305,7 +305,7 @@ func (s *Service) refuse(ctx context.Context, action string, id int64, err error
 		return gerr
 	}
 	if o.Status == Pending && !s.now().Before(o.PayDeadline) {
-		if _, xerr := s.ExpireOrders(ctx, []int64{id}, "request"); xerr != nil {
+		if _, xerr := s.ExpireOrders(ctx, []int64{id}, SourceRequest); xerr != nil {
 			return xerr
 		}
 		if o, gerr = s.store.Get(ctx, id); gerr != nil {
@@ -387,7 +387,7 @@ type Applied struct {
 // past their pay deadline, and gives their stock back. Orders not due yet get
 // their timer set again for the real deadline.
 func (s *Service) ExpireOrders(ctx context.Context, ids []int64, source string) (Applied, error) {
-	moved, notDue, err := s.store.Expire(ctx, ids, s.now())
+	moved, notDue, err := s.store.Expire(ctx, ids, s.now(), source)
 	if err != nil {
 		return Applied{}, err
 	}
@@ -402,7 +402,7 @@ func (s *Service) ExpireOrders(ctx context.Context, ids []int64, source string) 
 // CompleteOrders confirms receipt, in one transaction, of those of ids that
 // are shipped and past their confirm deadline.
 func (s *Service) CompleteOrders(ctx context.Context, ids []int64, source string) (Applied, error) {
-	moved, notDue, err := s.store.Complete(ctx, ids, s.now())
+	moved, notDue, err := s.store.Complete(ctx, ids, s.now(), source)
 	if err != nil {
 		return Applied{}, err
 	}
@@ -417,7 +417,7 @@ func (s *Service) CompleteOrders(ctx context.Context, ids []int64, source string
 // them are no order at all. It costs a query only then.
 func (s *Service) applied(ctx context.Context, ids []int64, accounted, moved int, source string) (Applied, error) {
 	a := Applied{Moved: moved}
-	if accounted == len(ids) || source == "sweep" {
+	if accounted == len(ids) || source == SourceSweep {
 		return a, nil
 	}
 	existing, err := s.store.Existing(ctx, ids)
@@ -513,7 +513,7 @@ func (s *Service) SweepWhere(ctx context.Context, olderThan time.Duration, keep 
 			}
 			wg.Go(func() {
 				defer func() { <-sem }()
-				a, err := step.apply(work, ids, "sweep")
+				a, err := step.apply(work, ids, SourceSweep)
 				total.Add(int64(a.Moved))
 				if err != nil {
 					fail(err)

@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -21,6 +22,7 @@ import (
 	"github.com/orderd/orderd/order"
 	"github.com/orderd/orderd/order/daemon"
 	"github.com/orderd/orderd/order/sqlstore"
+	"github.com/orderd/orderd/order/transitions"
 )
 
 type demoOptions struct {
@@ -128,6 +130,8 @@ func runDemo(ctx context.Context, out io.Writer, o *demoOptions) error {
 	svc := order.NewService(d.store, d.counter, d.sched, cfg)
 	l := daemon.New(svc, d.rdb, daemon.Config{SweepInterval: o.SweepInterval, Scheduler: d.sched,
 		Sentinel: o.redis.sentinel, Logger: o.log})
+	_, stopRelay := o.startRelay(d, l.ID(), prometheus.NewRegistry())
+	defer stopRelay()
 	lctx, stopListener := context.WithCancel(ctx)
 	ldone := make(chan error, 1)
 	go func() { ldone <- l.Run(lctx) }()
@@ -298,6 +302,28 @@ func demoSummary(out io.Writer, svc *order.Service, d *deps, o *demoOptions, sku
 	for _, s := range []order.Status{order.Pending, order.Paid, order.Shipped, order.Completed, order.Expired, order.Cancelled} {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t\n", s, expected[s], got[s])
 	}
+	streamWrong := false
+	if o.TransitionsMaxLen > 0 {
+		inStream, err := demoStreamCounts(ctx, d, o.keys().Transitions())
+		if err != nil {
+			return err
+		}
+		nPaid := int(expected[order.Paid] + expected[order.Completed])
+		for _, r := range []struct {
+			to   order.Status
+			want int
+		}{
+			{order.Pending, len(created)}, {order.Paid, nPaid}, {order.Shipped, expected[order.Completed]},
+			{order.Completed, expected[order.Completed]}, {order.Expired, expected[order.Expired]},
+		} {
+			label := "transitions stream: to " + string(r.to)
+			if r.to == order.Pending {
+				label = "transitions stream: created"
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%d\t\n", label, r.want, inStream[r.to])
+			streamWrong = streamWrong || inStream[r.to] != r.want
+		}
+	}
 	fmt.Fprintf(tw, "stock before the sale\t%d\t%d\t\n", o.Stock, o.Stock)
 	fmt.Fprintf(tw, "stock after (database)\t%d\t%d\t\n", wantAvail, k.Available)
 	fmt.Fprintf(tw, "stock after (Redis counter)\t%d\t%d\t\n", wantAvail, counter)
@@ -314,7 +340,7 @@ func demoSummary(out io.Writer, svc *order.Service, d *deps, o *demoOptions, sku
 			lat[0].Round(time.Millisecond), q(0.5).Round(time.Millisecond), q(0.99).Round(time.Millisecond),
 			lat[len(lat)-1].Round(time.Millisecond), rescued)
 	}
-	if len(wrong) > 0 || k.Available != wantAvail || counter != wantAvail {
+	if len(wrong) > 0 || k.Available != wantAvail || counter != wantAvail || streamWrong {
 		for _, w := range wrong {
 			fmt.Fprintln(out, "  ", w)
 		}
@@ -322,4 +348,42 @@ func demoSummary(out io.Writer, svc *order.Service, d *deps, o *demoOptions, sku
 	}
 	fmt.Fprintln(out, "\nevery order reached the state it should.")
 	return nil
+}
+
+// demoStreamCounts waits (up to 10 s) until the outbox is relayed, then
+// counts the transitions stream's entries by the status moved to, each
+// order's transition once.
+func demoStreamCounts(ctx context.Context, d *deps, stream string) (map[order.Status]int, error) {
+	for limit := time.Now().Add(10 * time.Second); ; {
+		n, _, err := d.store.ChangeBacklog(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 || time.Now().After(limit) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond) // a program waiting for another, not a test
+	}
+	seen := map[string]bool{}
+	out := map[order.Status]int{}
+	for start := "-"; ; {
+		msgs, err := d.rdb.XRangeN(ctx, stream, start, "+", 1000).Result()
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range msgs {
+			c, err := transitions.Decode(m.Values)
+			if err != nil {
+				return nil, err
+			}
+			if k := fmt.Sprint(c.OrderID, c.To); !seen[k] {
+				seen[k] = true
+				out[c.To]++
+			}
+		}
+		if len(msgs) < 1000 {
+			return out, nil
+		}
+		start = "(" + msgs[len(msgs)-1].ID
+	}
 }

@@ -103,19 +103,28 @@ func runListen(ctx context.Context, o *listenOptions) error {
 	case o.SetNotifyConfig:
 		notify = expiry.NotifyEnable
 	}
+	var wakeRelay func()
 	l := daemon.New(svc, d.rdb, daemon.Config{
 		Notify:         notify,
 		Sentinel:       o.redis.sentinel,
 		OnStockRebuilt: m.onStockRebuilt,
 		SweepInterval:  o.SweepInterval,
 		Workers:        o.Workers,
-		Batch:          daemon.BatchConfig{Max: o.BatchMax, OnBatch: m.onBatch},
-		Scheduler:      d.sched,
-		ReapInterval:   reap,
-		Logger:         o.log,
-		OnSweep:        m.onSweep,
+		Batch: daemon.BatchConfig{Max: o.BatchMax, OnBatch: func(size, moved int) {
+			m.onBatch(size, moved)
+			if moved > 0 {
+				wakeRelay()
+			}
+		}},
+		Scheduler:    d.sched,
+		ReapInterval: reap,
+		Logger:       o.log,
+		OnSweep:      m.onSweep,
 	})
 	m.watchListener(l)
+	wakeRelay, stopRelay := o.startRelay(d, l.ID(), m.reg)
+	// Stopped after the listener: what its last batches committed is relayed.
+	defer stopRelay()
 	m.reg.MustRegister(newOrdersCollector(d.store, o.log))
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "orderd_sweep_interval_seconds", Help: "The --sweep-interval: overdue orders older than this were missed by the sweep too.",

@@ -29,9 +29,11 @@ type globalOptions struct {
 	PayTimeout     time.Duration
 	ConfirmTimeout time.Duration
 	SweepInterval  time.Duration
-	JWTSecret      string
-	LogFormat      string
-	LogLevel       string
+	// TransitionsMaxLen caps the transitions stream; 0 turns it off.
+	TransitionsMaxLen int64
+	JWTSecret         string
+	LogFormat         string
+	LogLevel          string
 
 	redis redisTarget
 	log   *zap.Logger
@@ -63,6 +65,7 @@ on the command line wins.`,
 	f.DurationVar(&opts.PayTimeout, "pay-timeout", 15*time.Minute, "time to pay after ordering")
 	f.DurationVar(&opts.ConfirmTimeout, "confirm-timeout", 24*time.Hour, "time after shipping until receipt is confirmed automatically")
 	f.DurationVar(&opts.SweepInterval, "sweep-interval", 30*time.Second, "how often the daemon checks the database for overdue orders")
+	f.Int64Var(&opts.TransitionsMaxLen, "transitions-maxlen", 1_000_000, "approximate cap of the transitions stream <prefix>orderd:transitions (0 turns it off)")
 	f.StringVar(&opts.JWTSecret, "jwt-secret", "", "HMAC secret for tokens (required by serve and token)")
 	f.StringVar(&opts.LogFormat, "log-format", "", "log encoder: console or json (default console on a terminal, json otherwise)")
 	f.StringVar(&opts.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
@@ -110,6 +113,9 @@ func (o *globalOptions) complete(cmd *cobra.Command) error {
 		if d.v <= 0 {
 			return usageErrorf("--%s must be positive, not %v", d.name, d.v)
 		}
+	}
+	if o.TransitionsMaxLen < 0 {
+		return usageErrorf("--transitions-maxlen must be 0 (off) or positive, not %d", o.TransitionsMaxLen)
 	}
 	if o.LogFormat == "" {
 		o.LogFormat = "json"
@@ -187,6 +193,9 @@ func (o *globalOptions) open(ctx context.Context) (*deps, error) {
 		}
 		return nil, runtimeError(err)
 	}
+	// With the stream on, every transition is recorded in the outbox in its
+	// own transaction, and a relay appends it to the stream.
+	store.SetOutbox(o.TransitionsMaxLen > 0)
 	keys := o.keys()
 	return &deps{
 		rdb:     rdb,

@@ -56,6 +56,8 @@ func runServe(ctx context.Context, o *serveOptions) error {
 	svc := order.NewService(d.store, d.counter, d.sched, o.serviceConfig(nil))
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	_, stopRelay := o.startRelay(d, "", reg)
+	defer stopRelay()
 	h, err := httpapi.New(svc, httpapi.Config{JWTSecret: secret, Logger: o.log, Registry: reg, Health: d.health})
 	if err != nil {
 		return err

@@ -190,7 +190,7 @@ wait:
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	a, err := b.apply(ctx, ids, "event")
+	a, err := b.apply(ctx, ids, order.SourceEvent)
 	if b.onBatch != nil && err == nil {
 		b.onBatch(len(ids)-len(a.Missing), a.Moved)
 	}

@@ -144,9 +144,12 @@ func (s *Store) Create(ctx context.Context, o *order.Order) error {
 		if err != nil {
 			return fmt.Errorf("sqlstore: insert order: %w", err)
 		}
-		o.ID, err = res.LastInsertId()
+		if o.ID, err = res.LastInsertId(); err != nil {
+			return err
+		}
 		o.Status = order.Pending
-		return err
+		return s.recordChanges(ctx, tx, []orderRow{{ID: o.ID, UserID: o.UserID, SKU: o.SKU, Qty: o.Qty}},
+			"", order.Pending, ms(o.CreatedAt), order.SourceRequest)
 	})
 }
 
@@ -180,20 +183,42 @@ func (s *Store) ListByUser(ctx context.Context, userID int64, limit int) ([]orde
 	return out, nil
 }
 
-// transition runs one conditional update of order id (args: those of set,
-// then those of where) and returns the order
-// after it; when no row matched it returns order.ErrNotFound or an
-// invalid-transition error naming the order's status.
-func (s *Store) transition(ctx context.Context, id int64, action, set, where string, args ...any) (order.Order, error) {
-	res, err := s.db.ExecContext(ctx, `UPDATE orders SET `+set+` WHERE `+where+` AND id = ?`, append(args, id)...)
+// transition runs one conditional update of order id from status from to
+// status to at now (args: those of set, then those of where) and returns the
+// order after it; when no row matched it returns order.ErrNotFound or an
+// invalid-transition error naming the order's status. With the outbox on,
+// the update and its record are one transaction.
+func (s *Store) transition(ctx context.Context, id int64, action string, from, to order.Status, now time.Time, set, where string, args ...any) (order.Order, error) {
+	q := `UPDATE orders SET ` + set + ` WHERE ` + where + ` AND status = ? AND id = ?`
+	args = append(args, string(from), id)
+	var n int64
+	update := func(ex sqlx.ExecerContext) error {
+		res, err := ex.ExecContext(ctx, q, args...)
+		if err != nil {
+			return fmt.Errorf("sqlstore: %s order %d: %w", action, id, err)
+		}
+		n, _ = res.RowsAffected()
+		return nil
+	}
+	var err error
+	if s.outbox {
+		err = s.tx(ctx, func(tx *sqlx.Tx) error {
+			if err := update(tx); err != nil || n == 0 {
+				return err
+			}
+			return s.recordChange(ctx, tx, id, from, to, ms(now))
+		})
+	} else {
+		err = update(s.db)
+	}
 	if err != nil {
-		return order.Order{}, fmt.Errorf("sqlstore: %s order %d: %w", action, id, err)
+		return order.Order{}, err
 	}
 	o, err := s.Get(ctx, id)
 	if err != nil {
 		return order.Order{}, err
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
+	if n == 0 {
 		return o, &order.Error{Code: order.CodeInvalidTransition, Status: o.Status,
 			Message: fmt.Sprintf("cannot %s order %d: it is %s", action, id, o.Status)}
 	}
@@ -202,20 +227,20 @@ func (s *Store) transition(ctx context.Context, id int64, action, set, where str
 
 // Pay moves a pending order to paid if its pay deadline is after now.
 func (s *Store) Pay(ctx context.Context, id int64, now time.Time) (order.Order, error) {
-	return s.transition(ctx, id, "pay", `status = 'paid', paid_at = ?`,
-		`status = 'pending' AND pay_deadline > ?`, ms(now), ms(now))
+	return s.transition(ctx, id, "pay", order.Pending, order.Paid, now, `status = 'paid', paid_at = ?`,
+		`pay_deadline > ?`, ms(now), ms(now))
 }
 
 // Ship moves a paid order to shipped.
 func (s *Store) Ship(ctx context.Context, id int64, now, confirmDeadline time.Time) (order.Order, error) {
-	return s.transition(ctx, id, "ship", `status = 'shipped', shipped_at = ?, confirm_deadline = ?`,
-		`status = 'paid'`, ms(now), ms(confirmDeadline))
+	return s.transition(ctx, id, "ship", order.Paid, order.Shipped, now, `status = 'shipped', shipped_at = ?, confirm_deadline = ?`,
+		`TRUE`, ms(now), ms(confirmDeadline))
 }
 
 // Confirm moves a shipped order to completed, confirmed by its owner.
 func (s *Store) Confirm(ctx context.Context, id int64, now time.Time) (order.Order, error) {
-	return s.transition(ctx, id, "confirm", `status = 'completed', completed_at = ?, auto_confirmed = ?`,
-		`status = 'shipped'`, ms(now), false)
+	return s.transition(ctx, id, "confirm", order.Shipped, order.Completed, now, `status = 'completed', completed_at = ?, auto_confirmed = ?`,
+		`TRUE`, ms(now), false)
 }
 
 // Cancel moves a pending order whose deadline is after now to cancelled and
@@ -241,7 +266,7 @@ func (s *Store) Cancel(ctx context.Context, id int64, now time.Time) (order.Orde
 			return err
 		}
 		ok = true
-		return nil
+		return s.recordChanges(ctx, tx, []orderRow{r}, order.Pending, order.Cancelled, ms(now), order.SourceRequest)
 	})
 	if err != nil {
 		return order.Order{}, err
@@ -278,6 +303,7 @@ func (s *Store) lockOrders(ctx context.Context, tx *sqlx.Tx, ids []int64) ([]ord
 // deadlineMove is a transition that a deadline makes, applied to a batch.
 type deadlineMove struct {
 	from     order.Status
+	to       order.Status
 	deadline func(orderRow) sql.NullInt64     // the deadline that decides
 	mark     func(r *orderRow, now int64)     // the row as the move leaves it
 	set      string                           // the UPDATE's SET clause
@@ -289,7 +315,7 @@ type deadlineMove struct {
 // m.from and whose deadline is at or before now: they are locked, moved by one
 // UPDATE, then m.after runs. It returns the orders moved and those in m.from
 // whose deadline has not come.
-func (s *Store) moveDue(ctx context.Context, ids []int64, now time.Time, m deadlineMove) (moved, notDue []order.Order, err error) {
+func (s *Store) moveDue(ctx context.Context, ids []int64, now time.Time, source string, m deadlineMove) (moved, notDue []order.Order, err error) {
 	if len(ids) == 0 {
 		return nil, nil, nil
 	}
@@ -331,9 +357,11 @@ func (s *Store) moveDue(ctx context.Context, ids []int64, now time.Time, m deadl
 			return fmt.Errorf("sqlstore: moved %d of %d locked orders", n, len(due))
 		}
 		if m.after != nil {
-			return m.after(tx, due)
+			if err := m.after(tx, due); err != nil {
+				return err
+			}
 		}
-		return nil
+		return s.recordChanges(ctx, tx, due, m.from, m.to, nowMS, source)
 	})
 	if err != nil {
 		return nil, nil, err
@@ -345,9 +373,10 @@ func (s *Store) moveDue(ctx context.Context, ids []int64, now time.Time, m deadl
 // set-based, in one transaction: the orders are locked, moved by one UPDATE,
 // and each SKU's stock is given back by one UPDATE, SKUs in ascending order
 // (so that concurrent batches never deadlock on them).
-func (s *Store) Expire(ctx context.Context, ids []int64, now time.Time) (moved, notDue []order.Order, err error) {
-	return s.moveDue(ctx, ids, now, deadlineMove{
+func (s *Store) Expire(ctx context.Context, ids []int64, now time.Time, source string) (moved, notDue []order.Order, err error) {
+	return s.moveDue(ctx, ids, now, source, deadlineMove{
 		from:     order.Pending,
+		to:       order.Expired,
 		deadline: func(r orderRow) sql.NullInt64 { return sql.NullInt64{Int64: r.PayDeadline, Valid: true} },
 		mark: func(r *orderRow, now int64) {
 			r.Status, r.CancelledAt = string(order.Expired), sql.NullInt64{Int64: now, Valid: true}
@@ -371,9 +400,10 @@ func (s *Store) Expire(ctx context.Context, ids []int64, now time.Time) (moved, 
 
 // Complete confirms receipt of the due shipped orders of ids, in one
 // transaction.
-func (s *Store) Complete(ctx context.Context, ids []int64, now time.Time) (moved, notDue []order.Order, err error) {
-	return s.moveDue(ctx, ids, now, deadlineMove{
+func (s *Store) Complete(ctx context.Context, ids []int64, now time.Time, source string) (moved, notDue []order.Order, err error) {
+	return s.moveDue(ctx, ids, now, source, deadlineMove{
 		from:     order.Shipped,
+		to:       order.Completed,
 		deadline: func(r orderRow) sql.NullInt64 { return r.ConfirmDeadline },
 		mark: func(r *orderRow, now int64) {
 			r.Status, r.CompletedAt, r.AutoConfirmed = string(order.Completed), sql.NullInt64{Int64: now, Valid: true}, true

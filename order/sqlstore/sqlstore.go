@@ -30,6 +30,7 @@ type Store struct {
 	db        *sqlx.DB
 	dialect   string // "mysql" or "sqlite"
 	txOptions *sql.TxOptions
+	outbox    bool // record every transition in transitions_outbox
 }
 
 var _ order.Store = (*Store)(nil)

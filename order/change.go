@@ -1,0 +1,42 @@
+package order
+
+import (
+	"context"
+	"time"
+)
+
+// Sources of a transition: what made it.
+const (
+	SourceRequest = "request" // a call of the API (or of the Service) by a user or an admin
+	SourceEvent   = "event"   // an expired timer: its key's event, or the reaper
+	SourceSweep   = "sweep"   // the database sweep, for a deadline no event announced
+)
+
+// A Change is one transition of an order as the store recorded it, in the
+// transaction that made it, for the transitions stream (the outbox).
+type Change struct {
+	// Seq orders the changes of one order: a later transition of an order
+	// has a larger Seq. It also names the change in the outbox.
+	Seq     int64
+	OrderID int64
+	UserID  int64
+	SKU     int64
+	Qty     int64
+	From    Status // empty for a created order
+	To      Status
+	At      time.Time
+	Source  string // SourceRequest, SourceEvent or SourceSweep
+}
+
+// An Outbox holds the changes committed but not yet relayed to the
+// transitions stream. A Store that records changes (sqlstore, with its outbox
+// on) implements it.
+type Outbox interface {
+	// PendingChanges returns up to limit changes in Seq order, oldest first.
+	PendingChanges(ctx context.Context, limit int) ([]Change, error)
+	// DeleteChanges removes the changes of seqs, relayed.
+	DeleteChanges(ctx context.Context, seqs []int64) error
+	// ChangeBacklog returns how many changes wait and when the oldest was
+	// made (zero when none wait).
+	ChangeBacklog(ctx context.Context) (n int64, oldest time.Time, err error)
+}
