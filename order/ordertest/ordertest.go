@@ -68,12 +68,14 @@ func SQLiteURL(tb testing.TB) string {
 }
 
 // Open opens and migrates the database at url, closed at the test's end.
+// Its outbox is on, as `orderd serve` and `orderd listen` run it by default.
 func Open(tb testing.TB, url string) *sqlstore.Store {
 	tb.Helper()
 	st, err := sqlstore.Open(context.Background(), url)
 	if err != nil {
 		tb.Fatal(err)
 	}
+	st.SetOutbox(true)
 	tb.Cleanup(func() { st.Close() })
 	if _, err := st.Migrate(context.Background()); err != nil {
 		tb.Fatal(err)

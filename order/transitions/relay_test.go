@@ -1,0 +1,337 @@
+package transitions_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/orderd/orderd/internal/testkit"
+	"github.com/orderd/orderd/order"
+	"github.com/orderd/orderd/order/ordertest"
+	"github.com/orderd/orderd/order/sqlstore"
+	"github.com/orderd/orderd/order/transitions"
+	"github.com/orderd/orderd/stock"
+)
+
+const redisDB = 7 // this package's Redis database
+
+// clock is a time the test moves.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// env is a Service over a store with its outbox on, and the Redis its
+// relays append to.
+type env struct {
+	st   *sqlstore.Store
+	rdb  *redis.Client
+	svc  *order.Service
+	keys order.Keys
+	clk  *clock
+}
+
+func newEnv(t *testing.T, st *sqlstore.Store) *env {
+	t.Helper()
+	st.SetOutbox(true)
+	e := &env{st: st, rdb: testkit.Redis(t, redisDB), keys: order.Keys{Prefix: "tr:"},
+		clk: &clock{now: time.Now().UTC().Truncate(time.Millisecond)}}
+	e.svc = order.NewService(st, stock.NewCounter(e.rdb, e.keys.Stock()), nil, order.Config{
+		Keys: e.keys, PayTimeout: time.Minute, ConfirmTimeout: time.Hour, Now: e.clk.Now})
+	if _, err := e.svc.PutSKU(context.Background(), order.SKU{SKU: 7, Name: "Lamp", PriceCents: 100, Available: 1000}); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// relay starts a relay over e's outbox on rdb, stopped at the test's end
+// (or by the function returned).
+func (e *env) relay(t *testing.T, rdb redis.UniversalClient, id string, log *zap.Logger) (stop func()) {
+	t.Helper()
+	r := transitions.NewRelay(e.st, rdb, transitions.Config{
+		Stream: e.keys.Transitions(), LeaseKey: e.keys.TransitionsRelay(), ID: id, LeaseTTL: time.Second, Logger: log})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+// entry is a stream entry, decoded.
+type entry struct {
+	id string
+	order.Change
+}
+
+// stream reads the whole stream.
+func (e *env) stream(t *testing.T) []entry {
+	t.Helper()
+	msgs, err := e.rdb.XRange(context.Background(), e.keys.Transitions(), "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]entry, len(msgs))
+	for i, m := range msgs {
+		c, err := transitions.Decode(m.Values)
+		if err != nil {
+			t.Fatalf("entry %s: %v", m.ID, err)
+		}
+		out[i] = entry{m.ID, c}
+	}
+	return out
+}
+
+// waitStream waits until the stream holds n entries and the outbox is empty.
+func (e *env) waitStream(t *testing.T, n int) []entry {
+	t.Helper()
+	var got []entry
+	testkit.WaitFor(t, 20*time.Second, fmt.Sprintf("%d transitions in the stream and none in the outbox", n), func() bool {
+		got = e.stream(t)
+		backlog, _, err := e.st.ChangeBacklog(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(got) >= n && backlog == 0
+	})
+	return got
+}
+
+// step is one transition an order is expected to make.
+type step struct {
+	from, to order.Status
+	source   string
+}
+
+// steps counts the transitions of want.
+func steps(want map[int64][]step) int {
+	n := 0
+	for _, w := range want {
+		n += len(w)
+	}
+	return n
+}
+
+// checkOnceInOrder fails unless the stream holds, for each order of want,
+// its transitions exactly once each and in want's order, and nothing else.
+func checkOnceInOrder(t *testing.T, got []entry, want map[int64][]step) {
+	t.Helper()
+	seen := map[int64][]step{}
+	for _, g := range got {
+		seen[g.OrderID] = append(seen[g.OrderID], step{g.From, g.To, g.Source})
+	}
+	for id, w := range want {
+		if !slices.Equal(seen[id], w) {
+			t.Errorf("order %d: stream has %v, want %v", id, seen[id], w)
+		}
+	}
+	if len(seen) != len(want) {
+		t.Errorf("stream has transitions of %d orders, want %d", len(seen), len(want))
+	}
+}
+
+// Every kind of transition (created, paid, shipped, confirmed by the buyer or
+// automatically, cancelled, expired by an event, by the sweep or by a late
+// payment) reaches the stream once, in order per order, with the fields of
+// the order and the moment the database recorded.
+func TestEveryTransitionOnceInOrder(t *testing.T) {
+	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
+		e := newEnv(t, st)
+		ctx := context.Background()
+		e.relay(t, e.rdb, "a", zaptest.NewLogger(t))
+
+		create := func(user, qty int64) order.Order {
+			o, err := e.svc.Create(ctx, user, 7, qty)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return o
+		}
+		must := func(_ order.Order, err error) {
+			t.Helper()
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		created := step{"", order.Pending, order.SourceRequest}
+		want := map[int64][]step{}
+
+		confirmed, auto, swept := create(1, 1), create(2, 2), create(3, 3)
+		cancelled, expired, late, lateSwept := create(4, 1), create(5, 1), create(6, 1), create(7, 1)
+		for _, o := range []order.Order{confirmed, auto, swept} {
+			must(e.svc.Pay(ctx, o.UserID, o.ID))
+			must(e.svc.Ship(ctx, o.ID))
+			want[o.ID] = []step{created, {order.Pending, order.Paid, order.SourceRequest}, {order.Paid, order.Shipped, order.SourceRequest}}
+		}
+		must(e.svc.Confirm(ctx, confirmed.UserID, confirmed.ID))
+		want[confirmed.ID] = append(want[confirmed.ID], step{order.Shipped, order.Completed, order.SourceRequest})
+		must(e.svc.Cancel(ctx, cancelled.UserID, cancelled.ID))
+		want[cancelled.ID] = []step{created, {order.Pending, order.Cancelled, order.SourceRequest}}
+
+		e.clk.Add(2 * time.Minute) // every pay deadline passed
+		if _, err := e.svc.ExpireOrders(ctx, []int64{expired.ID}, order.SourceEvent); err != nil {
+			t.Fatal(err)
+		}
+		want[expired.ID] = []step{created, {order.Pending, order.Expired, order.SourceEvent}}
+		if _, err := e.svc.Pay(ctx, late.UserID, late.ID); err == nil {
+			t.Fatal("a payment after the deadline was taken")
+		}
+		want[late.ID] = []step{created, {order.Pending, order.Expired, order.SourceRequest}}
+		e.clk.Add(2 * time.Hour) // every confirm deadline passed
+		if _, err := e.svc.CompleteOrders(ctx, []int64{auto.ID}, order.SourceEvent); err != nil {
+			t.Fatal(err)
+		}
+		want[auto.ID] = append(want[auto.ID], step{order.Shipped, order.Completed, order.SourceEvent})
+		if n, err := e.svc.Sweep(ctx, 0); err != nil || n != 2 {
+			t.Fatalf("sweep moved %d (%v), want 2", n, err)
+		}
+		want[swept.ID] = append(want[swept.ID], step{order.Shipped, order.Completed, order.SourceSweep})
+		want[lateSwept.ID] = []step{created, {order.Pending, order.Expired, order.SourceSweep}}
+
+		got := e.waitStream(t, steps(want))
+		checkOnceInOrder(t, got, want)
+		for _, g := range got { // the fields are those of the order, the time the database's
+			o, err := e.st.Get(ctx, g.OrderID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			at := map[order.Status]*time.Time{order.Pending: &o.CreatedAt, order.Paid: o.PaidAt, order.Shipped: o.ShippedAt,
+				order.Completed: o.CompletedAt, order.Cancelled: o.CancelledAt, order.Expired: o.CancelledAt}[g.To]
+			if g.UserID != o.UserID || g.SKU != o.SKU || g.Qty != o.Qty || at == nil || !g.At.Equal(*at) {
+				t.Errorf("entry %s %+v does not match %s (at %v)", g.id, g.Change, ordertest.Describe(o), at)
+			}
+		}
+	})
+}
+
+// Several relays over one outbox (as every serve and listen runs one): while
+// transitions are committed and the relays start and stop, each transition
+// is appended once, in order per order.
+func TestRelaysShareOneOutbox(t *testing.T) {
+	st := ordertest.Open(t, ordertest.MySQLURL(t))
+	e := newEnv(t, st)
+	ctx := context.Background()
+	stops := []func(){e.relay(t, e.rdb, "a", zap.NewNop()), e.relay(t, e.rdb, "b", zap.NewNop()), e.relay(t, e.rdb, "c", zap.NewNop())}
+
+	want := map[int64][]step{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for user := range int64(8) {
+		wg.Go(func() {
+			for range 25 {
+				o, err := e.svc.Create(ctx, user+1, 7, 1)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if _, err := e.svc.Pay(ctx, o.UserID, o.ID); err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				want[o.ID] = []step{{"", order.Pending, order.SourceRequest}, {order.Pending, order.Paid, order.SourceRequest}}
+				mu.Unlock()
+			}
+		})
+	}
+	stops[0]() // a clean stop hands the lease over while orders are made
+	wg.Wait()
+	checkOnceInOrder(t, e.waitStream(t, steps(want)), want)
+}
+
+// With Redis cut off from the relay between the commit and the append, the
+// transitions wait in the outbox and reach the stream once Redis is back.
+func TestRelayRedisCut(t *testing.T) {
+	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
+		e := newEnv(t, st)
+		ctx := context.Background()
+		proxy := testkit.NewProxy(t, testkit.RedisAddr())
+		viaProxy := redis.NewClient(&redis.Options{Addr: proxy.Addr(), DB: redisDB, MaxRetries: -1})
+		t.Cleanup(func() { viaProxy.Close() })
+		var failures atomic.Int64
+		log := zaptest.NewLogger(t, zaptest.WrapOptions(zap.Hooks(func(en zapcore.Entry) error {
+			if en.Message == "transitions not relayed yet; they stay in the outbox and are tried again" ||
+				en.Message == "transitions relay: cannot reach the lease in Redis" {
+				failures.Add(1)
+			}
+			return nil
+		})))
+		e.relay(t, viaProxy, "a", log)
+
+		first, err := e.svc.Create(ctx, 1, 7, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.waitStream(t, 1)
+		proxy.Cut()
+		want := map[int64][]step{first.ID: {{"", order.Pending, order.SourceRequest}}}
+		for user := range int64(5) {
+			o, err := e.svc.Create(ctx, user+10, 7, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.svc.Cancel(ctx, o.UserID, o.ID); err != nil {
+				t.Fatal(err)
+			}
+			want[o.ID] = []step{{"", order.Pending, order.SourceRequest}, {order.Pending, order.Cancelled, order.SourceRequest}}
+		}
+		testkit.WaitFor(t, 10*time.Second, "the relay failing to reach Redis", func() bool { return failures.Load() >= 2 })
+		if n, _, err := e.st.ChangeBacklog(ctx); err != nil || n != 10 {
+			t.Fatalf("outbox holds %d (%v) while Redis is cut, want 10", n, err)
+		}
+		if got := e.stream(t); len(got) != 1 {
+			t.Fatalf("stream has %d entries while the relay is cut off, want 1", len(got))
+		}
+		proxy.Restore()
+		checkOnceInOrder(t, e.waitStream(t, steps(want)), want)
+	})
+}
+
+// Decode reads back what Values writes, and names what is wrong with a
+// malformed entry.
+func TestDecode(t *testing.T) {
+	c := order.Change{OrderID: 5, UserID: 9, SKU: 7, Qty: 2, From: order.Pending, To: order.Expired,
+		At: time.Date(2026, 11, 24, 10, 0, 0, 123e6, time.UTC), Source: order.SourceEvent}
+	vals := map[string]any{}
+	v := transitions.Values(c)
+	for i := 0; i < len(v); i += 2 {
+		vals[v[i].(string)] = v[i+1]
+	}
+	if vals["at"] != "2026-11-24T10:00:00.123Z" {
+		t.Errorf("at = %v, want RFC 3339 UTC with milliseconds", vals["at"])
+	}
+	got, err := transitions.Decode(vals)
+	if err != nil || got != c {
+		t.Fatalf("Decode(Values(c)) = %+v, %v; want %+v", got, err, c)
+	}
+	delete(vals, "qty")
+	vals["sku"] = "x" + strconv.Itoa(7)
+	if _, err := transitions.Decode(vals); err == nil {
+		t.Fatal("a malformed entry decoded")
+	} else {
+		t.Log(err)
+	}
+}
