@@ -15,6 +15,7 @@ import (
 	"github.com/orderd/orderd/order"
 	"github.com/orderd/orderd/order/ordertest"
 	"github.com/orderd/orderd/order/sqlstore"
+	"github.com/orderd/orderd/order/transitions"
 	"github.com/orderd/orderd/stock"
 )
 
@@ -128,9 +129,11 @@ func (rs *replicaSet) maxLate(t *testing.T) time.Duration {
 	return time.Duration(ms) * time.Millisecond
 }
 
-// kill -9 of one of three listeners in the middle of a burst of 20,000:
-// the other two take its shards and finish every order within the sweep
-// interval, each order expired once (stock conserved).
+// kill -9 of one of three listeners in the middle of a burst of 20,000 (the
+// one relaying the transitions stream): the other two take its shards and
+// finish every order within the sweep interval, each order expired once
+// (stock conserved), and every expiry reaches the stream, none lost with the
+// relay.
 func TestListenReplicasKillOneMidBurst(t *testing.T) {
 	const sweep, orders = 10 * time.Second, 20000
 	rs := newReplicaSet(t, "kill9:", sweep)
@@ -138,14 +141,30 @@ func TestListenReplicasKillOneMidBurst(t *testing.T) {
 		rs.start(t, i)
 	}
 	rs.waitSpread(t, 20*time.Second, 0, 1, 2)
+	victim := -1
+	testkit.WaitFor(t, 20*time.Second, "a listener relaying the transitions stream", func() bool {
+		for i := range 3 {
+			if rs.metric(t, i, "orderd_transitions_relay_held") == 1 {
+				victim = i
+				return true
+			}
+		}
+		return false
+	})
+	var rest []int
+	for i := range 3 {
+		if i != victim {
+			rest = append(rest, i)
+		}
+	}
 
 	deadline := time.Now().Add(3 * time.Second)
-	rs.seed(t, orders, func(int) time.Time { return deadline })
+	ids := rs.seed(t, orders, func(int) time.Time { return deadline })
 	testkit.WaitFor(t, 30*time.Second, "the burst under way", func() bool { return rs.count(t, order.Expired) > 0 })
-	if err := rs.procs[0].cmd.Process.Kill(); err != nil { // SIGKILL: no release, no drain
+	if err := rs.procs[victim].cmd.Process.Kill(); err != nil { // SIGKILL: no release, no drain
 		t.Fatal(err)
 	}
-	<-rs.procs[0].done
+	<-rs.procs[victim].done
 	killed := time.Now()
 	left := rs.count(t, order.Pending)
 	testkit.WaitFor(t, sweep, "every order expired within the sweep interval of the kill", func() bool {
@@ -153,18 +172,59 @@ func TestListenReplicasKillOneMidBurst(t *testing.T) {
 	})
 	t.Logf("killed a listener with %d of %d orders left; the rest expired %v later; max lateness %v",
 		left, orders, time.Since(killed).Round(time.Millisecond), rs.maxLate(t))
-	rs.waitSpread(t, 15*time.Second, 1, 2)
-	if !containsLine(rs.procs[1].stderr.String(), `"msg":"shards held"`, `"listeners":2`) {
-		t.Errorf("listener 1 did not log the shards it holds after the take-over:\n%s", rs.procs[1].stderr)
+	rs.waitSpread(t, 15*time.Second, rest...)
+	if !containsLine(rs.procs[rest[0]].stderr.String(), `"msg":"shards held"`, `"listeners":2`) {
+		t.Errorf("listener %d did not log the shards it holds after the take-over:\n%s", rest[0], rs.procs[rest[0]].stderr)
 	}
 	if n := rs.count(t, order.Expired); n != orders {
 		t.Fatalf("%d orders expired, want %d", n, orders)
 	}
 	ordertest.CheckStock(t, rs.st, 1, replicaStock)
-	for _, i := range []int{1, 2} {
+
+	// Every expiry is in the stream, at least once.
+	var expired map[int64]int
+	testkit.WaitFor(t, 30*time.Second, "every expiry in the transitions stream", func() bool {
+		expired = rs.streamCount(t, order.Expired)
+		return len(expired) == orders
+	})
+	dup := 0
+	for _, id := range ids {
+		dup += expired[id] - 1
+	}
+	t.Logf("transitions stream: %d expiries, %d appended twice (the relay was killed between its append and its delete)", orders, dup)
+	for _, i := range rest {
 		if code := rs.procs[i].stop(t); code != 0 {
 			t.Fatalf("listener %d exit %d", i, code)
 		}
+	}
+	if n, _, err := rs.st.ChangeBacklog(context.Background()); err != nil || n != 0 {
+		t.Fatalf("outbox holds %d (%v) after the listeners stopped, want 0", n, err)
+	}
+}
+
+// streamCount reads the transitions stream and counts, per order, its
+// entries moving it to status to.
+func (rs *replicaSet) streamCount(t *testing.T, to order.Status) map[int64]int {
+	t.Helper()
+	out := map[int64]int{}
+	for start := "-"; ; {
+		msgs, err := rs.rdb.XRangeN(context.Background(), rs.keys.Transitions(), start, "+", 10000).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range msgs {
+			c, err := transitions.Decode(m.Values)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.To == to {
+				out[c.OrderID]++
+			}
+		}
+		if len(msgs) < 10000 {
+			return out
+		}
+		start = "(" + msgs[len(msgs)-1].ID
 	}
 }
 

@@ -5,7 +5,8 @@
 #   services_scratch NAME       make $ORDERD_SCRATCH, removed with the servers on exit
 #   services_install [mysql] [TOOL...]
 #                               install redis-server (and mariadb-server, and the Debian
-#                               package of each TOOL: systemd-analyze, supervisord, jq, promtool)
+#                               package of each TOOL: systemd-analyze, supervisord, jq, promtool, php,
+#                               php-redis: PHP's redis extension)
 #                               from Debian when missing
 #   services_start redis|mysql|cluster|sentinel
 #                               start a private server (or set) under $ORDERD_SCRATCH on loopback ports
@@ -43,7 +44,16 @@ _tool_package() {
 	systemd-analyze) echo systemd ;;
 	supervisord) echo supervisor ;;
 	promtool) echo prometheus ;;
+	php) echo php-cli ;;
 	*) echo "$1" ;;
+	esac
+}
+
+# _tool_present TOOL: whether the tool is there (php-redis: PHP's redis extension).
+_tool_present() {
+	case "$1" in
+	php-redis) command -v php >/dev/null 2>&1 && php -m 2>/dev/null | grep -qx redis ;;
+	*) command -v "$1" >/dev/null 2>&1 ;;
 	esac
 }
 
@@ -55,7 +65,7 @@ services_install() {
 		shift
 	fi
 	for tool in "$@"; do
-		command -v "$tool" >/dev/null 2>&1 || need+=("$(_tool_package "$tool")")
+		_tool_present "$tool" || need+=("$(_tool_package "$tool")")
 	done
 	[ ${#need[@]} -eq 0 ] && return 0
 	echo "installing ${need[*]} from Debian's packages" >&2

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../.."
 source contrib/dev/services.sh
 services_scratch test
 
-services_install mysql systemd-analyze supervisord jq promtool
+services_install mysql systemd-analyze supervisord jq promtool php php-redis
 services_start redis
 services_start mysql
 services_start cluster
