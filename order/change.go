@@ -16,7 +16,8 @@ const (
 // transaction that made it, for the transitions stream (the outbox).
 type Change struct {
 	// Seq orders the changes of one order: a later transition of an order
-	// has a larger Seq. It also names the change in the outbox.
+	// has a larger Seq. It names the outbox record holding the change (the
+	// changes one statement made together share one).
 	Seq     int64
 	OrderID int64
 	UserID  int64
@@ -32,9 +33,11 @@ type Change struct {
 // transitions stream. A Store that records changes (sqlstore, with its outbox
 // on) implements it.
 type Outbox interface {
-	// PendingChanges returns up to limit changes in Seq order, oldest first.
+	// PendingChanges returns the changes of up to limit records, in Seq
+	// order, oldest first. A record holds the changes that one statement
+	// made (one order's, or a batch's); they share its Seq.
 	PendingChanges(ctx context.Context, limit int) ([]Change, error)
-	// DeleteChanges removes the changes of seqs, relayed.
+	// DeleteChanges removes the records of seqs, relayed.
 	DeleteChanges(ctx context.Context, seqs []int64) error
 	// ChangeBacklog returns how many changes wait and when the oldest was
 	// made (zero when none wait).

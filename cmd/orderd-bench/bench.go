@@ -66,6 +66,11 @@ type result struct {
 	CPUDaemonS  float64 `json:"cpu_daemon_s"`
 	CPURedisS   float64 `json:"cpu_redis_s"`
 	CPUMachineS float64 `json:"cpu_machine_s"`
+	// The transitions stream (orderd mode): its entries at the end, and the
+	// seconds from the first deadline until the outbox was empty (every
+	// transition in the stream); 0 when the stream is off.
+	StreamEntries int64   `json:"stream_entries"`
+	StreamS       float64 `json:"stream_caught_up_s,omitempty"`
 }
 
 type report struct {
@@ -274,6 +279,17 @@ func runOne(ctx context.Context, c config, rdb redis.UniversalClient, scenario, 
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+	if mode == "orderd" {
+		if res.StreamS, err = streamCaughtUp(ctx, store, start); err != nil {
+			return res, err
+		}
+		if res.StreamEntries, err = rdb.XLen(ctx, transitionsStream).Result(); err != nil {
+			return res, err
+		}
+		if res.StreamEntries == 0 {
+			res.StreamS = 0 // the stream is off
+		}
+	}
 	tx1, err := transactions(ctx, store)
 	if err != nil {
 		return res, err
@@ -311,6 +327,33 @@ func runOne(ctx context.Context, c config, rdb redis.UniversalClient, scenario, 
 		}
 	}
 	return collect(ctx, store, res, n, start)
+}
+
+// transitionsStream is the transitions stream (no --key-prefix).
+const transitionsStream = "orderd:transitions"
+
+// streamCaughtUp waits (up to 5 minutes) until the outbox is empty, and
+// returns the seconds from start until then.
+func streamCaughtUp(ctx context.Context, store *sqlstore.Store, start time.Time) (float64, error) {
+	limit := time.Now().Add(5 * time.Minute)
+	for {
+		var any []int64
+		if err := store.DB().SelectContext(ctx, &any, `SELECT seq FROM transitions_outbox LIMIT 1`); err != nil {
+			return 0, err
+		}
+		if len(any) == 0 {
+			break
+		}
+		if time.Now().After(limit) {
+			return 0, fmt.Errorf("the transitions outbox was not empty 5 minutes after the last order")
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return time.Since(start).Seconds(), nil
 }
 
 // collect reads the outcome from the database.

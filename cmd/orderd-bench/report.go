@@ -22,16 +22,20 @@ func (r *report) print(w io.Writer) {
 	fmt.Fprintf(w, "settings: other keys %s, steady %s/s for %s, burst %s, naive wait %s\n\n",
 		r.Settings["other_keys"], r.Settings["rate_per_s"], r.Settings["duration"], r.Settings["burst"], r.Settings["naive_wait"])
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tmode\tlisteners\torders\thandled\tnot handled\tp50 late\tp99 late\tmax late\t>1 s late\tburst time\torders/s\tdaemon RSS\tmean batch\ttransactions\tunchanged\tbusiest\tdropped\tswept\treconnects\tCPU s daemon/redis/all\tstock ok\t")
+	fmt.Fprintln(tw, "scenario\tmode\tlisteners\torders\thandled\tnot handled\tp50 late\tp99 late\tmax late\t>1 s late\tburst time\torders/s\tdaemon RSS\tmean batch\ttransactions\tunchanged\tbusiest\tdropped\tswept\treconnects\tCPU s daemon/redis/all\tstream\tstream done\tstock ok\t")
 	for _, x := range r.Results {
 		burst, rate := "", ""
 		if x.Scenario != "steady" {
 			burst, rate = fmt.Sprintf("%.2f s", x.ElapsedS), fmt.Sprintf("%.0f", x.PerSecond)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%d\t%s\t%s\t%.0f MB\t%.1f\t%.0f\t%.0f\t%.0f %%\t%.0f\t%.0f\t%.0f\t%.1f/%.1f/%.1f\t%v\t\n",
+		stream := "off"
+		if x.StreamS > 0 {
+			stream = fmt.Sprintf("%.2f s", x.StreamS)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%d\t%s\t%s\t%.0f MB\t%.1f\t%.0f\t%.0f\t%.0f %%\t%.0f\t%.0f\t%.0f\t%.1f/%.1f/%.1f\t%d\t%s\t%v\t\n",
 			x.Scenario, x.Mode, x.Listeners, x.Orders, x.Handled, x.NotHandled, ms(x.P50ms), ms(x.P99ms), ms(x.MaxMs),
 			x.LateOver1s, burst, rate, x.RSSMB, x.MeanBatch, x.Transactions, x.Unchanged, x.BusiestPct,
-			x.Dropped, x.Rescued, x.Reconnects, x.CPUDaemonS, x.CPURedisS, x.CPUMachineS, x.StockOK)
+			x.Dropped, x.Rescued, x.Reconnects, x.CPUDaemonS, x.CPURedisS, x.CPUMachineS, x.StreamEntries, stream, x.StockOK)
 	}
 	tw.Flush()
 	var one, many *result

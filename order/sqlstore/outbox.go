@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,31 +23,33 @@ var _ order.Outbox = (*Store)(nil)
 // the store is used.
 func (s *Store) SetOutbox(on bool) { s.outbox = on }
 
-const changeColumns = `order_id, user_id, sku, qty, from_status, to_status, changed_at, source`
-
-// maxChangesPerInsert bounds the rows of one INSERT (8 values each: SQLite
-// takes at most 32,766 in a statement).
-const maxChangesPerInsert = 1000
+// maxChangesPerRecord bounds the transitions one outbox record holds.
+const maxChangesPerRecord = 1000
 
 // recordChanges records, in tx, the transition of each of rows from from to
-// to at at (Unix ms), when the outbox is on.
+// to at at (Unix ms), when the outbox is on: one record per 1,000 orders.
 func (s *Store) recordChanges(ctx context.Context, tx *sqlx.Tx, rows []orderRow, from, to order.Status, at int64, source string) error {
 	if !s.outbox {
 		return nil
 	}
+	var b []byte
 	for len(rows) > 0 {
-		n := min(len(rows), maxChangesPerInsert)
-		var b strings.Builder
-		b.WriteString(`INSERT INTO transitions_outbox (` + changeColumns + `) VALUES `)
-		args := make([]any, 0, 8*n)
+		n := min(len(rows), maxChangesPerRecord)
+		b = b[:0]
 		for i, r := range rows[:n] {
 			if i > 0 {
-				b.WriteByte(',')
+				b = append(b, ',')
 			}
-			b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?)")
-			args = append(args, r.ID, r.UserID, r.SKU, r.Qty, string(from), string(to), at, source)
+			b = strconv.AppendInt(b, r.ID, 10)
+			b = append(b, ':')
+			b = strconv.AppendInt(b, r.UserID, 10)
+			b = append(b, ':')
+			b = strconv.AppendInt(b, r.SKU, 10)
+			b = append(b, ':')
+			b = strconv.AppendInt(b, r.Qty, 10)
 		}
-		if _, err := tx.ExecContext(ctx, b.String(), args...); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO transitions_outbox (from_status, to_status, changed_at, source, n, changes)
+			VALUES (?, ?, ?, ?, ?, ?)`, string(from), string(to), at, source, n, string(b)); err != nil {
 			return fmt.Errorf("sqlstore: record transitions to %s: %w", to, err)
 		}
 		rows = rows[n:]
@@ -54,52 +58,66 @@ func (s *Store) recordChanges(ctx context.Context, tx *sqlx.Tx, rows []orderRow,
 }
 
 // recordChange records, in tx, the transition of order id (read from its
-// row) from from to to at at, when the outbox is on.
+// row) from from to to at at, by a request, when the outbox is on.
 func (s *Store) recordChange(ctx context.Context, tx *sqlx.Tx, id int64, from, to order.Status, at int64) error {
 	if !s.outbox {
 		return nil
 	}
-	_, err := tx.ExecContext(ctx, `INSERT INTO transitions_outbox (`+changeColumns+`)
-		SELECT id, user_id, sku, qty, ?, ?, ?, ? FROM orders WHERE id = ?`,
-		string(from), string(to), at, order.SourceRequest, id)
-	if err != nil {
+	var r orderRow
+	if err := tx.GetContext(ctx, &r, `SELECT id, user_id, sku, qty FROM orders WHERE id = ?`, id); err != nil {
 		return fmt.Errorf("sqlstore: record transition of order %d to %s: %w", id, to, err)
 	}
-	return nil
+	return s.recordChanges(ctx, tx, []orderRow{r}, from, to, at, order.SourceRequest)
 }
 
-type changeRow struct {
+type changeRecord struct {
 	Seq     int64  `db:"seq"`
-	OrderID int64  `db:"order_id"`
-	UserID  int64  `db:"user_id"`
-	SKU     int64  `db:"sku"`
-	Qty     int64  `db:"qty"`
 	From    string `db:"from_status"`
 	To      string `db:"to_status"`
 	At      int64  `db:"changed_at"`
 	Source  string `db:"source"`
+	N       int    `db:"n"`
+	Changes string `db:"changes"`
 }
 
-// PendingChanges returns up to limit changes not relayed yet, oldest first.
+// PendingChanges returns the changes of up to limit outbox records (a
+// record holds the transitions of one statement: one order, or a batch),
+// oldest first; the changes of a record share its Seq.
 func (s *Store) PendingChanges(ctx context.Context, limit int) ([]order.Change, error) {
-	var rows []changeRow
-	if err := s.db.SelectContext(ctx, &rows, `SELECT seq, `+changeColumns+` FROM transitions_outbox ORDER BY seq LIMIT ?`, limit); err != nil {
+	var recs []changeRecord
+	if err := s.db.SelectContext(ctx, &recs, `SELECT seq, from_status, to_status, changed_at, source, n, changes
+		FROM transitions_outbox ORDER BY seq LIMIT ?`, limit); err != nil {
 		return nil, fmt.Errorf("sqlstore: read the outbox: %w", err)
 	}
-	out := make([]order.Change, len(rows))
-	for i, r := range rows {
-		out[i] = order.Change{
-			Seq: r.Seq, OrderID: r.OrderID, UserID: r.UserID, SKU: r.SKU, Qty: r.Qty,
-			From: order.Status(r.From), To: order.Status(r.To), At: fromMS(r.At), Source: r.Source,
+	var out []order.Change
+	for _, r := range recs {
+		c := order.Change{Seq: r.Seq, From: order.Status(r.From), To: order.Status(r.To), At: fromMS(r.At), Source: r.Source}
+		for item := range strings.SplitSeq(r.Changes, ",") {
+			var f [4]int64
+			parts := strings.SplitN(item, ":", 4)
+			if len(parts) != 4 {
+				return nil, fmt.Errorf("sqlstore: outbox record %d is malformed: %q", r.Seq, item)
+			}
+			for i, p := range parts {
+				v, err := strconv.ParseInt(p, 10, 64)
+				if err != nil {
+					return nil, fmt.Errorf("sqlstore: outbox record %d is malformed: %q", r.Seq, item)
+				}
+				f[i] = v
+			}
+			c.OrderID, c.UserID, c.SKU, c.Qty = f[0], f[1], f[2], f[3]
+			out = append(out, c)
 		}
 	}
 	return out, nil
 }
 
-// DeleteChanges removes the changes of seqs from the outbox.
+// DeleteChanges removes the outbox records of seqs (a seq may come once per
+// change of its record).
 func (s *Store) DeleteChanges(ctx context.Context, seqs []int64) error {
+	seqs = slices.Compact(slices.Sorted(slices.Values(seqs)))
 	for len(seqs) > 0 {
-		n := min(len(seqs), maxChangesPerInsert)
+		n := min(len(seqs), maxChangesPerRecord)
 		q, args, err := sqlx.In(`DELETE FROM transitions_outbox WHERE seq IN (?)`, seqs[:n])
 		if err != nil {
 			return err
@@ -116,7 +134,7 @@ func (s *Store) DeleteChanges(ctx context.Context, seqs []int64) error {
 // first of them (in seq order) was made.
 func (s *Store) ChangeBacklog(ctx context.Context) (int64, time.Time, error) {
 	var n int64
-	if err := s.db.GetContext(ctx, &n, `SELECT COUNT(*) FROM transitions_outbox`); err != nil {
+	if err := s.db.GetContext(ctx, &n, `SELECT COALESCE(SUM(n), 0) FROM transitions_outbox`); err != nil {
 		return 0, time.Time{}, fmt.Errorf("sqlstore: outbox backlog: %w", err)
 	}
 	if n == 0 {

@@ -47,7 +47,7 @@ func (c *clock) Add(d time.Duration) {
 // relays append to.
 type env struct {
 	st   *sqlstore.Store
-	rdb  *redis.Client
+	rdb  redis.UniversalClient
 	svc  *order.Service
 	keys order.Keys
 	clk  *clock
@@ -55,8 +55,14 @@ type env struct {
 
 func newEnv(t *testing.T, st *sqlstore.Store) *env {
 	t.Helper()
+	return newEnvOn(t, st, testkit.Redis(t, redisDB), "tr:")
+}
+
+// newEnvOn is newEnv on rdb (emptied of prefix's keys), under prefix.
+func newEnvOn(t *testing.T, st *sqlstore.Store, rdb redis.UniversalClient, prefix string) *env {
+	t.Helper()
 	st.SetOutbox(true)
-	e := &env{st: st, rdb: testkit.Redis(t, redisDB), keys: order.Keys{Prefix: "tr:"},
+	e := &env{st: st, rdb: rdb, keys: order.Keys{Prefix: prefix},
 		clk: &clock{now: time.Now().UTC().Truncate(time.Millisecond)}}
 	e.svc = order.NewService(st, stock.NewCounter(e.rdb, e.keys.Stock()), nil, order.Config{
 		Keys: e.keys, PayTimeout: time.Minute, ConfirmTimeout: time.Hour, Now: e.clk.Now})
@@ -308,6 +314,37 @@ func TestRelayRedisCut(t *testing.T) {
 		proxy.Restore()
 		checkOnceInOrder(t, e.waitStream(t, steps(want)), want)
 	})
+}
+
+// On a Redis Cluster (one stream key, on one master) and behind Sentinel,
+// every transition reaches the stream once, in order.
+func TestRelayOnClusterAndSentinel(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		rdb  func(t *testing.T) redis.UniversalClient
+	}{
+		{"cluster", func(t *testing.T) redis.UniversalClient { return testkit.Cluster(t, "trc:") }},
+		{"sentinel", func(t *testing.T) redis.UniversalClient { c, _ := testkit.Sentinel(t, redisDB); return c }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnvOn(t, ordertest.Open(t, ordertest.SQLiteURL(t)), tc.rdb(t), "trc:")
+			ctx := context.Background()
+			e.relay(t, e.rdb, "a", zaptest.NewLogger(t))
+			e.relay(t, e.rdb, "b", zaptest.NewLogger(t))
+			want := map[int64][]step{}
+			for user := range int64(20) {
+				o, err := e.svc.Create(ctx, user+1, 7, 1)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := e.svc.Cancel(ctx, o.UserID, o.ID); err != nil {
+					t.Fatal(err)
+				}
+				want[o.ID] = []step{{"", order.Pending, order.SourceRequest}, {order.Pending, order.Cancelled, order.SourceRequest}}
+			}
+			checkOnceInOrder(t, e.waitStream(t, steps(want)), want)
+		})
+	}
 }
 
 // Decode reads back what Values writes, and names what is wrong with a

@@ -3,17 +3,20 @@
 -- recorded here in the transaction that makes it, and relayed to the Redis
 -- stream <prefix>orderd:transitions afterwards, then deleted. A transition is
 -- never lost between the commit and the stream: what is not relayed yet is
--- still here. seq orders the transitions of one order.
+-- still here. seq orders the records, so the transitions of one order.
+--
+-- One record holds the transitions that one statement made together (a
+-- batch of expiries: up to 1,000 orders moved from one status to another at
+-- one moment), so that a burst costs the database one row per batch, not one
+-- per order: changes lists them as "order_id:user_id:sku:qty", comma-separated.
 CREATE TABLE transitions_outbox (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    order_id    INTEGER NOT NULL,
-    user_id     INTEGER NOT NULL,
-    sku         INTEGER NOT NULL,
-    qty         INTEGER NOT NULL,
     from_status TEXT    NOT NULL,
     to_status   TEXT    NOT NULL,
     changed_at  INTEGER NOT NULL,
-    source      TEXT    NOT NULL
+    source      TEXT    NOT NULL,
+    n           INTEGER NOT NULL,
+    changes     TEXT    NOT NULL
 );
 
 -- +goose Down
