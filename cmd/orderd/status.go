@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/orderd/orderd/expiry"
@@ -30,11 +31,13 @@ func newStatusCmd(g *globalOptions) *cobra.Command {
 		Long: `Show what orderd is doing: orders by status, overdue orders and the oldest's
 age, the next deadlines, the timers in the Redis due index per shard, whether
 Redis publishes expired-key events (on every node), the live listeners and the
-shards they hold, and the schema version.
+shards they hold, the transitions stream and its outbox, and the schema
+version.
 
 Exit 0 when all is well, 1 when something needs attention (orders overdue by
 more than --sweep-interval, expired-key events off, no listener running while
-orders wait for a deadline), so that it can serve as a check in scripts.`,
+orders wait for a deadline, a transition waiting in the outbox for over a
+minute), so that it can serve as a check in scripts.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.Next < 0 {
@@ -58,9 +61,24 @@ type statusReport struct {
 	Overdue  []overdueStatus  `json:"overdue"`
 	Next     []nextDeadline   `json:"next_deadlines"`
 	Index    indexStatus      `json:"due_index"`
+	Stream   streamStatus     `json:"transitions_stream"`
 	Problems []string         `json:"problems"`
 	Healthy  bool             `json:"healthy"`
 }
+
+// streamStatus is the transitions stream and its outbox.
+type streamStatus struct {
+	Name          string  `json:"name"`
+	On            bool    `json:"on"` // --transitions-maxlen above 0
+	Entries       int64   `json:"entries"`
+	Relay         string  `json:"relay"` // the holder of the relay lease, if any
+	Backlog       int64   `json:"backlog"`
+	OldestSeconds float64 `json:"backlog_oldest_age_seconds"`
+}
+
+// stuckBacklog is how long a transition may wait in the outbox before
+// status says so (the relay appends within milliseconds while it runs).
+const stuckBacklog = time.Minute
 
 type schemaStatus struct {
 	Version int64 `json:"version"`
@@ -172,6 +190,26 @@ func runStatus(ctx context.Context, o *statusOptions, out io.Writer) error {
 	if waiting := ov.Counts[order.Pending] + ov.Counts[order.Shipped]; len(idx.Listeners) == 0 && waiting > 0 {
 		r.Problems = append(r.Problems, fmt.Sprintf("no `orderd listen` is running, and %d order(s) wait for a deadline", waiting))
 	}
+	keys := o.keys()
+	r.Stream = streamStatus{Name: keys.Transitions(), On: o.TransitionsMaxLen > 0}
+	if r.Stream.Entries, err = d.rdb.XLen(ctx, keys.Transitions()).Result(); err != nil {
+		return fmt.Errorf("read the transitions stream: %w", err)
+	}
+	if r.Stream.Relay, err = d.rdb.Get(ctx, keys.TransitionsRelay()).Result(); err != nil && !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("read the transitions relay's lease: %w", err)
+	}
+	backlog, oldest, err := d.store.ChangeBacklog(ctx)
+	if err != nil {
+		return err
+	}
+	r.Stream.Backlog = backlog
+	if !oldest.IsZero() {
+		r.Stream.OldestSeconds = max(0, now.Sub(oldest).Seconds())
+		if age := now.Sub(oldest); age > stuckBacklog {
+			r.Problems = append(r.Problems, fmt.Sprintf("%d transition(s) wait in the outbox, the oldest for %v: no relay appends them to %s (is Redis reachable, and an `orderd serve` or `listen` running with the stream on?)",
+				backlog, age.Round(time.Second), keys.Transitions()))
+		}
+	}
 	r.Healthy = len(r.Problems) == 0
 
 	if o.JSON {
@@ -219,6 +257,19 @@ func (r *statusReport) print(w io.Writer, now time.Time) {
 	}
 	fmt.Fprintf(tw, "due index\t%s: %d timer(s), %d overdue, in %d shards\n", r.Index.Name, r.Index.Timers, r.Index.Overdue, len(r.Index.Shards))
 	fmt.Fprintf(tw, "listeners\t%d live\n", len(r.Index.Listeners))
+	stream := fmt.Sprintf("%s: %d entries", r.Stream.Name, r.Stream.Entries)
+	if !r.Stream.On {
+		stream += " (off: --transitions-maxlen 0)"
+	}
+	if r.Stream.Relay != "" {
+		stream += ", relayed by " + r.Stream.Relay
+	}
+	fmt.Fprintf(tw, "transitions stream\t%s\n", stream)
+	backlog := fmt.Sprintf("%d waiting", r.Stream.Backlog)
+	if r.Stream.Backlog > 0 {
+		backlog += fmt.Sprintf(", the oldest for %v", time.Duration(r.Stream.OldestSeconds*float64(time.Second)).Round(time.Millisecond))
+	}
+	fmt.Fprintf(tw, "outbox\t%s\n", backlog)
 	tw.Flush()
 
 	if len(r.Next) > 0 {

@@ -46,6 +46,13 @@ type statusJSON struct {
 		} `json:"listeners"`
 		Sweeper string `json:"sweeper"`
 	} `json:"due_index"`
+	Stream struct {
+		On            bool    `json:"on"`
+		Entries       int64   `json:"entries"`
+		Relay         string  `json:"relay"`
+		Backlog       int64   `json:"backlog"`
+		OldestSeconds float64 `json:"backlog_oldest_age_seconds"`
+	} `json:"transitions_stream"`
 	Problems []string `json:"problems"`
 	Healthy  bool     `json:"healthy"`
 }
@@ -138,7 +145,12 @@ func TestStatusTellsWhatIsTrue(t *testing.T) {
 		t.Errorf("due index: %d timers, %d overdue, %d shards, %d listeners; want 6, 3, 16, 0",
 			s.Index.Timers, s.Index.Overdue, len(s.Index.Shards), len(s.Index.Listeners))
 	}
-	for _, want := range []string{"overdue", "expired-key events", "no `orderd listen`"} {
+	// 6 orders created, one paid and shipped, the first 3 an hour ago: the
+	// outbox holds them, as no relay runs.
+	if !s.Stream.On || s.Stream.Entries != 0 || s.Stream.Relay != "" || s.Stream.Backlog != 8 || s.Stream.OldestSeconds < 59*60 {
+		t.Errorf("transitions stream %+v, want on, empty, no relay, 8 in the outbox for an hour", s.Stream)
+	}
+	for _, want := range []string{"overdue", "expired-key events", "no `orderd listen`", "wait in the outbox"} {
 		if !strings.Contains(strings.Join(s.Problems, "\n"), want) {
 			t.Errorf("problems %q do not mention %q", s.Problems, want)
 		}
@@ -157,8 +169,11 @@ func TestStatusTellsWhatIsTrue(t *testing.T) {
 	waitHTTP(t, "http://"+metrics+"/healthz")
 	testkit.WaitFor(t, 30*time.Second, "status healthy", func() bool {
 		code, s, _ = status(t, env)
-		return code == 0 && len(s.Index.Listeners) == 1 && len(s.Index.Listeners[0].Shards) == 16
+		return code == 0 && len(s.Index.Listeners) == 1 && len(s.Index.Listeners[0].Shards) == 16 && s.Stream.Entries == 11
 	})
+	if s.Stream.Backlog != 0 || s.Stream.Relay != s.Index.Listeners[0].ID {
+		t.Errorf("transitions stream %+v, want the outbox empty, relayed by the listener", s.Stream)
+	}
 	if !s.Healthy || s.Orders["expired"] != 3 || s.Overdue[0].Count != 0 || s.Index.Sweeper != s.Index.Listeners[0].ID || len(s.Problems) != 0 {
 		t.Fatalf("after the sweep: %+v", s)
 	}
