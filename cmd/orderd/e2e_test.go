@@ -445,6 +445,8 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{[]string{"listen", "--no-such-flag"}, nil, "no-such-flag"},
 		{[]string{"no-such-command"}, nil, "unknown command"},
 		{[]string{"migrate"}, []string{"ORDERD_PAY_TIMEOUT=soon"}, "ORDERD_PAY_TIMEOUT"},
+		{[]string{"listen", "--transitions-maxlen", "-1"}, nil, "--transitions-maxlen"},
+		{[]string{"serve"}, []string{"ORDERD_TRANSITIONS_MAXLEN=lots"}, "ORDERD_TRANSITIONS_MAXLEN"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
