@@ -6,6 +6,7 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -233,20 +234,26 @@ func (r *Relay) finish(valid bool) {
 	}
 }
 
-// appendMany appends entries to the stream KEYS[1], capped near ARGV[1]:
-// ARGV[2…] are the entries' values, 8 each, in the order of Values. One call
-// carries many entries: far cheaper, for Redis and for the relay, than a
-// command each.
+// appendMany appends entries to the stream KEYS[1], capped near ARGV[1].
+// ARGV[2…] come in fives, one per group of changes sharing a transition:
+// from, to, at, source, and the orders as "order_id:user_id:sku:qty,…". The
+// fields are those of Values. One call carries many entries, and the relay
+// sends one string per group rather than eight values per entry: far cheaper
+// for both than a command each.
 var appendMany = redis.NewScript(`
-for i = 2, #ARGV, 8 do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-    'order_id', ARGV[i], 'user_id', ARGV[i+1], 'sku', ARGV[i+2], 'qty', ARGV[i+3],
-    'from', ARGV[i+4], 'to', ARGV[i+5], 'at', ARGV[i+6], 'source', ARGV[i+7])
+local n = 0
+for i = 2, #ARGV, 5 do
+  for id, user, sku, qty in string.gmatch(ARGV[i+4], '(-?%d+):(-?%d+):(-?%d+):(-?%d+)') do
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+      'order_id', id, 'user_id', user, 'sku', sku, 'qty', qty,
+      'from', ARGV[i], 'to', ARGV[i+1], 'at', ARGV[i+2], 'source', ARGV[i+3])
+    n = n + 1
+  end
 end
-return (#ARGV - 1) / 8`)
+return n`)
 
-// entriesPerCall bounds the entries of one appendMany call.
-const entriesPerCall = 1000
+// entriesPerCall bounds, roughly, the entries of one appendMany call.
+const entriesPerCall = 2000
 
 // round appends the changes of up to Batch outbox records to the stream, in
 // calls of up to 1,000 entries, then deletes the records. It returns how many
@@ -267,21 +274,53 @@ func (r *Relay) round(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	var seqs []int64
-	args := make([]any, 0, 1+8*min(len(cs), entriesPerCall))
+	args := []any{r.cfg.MaxLen}
+	entries := 0
+	var list []byte
+	call := func() error {
+		if entries == 0 {
+			return nil
+		}
+		n, err := appendMany.Run(ctx, r.rdb, []string{r.cfg.Stream}, args...).Int()
+		if err == nil && n != entries {
+			err = fmt.Errorf("appended %d entries of %d", n, entries)
+		}
+		args, entries = args[:1], 0
+		if err != nil {
+			return fmt.Errorf("append to %s: %w", r.cfg.Stream, err)
+		}
+		return nil
+	}
 	for i, c := range cs {
-		if len(seqs) == 0 || seqs[len(seqs)-1] != c.Seq {
-			seqs = append(seqs, c.Seq)
-		}
-		if len(args) == 0 {
-			args = append(args, r.cfg.MaxLen)
-		}
-		args = append(args, c.OrderID, c.UserID, c.SKU, c.Qty, string(c.From), string(c.To), c.At.UTC().Format(timeLayout), c.Source)
-		if len(args) == 1+8*entriesPerCall || i == len(cs)-1 {
-			if err := appendMany.Run(ctx, r.rdb, []string{r.cfg.Stream}, args...).Err(); err != nil {
-				return 0, fmt.Errorf("append to %s: %w", r.cfg.Stream, err)
+		if i > 0 && c.Seq == cs[i-1].Seq && c.To == cs[i-1].To && c.At.Equal(cs[i-1].At) && c.Source == cs[i-1].Source {
+			list = append(list, ',') // the same group
+		} else {
+			if len(list) > 0 {
+				args = append(args, string(list))
+				list = list[:0]
+				if entries >= entriesPerCall {
+					if err := call(); err != nil {
+						return 0, err
+					}
+				}
 			}
-			args = args[:0]
+			args = append(args, string(c.From), string(c.To), c.At.UTC().Format(timeLayout), c.Source)
+			if len(seqs) == 0 || seqs[len(seqs)-1] != c.Seq {
+				seqs = append(seqs, c.Seq)
+			}
 		}
+		list = strconv.AppendInt(list, c.OrderID, 10)
+		list = append(list, ':')
+		list = strconv.AppendInt(list, c.UserID, 10)
+		list = append(list, ':')
+		list = strconv.AppendInt(list, c.SKU, 10)
+		list = append(list, ':')
+		list = strconv.AppendInt(list, c.Qty, 10)
+		entries++
+	}
+	args = append(args, string(list))
+	if err := call(); err != nil {
+		return 0, err
 	}
 	if r.cfg.OnRelay != nil {
 		r.cfg.OnRelay(len(cs))
