@@ -218,7 +218,11 @@ func runOne(ctx context.Context, c config, rdb redis.UniversalClient, scenario, 
 	if scenario == "steady" {
 		n = int(float64(c.rate) * c.duration.Seconds())
 	}
-	start := time.Now().Add(5*time.Second + time.Duration(n)*40*time.Microsecond).Truncate(time.Millisecond)
+	perOrder := 40 * time.Microsecond // the seeding's time
+	if isAsynq(mode) {
+		perOrder = 150 * time.Microsecond // a task is one Enqueue
+	}
+	start := time.Now().Add(5*time.Second + time.Duration(n)*perOrder).Truncate(time.Millisecond)
 	deadline := func(i int) time.Time {
 		if scenario == "steady" {
 			return start.Add(time.Duration(i) * time.Second / time.Duration(c.rate))
@@ -455,6 +459,9 @@ func setTimers(ctx context.Context, rdb redis.UniversalClient, sched *expiry.Sch
 	if mode == "orderd" {
 		return sched.ScheduleMany(ctx, timers...)
 	}
+	if isAsynq(mode) {
+		return enqueueTimers(ctx, rdb, timers)
+	}
 	// The naive design: a plain key with a TTL, nothing else.
 	_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, t := range timers {
@@ -540,13 +547,17 @@ func startDaemon(ctx context.Context, c config, mode string) (*daemon, error) {
 		"--sweep-interval", "1h", "--metrics-addr", "127.0.0.1:0", "--log-format", "json", "--log-level", "info"}
 	args = append(args, c.extra...)
 	cmd := exec.Command(c.orderd, args...)
-	if mode == "naive" {
-		// The usual design, run by this program itself (naive.go).
+	if mode != "orderd" {
+		// The usual design (naive.go) and the peer (asynq.go), run by this
+		// program itself.
 		self, err := os.Executable()
 		if err != nil {
 			return nil, err
 		}
 		cmd = exec.Command(self, "naive-listen", c.redisURL, c.mysqlBase+"/"+benchDB)
+		if every, ok := asynqModes[mode]; ok {
+			cmd = exec.Command(self, "asynq-listen", c.redisURL, c.mysqlBase+"/"+benchDB, every.String())
+		}
 	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -48,6 +48,13 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) == 5 && os.Args[1] == "asynq-listen" { // the asynq modes' daemon
+		if err := asynqListen(os.Args[2], os.Args[3], os.Args[4]); err != nil {
+			fmt.Fprintln(os.Stderr, "asynq-listen:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	var c config
 	var preset, modes, scenarios string
 	flag.StringVar(&c.redisURL, "redis-url", "redis://127.0.0.1:16379/0", "Redis to use (its database is emptied)")
@@ -60,7 +67,7 @@ func main() {
 	flag.DurationVar(&c.duration, "duration", -1, "length of steady (overrides the preset)")
 	flag.IntVar(&c.burst, "burst", -1, "orders sharing one deadline in burst (overrides the preset)")
 	flag.DurationVar(&c.naiveWait, "naive-wait", -1, "how long the naive mode may take after the last deadline before the rest count as not handled")
-	flag.StringVar(&modes, "modes", "orderd,naive", "modes to run")
+	flag.StringVar(&modes, "modes", "orderd,naive,asynq,asynq-100ms", "modes to run: orderd, naive (keyspace events, a transaction per order), asynq (the peer, its forwarder every 5 s) and asynq-100ms (every 100 ms)")
 	flag.StringVar(&scenarios, "scenarios", "steady,burst,replicas", "scenarios to run (replicas: the burst with one `orderd listen`, then with --replicas of them, orderd mode only)")
 	flag.IntVar(&c.replicas, "replicas", 3, "listeners sharing the burst in the replicas scenario")
 	var extra string
@@ -85,7 +92,7 @@ func main() {
 	c.modes = split(modes)
 	c.scenarios = split(scenarios)
 	for _, m := range c.modes {
-		if m != "orderd" && m != "naive" {
+		if m != "orderd" && m != "naive" && !isAsynq(m) {
 			fmt.Fprintf(os.Stderr, "orderd-bench: --modes: unknown mode %q\n", m)
 			os.Exit(2)
 		}

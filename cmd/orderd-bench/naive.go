@@ -2,14 +2,11 @@ package main
 
 import (
 	"context"
-	"net"
-	"net/http"
 	"os/signal"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
@@ -60,13 +57,6 @@ func naiveListen(redisURL, dbURL string) error {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: name},
 			func() float64 { return float64(f(l.Stats())) }))
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	srv := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(ln)
-	defer srv.Close()
-	log.Info("serving /metrics and /healthz", zap.String("addr", ln.Addr().String()))
+	go func() { _ = serveBenchMetrics(ctx, reg, log) }()
 	return l.Run(ctx)
 }

@@ -51,19 +51,26 @@ func (r *report) print(w io.Writer) {
 			many.Listeners, ratio(many.Transactions, one.Transactions), ratio(many.PerSecond, one.PerSecond), many.BusiestPct)
 	}
 	for _, sc := range []string{"steady", "burst"} {
-		a, okA := r.find(sc, "orderd")
-		b, okB := r.find(sc, "naive")
-		if !okA || !okB {
+		a, ok := r.find(sc, "orderd")
+		if !ok {
 			continue
 		}
-		switch sc {
-		case "steady":
-			fmt.Fprintf(w, "\nsteady: naive p99 lateness is %s orderd's; %d of %d naive orders handled within the wait, %d of %d for orderd\n",
-				ratio(b.P99ms, a.P99ms), b.Handled, b.Orders, a.Handled, a.Orders)
-		case "burst":
-			fmt.Fprintf(w, "burst: orderd closes %s as many orders per second as naive\n", ratio(a.PerSecond, b.PerSecond))
+		for _, mode := range []string{"naive", "asynq", "asynq-100ms"} {
+			b, ok := r.find(sc, mode)
+			if !ok {
+				continue
+			}
+			switch sc {
+			case "steady":
+				fmt.Fprintf(w, "\nsteady: %s p99 lateness is %s orderd's (%s against %s); %d of %d %s orders handled within the wait, %d of %d for orderd",
+					mode, ratio(b.P99ms, a.P99ms), ms(b.P99ms), ms(a.P99ms), b.Handled, b.Orders, mode, a.Handled, a.Orders)
+			case "burst":
+				fmt.Fprintf(w, "\nburst: orderd closes %s as many orders per second as %s (%.0f against %.0f)",
+					ratio(a.PerSecond, b.PerSecond), mode, a.PerSecond, b.PerSecond)
+			}
 		}
 	}
+	fmt.Fprintln(w)
 }
 
 func (r *report) find(scenario, mode string) (result, bool) {
