@@ -2,6 +2,7 @@ package order
 
 import (
 	"context"
+	"strconv"
 	"time"
 )
 
@@ -42,4 +43,17 @@ type Outbox interface {
 	// ChangeBacklog returns how many changes wait and when the oldest was
 	// made (zero when none wait).
 	ChangeBacklog(ctx context.Context) (n int64, oldest time.Time, err error)
+}
+
+// AppendOrderRef appends "order_id:user_id:sku:qty" to b: the form in which
+// one record of the outbox, and the relay's call to Redis, list the orders
+// of a group of changes (comma-separated).
+func AppendOrderRef(b []byte, orderID, userID, sku, qty int64) []byte {
+	b = strconv.AppendInt(b, orderID, 10)
+	b = append(b, ':')
+	b = strconv.AppendInt(b, userID, 10)
+	b = append(b, ':')
+	b = strconv.AppendInt(b, sku, 10)
+	b = append(b, ':')
+	return strconv.AppendInt(b, qty, 10)
 }

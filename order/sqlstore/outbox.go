@@ -40,13 +40,7 @@ func (s *Store) recordChanges(ctx context.Context, tx *sqlx.Tx, rows []orderRow,
 			if i > 0 {
 				b = append(b, ',')
 			}
-			b = strconv.AppendInt(b, r.ID, 10)
-			b = append(b, ':')
-			b = strconv.AppendInt(b, r.UserID, 10)
-			b = append(b, ':')
-			b = strconv.AppendInt(b, r.SKU, 10)
-			b = append(b, ':')
-			b = strconv.AppendInt(b, r.Qty, 10)
+			b = order.AppendOrderRef(b, r.ID, r.UserID, r.SKU, r.Qty)
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO transitions_outbox (from_status, to_status, changed_at, source, n, changes)
 			VALUES (?, ?, ?, ?, ?, ?)`, string(from), string(to), at, source, n, string(b)); err != nil {

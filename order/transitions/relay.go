@@ -6,7 +6,6 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"os"
-	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -309,13 +308,7 @@ func (r *Relay) round(ctx context.Context) (int, error) {
 				seqs = append(seqs, c.Seq)
 			}
 		}
-		list = strconv.AppendInt(list, c.OrderID, 10)
-		list = append(list, ':')
-		list = strconv.AppendInt(list, c.UserID, 10)
-		list = append(list, ':')
-		list = strconv.AppendInt(list, c.SKU, 10)
-		list = append(list, ':')
-		list = strconv.AppendInt(list, c.Qty, 10)
+		list = order.AppendOrderRef(list, c.OrderID, c.UserID, c.SKU, c.Qty)
 		entries++
 	}
 	args = append(args, string(list))
