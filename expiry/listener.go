@@ -611,7 +611,7 @@ func (l *Listener) reap(ctx context.Context, s *Scheduler, k *leaseKeeper, i int
 			return
 		case <-timer.C:
 		}
-		res, fired, err := s.reapShard(ctx, shard)
+		res, fired, err := s.reapShard(ctx, shard, reapSlack)
 		l.reaped.Add(uint64(res.Gone))
 		l.handOver(ctx, s, fired, queue)
 		wait := l.cfg.ReapInterval

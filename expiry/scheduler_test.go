@@ -6,6 +6,7 @@ import (
 	"hash/crc32"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -193,6 +194,58 @@ func TestTimerWrittenByAnotherProgramIsReaped(t *testing.T) {
 	select {
 	case ev := <-got:
 		t.Fatalf("handled twice: %+v", ev)
+	default:
+	}
+}
+
+// A key's TTL is relative, so it ends a little after the deadline it was
+// computed for (the time the command took to reach Redis: tens of
+// milliseconds at the end of a long pipeline). The listener's reaper fires
+// such a timer at its deadline in the index, while the key still lives, and
+// the key's own expiry a moment later is a repeat, not handled again. A key
+// whose TTL was pushed well past the index's deadline (another program
+// re-armed it) is re-scored by its TTL instead, not fired.
+func TestReaperFiresAtTheIndexDeadline(t *testing.T) {
+	rdb := setup(t)
+	ctx := context.Background()
+	sched := expiry.NewScheduler(rdb, expiry.SchedulerConfig{Index: "t:due"})
+	got := make(chan expiry.Event, 10)
+	var aliveWhenHandled atomic.Int64
+	l := expiry.NewListener(rdb, expiry.HandlerFunc(func(ctx context.Context, ev expiry.Event) error {
+		aliveWhenHandled.Store(rdb.Exists(ctx, ev.Key).Val())
+		got <- ev
+		return nil
+	}), expiry.ListenerConfig{Scheduler: sched, Logger: zaptest.NewLogger(t)})
+	run(t, l)
+	waitSubscribed(t, l, 1)
+	testkit.WaitFor(t, 10*time.Second, "the shards held", func() bool { return l.Stats().Shards == 16 })
+
+	deadline := time.Now().Add(200 * time.Millisecond)
+	index := func(key string) string { return fmt.Sprintf("t:due:{%d}", crc32.ChecksumIEEE([]byte(key))%16) }
+	for key, ttl := range map[string]time.Duration{"late-ttl": 60 * time.Millisecond, "re-armed": time.Hour} {
+		if err := rdb.Set(ctx, key, "1", time.Until(deadline)+ttl).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := rdb.ZAdd(ctx, index(key), redis.Z{Score: float64(deadline.UnixMilli()), Member: key}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case ev := <-got:
+		if ev.Key != "late-ttl" || aliveWhenHandled.Load() != 1 {
+			t.Fatalf("handled %q (its key alive: %d); want late-ttl, while its key still lived", ev.Key, aliveWhenHandled.Load())
+		}
+	case <-time.After(testkit.Scale(10 * time.Second)):
+		t.Fatal("the timer never fired")
+	}
+	testkit.WaitFor(t, 10*time.Second, "the key's own expiry seen as a repeat", func() bool { return l.Stats().Repeated == 1 })
+	testkit.WaitFor(t, 10*time.Second, "the re-armed timer re-scored by its TTL", func() bool {
+		score, err := rdb.ZScore(ctx, index("re-armed"), "re-armed").Result()
+		return err == nil && time.UnixMilli(int64(score)).After(time.Now().Add(59*time.Minute))
+	})
+	select {
+	case ev := <-got:
+		t.Fatalf("handled %q too", ev.Key)
 	default:
 	}
 }
