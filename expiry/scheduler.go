@@ -166,8 +166,11 @@ return out`)
 // a key left without a TTL is no timer any more and leaves the index.
 //
 // A Listener given the Scheduler reaps by itself, and hands each expired
-// timer it removes to its handler at once; Reap is for programs that reap
-// without a Listener.
+// timer it removes to its handler at once; a timer whose key's TTL ends
+// within 100 ms after its deadline in the index (a relative TTL ends late by
+// the time its command took to reach Redis) it hands over at the deadline,
+// and skips the key's own expiry that follows. Reap is for programs that
+// reap without a Listener.
 func (s *Scheduler) Reap(ctx context.Context) (ReapResult, error) {
 	var res ReapResult
 	var errs []error
