@@ -176,21 +176,49 @@ func serveOps(ctx context.Context, addr string, reg *prometheus.Registry, health
 	return func() { <-done }, nil
 }
 
+// dbRead is a read of the database for gauges, made at most every 10 s
+// (Prometheus may scrape far more often) and kept meanwhile.
+type dbRead[T any] struct {
+	what string // for the log line when the read fails
+	read func(ctx context.Context, now time.Time) (T, error)
+	log  *zap.Logger
+
+	mu   sync.Mutex
+	at   time.Time
+	last T
+	ok   bool
+}
+
+// get returns the last read, reading again when it is 10 s old; ok is false
+// until a read has succeeded (no sample rather than a false 0).
+func (r *dbRead[T]) get(now time.Time) (last T, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if now.Sub(r.at) >= 10*time.Second {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		v, err := r.read(ctx, now)
+		cancel()
+		if err != nil {
+			r.log.Warn(r.what+" not read", zap.Error(err))
+		} else {
+			r.last, r.at, r.ok = v, now, true
+		}
+	}
+	return r.last, r.ok
+}
+
 // ordersCollector exports what the database holds about the orders that wait
 // for a deadline, read at most every 10 s (two index range counts per
 // status), so that dashboards and alerts see overdue orders whatever the
 // daemon's own counters say.
 type ordersCollector struct {
-	store                    *sqlstore.Store
 	waiting, overdue, oldest *prometheus.Desc
-	mu                       sync.Mutex
-	at                       time.Time
-	last                     map[order.Status]sqlstore.Waiting
-	log                      *zap.Logger
+	read                     dbRead[map[order.Status]sqlstore.Waiting]
 }
 
 func newOrdersCollector(store *sqlstore.Store, log *zap.Logger) *ordersCollector {
-	return &ordersCollector{store: store, log: log,
+	return &ordersCollector{
+		read:    dbRead[map[order.Status]sqlstore.Waiting]{what: "order gauges", read: store.Waiting, log: log},
 		waiting: prometheus.NewDesc("orderd_orders_waiting", "Orders waiting for a deadline: pending (pay) or shipped (confirm).", []string{"status"}, nil),
 		overdue: prometheus.NewDesc("orderd_orders_overdue", "Orders whose deadline has passed and that still wait: the sweep takes them within the sweep interval.", []string{"status"}, nil),
 		oldest:  prometheus.NewDesc("orderd_orders_oldest_overdue_seconds", "Age of the oldest overdue deadline (0 when none is overdue).", []string{"status"}, nil),
@@ -204,24 +232,13 @@ func (c *ordersCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *ordersCollector) Collect(ch chan<- prometheus.Metric) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	now := time.Now()
-	if now.Sub(c.at) >= 10*time.Second {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		w, err := c.store.Waiting(ctx, now)
-		cancel()
-		if err != nil {
-			c.log.Warn("order gauges not read", zap.Error(err))
-		} else {
-			c.last, c.at = w, now
-		}
-	}
-	if c.last == nil {
-		return // not known yet: no sample rather than a false 0
+	last, ok := c.read.get(now)
+	if !ok {
+		return
 	}
 	for _, st := range []order.Status{order.Pending, order.Shipped} {
-		w := c.last[st]
+		w := last[st]
 		age := 0.0
 		if !w.Oldest.IsZero() {
 			age = now.Sub(w.Oldest).Seconds()

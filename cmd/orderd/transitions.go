@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -50,18 +49,21 @@ func (o *globalOptions) startRelay(d *deps, id string, reg *prometheus.Registry)
 // backlogCollector exports the outbox's backlog (changes committed, not yet
 // in the stream), read at most every 10 s.
 type backlogCollector struct {
-	store       *sqlstore.Store
-	log         *zap.Logger
-	size, age   *prometheus.Desc
-	mu          sync.Mutex
-	at          time.Time
-	n           int64
-	oldest      time.Time
-	initialised bool
+	size, age *prometheus.Desc
+	read      dbRead[backlog]
+}
+
+type backlog struct {
+	n      int64
+	oldest time.Time
 }
 
 func newBacklogCollector(store *sqlstore.Store, log *zap.Logger) *backlogCollector {
-	return &backlogCollector{store: store, log: log,
+	return &backlogCollector{
+		read: dbRead[backlog]{what: "outbox backlog", log: log, read: func(ctx context.Context, _ time.Time) (backlog, error) {
+			n, oldest, err := store.ChangeBacklog(ctx)
+			return backlog{n, oldest}, err
+		}},
 		size: prometheus.NewDesc("orderd_transitions_backlog", "Transitions committed but not yet appended to the transitions stream (the outbox).", nil, nil),
 		age:  prometheus.NewDesc("orderd_transitions_backlog_oldest_seconds", "Age of the oldest transition waiting in the outbox (0 when none waits).", nil, nil),
 	}
@@ -73,26 +75,15 @@ func (c *backlogCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *backlogCollector) Collect(ch chan<- prometheus.Metric) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	now := time.Now()
-	if now.Sub(c.at) >= 10*time.Second {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		n, oldest, err := c.store.ChangeBacklog(ctx)
-		cancel()
-		if err != nil {
-			c.log.Warn("outbox backlog not read", zap.Error(err))
-		} else {
-			c.n, c.oldest, c.at, c.initialised = n, oldest, now, true
-		}
-	}
-	if !c.initialised {
+	b, ok := c.read.get(now)
+	if !ok {
 		return
 	}
 	age := 0.0
-	if !c.oldest.IsZero() {
-		age = max(0, now.Sub(c.oldest).Seconds())
+	if !b.oldest.IsZero() {
+		age = max(0, now.Sub(b.oldest).Seconds())
 	}
-	ch <- prometheus.MustNewConstMetric(c.size, prometheus.GaugeValue, float64(c.n))
+	ch <- prometheus.MustNewConstMetric(c.size, prometheus.GaugeValue, float64(b.n))
 	ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, age)
 }
