@@ -22,8 +22,6 @@ import (
 
 	"github.com/orderd/orderd/expiry"
 	"github.com/orderd/orderd/order"
-	"github.com/orderd/orderd/order/sqlstore"
-	"github.com/orderd/orderd/stock"
 )
 
 // The peer: hibiken/asynq, a delayed task per order in a sorted set that the
@@ -48,25 +46,16 @@ func isAsynq(mode string) bool { _, ok := asynqModes[mode]; return ok }
 func asynqListen(redisURL, dbURL, interval string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	log, err := zap.NewProduction()
-	if err != nil {
-		return err
-	}
 	every, err := time.ParseDuration(interval)
 	if err != nil {
 		return err
 	}
-	rdb, err := newRedis(redisURL)
+	p, err := openPeer(ctx, redisURL, dbURL)
 	if err != nil {
 		return err
 	}
-	defer rdb.Close()
-	store, err := sqlstore.Open(ctx, dbURL)
-	if err != nil {
-		return err
-	}
-	defer store.Close()
-	svc := order.NewService(store, stock.NewCounter(rdb, ""), nil, order.Config{Logger: zap.NewNop()})
+	defer p.close()
+	log, rdb, svc := p.log, p.rdb, p.svc
 
 	var handled atomic.Uint64
 	mux := asynq.NewServeMux()

@@ -7,14 +7,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
-	"go.uber.org/zap"
 
 	"github.com/orderd/orderd/expiry"
-	"github.com/orderd/orderd/order"
 	orderdaemon "github.com/orderd/orderd/order/daemon"
-	"github.com/orderd/orderd/order/sqlstore"
-	"github.com/orderd/orderd/stock"
 )
 
 // naiveListen is the design orderd improves on, run as a daemon of its own
@@ -25,22 +20,12 @@ import (
 func naiveListen(redisURL, dbURL string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	log, err := zap.NewProduction()
+	p, err := openPeer(ctx, redisURL, dbURL)
 	if err != nil {
 		return err
 	}
-	opts, err := redis.ParseURL(redisURL)
-	if err != nil {
-		return err
-	}
-	rdb := redis.NewClient(opts)
-	defer rdb.Close()
-	store, err := sqlstore.Open(ctx, dbURL)
-	if err != nil {
-		return err
-	}
-	defer store.Close()
-	svc := order.NewService(store, stock.NewCounter(rdb, ""), nil, order.Config{Logger: zap.NewNop()})
+	defer p.close()
+	log, rdb, svc := p.log, p.rdb, p.svc
 	mux := expiry.NewServeMux()
 	mux.Use(expiry.Recover(log), expiry.Retry(expiry.RetryPolicy{}))
 	orderdaemon.Register(mux, svc, orderdaemon.BatchConfig{Max: 1})
