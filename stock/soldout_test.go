@@ -43,12 +43,14 @@ func TestSoldOutFlagClearedByGiveBack(t *testing.T) {
 	ctx := context.Background()
 	daemon := stock.NewCounter(rdb, "shop:")
 	a, b := stock.NewCounter(rdb, "shop:"), stock.NewCounter(rdb, "shop:")
+	// The stock is set before the watchers subscribe: its announcement,
+	// arriving after a flag was set, would clear it.
+	if err := daemon.Set(ctx, 7, 1, 0, nil); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []*stock.Counter{a, b} {
 		c.CacheSoldOut(time.Hour)
 		watch(t, c)
-	}
-	if err := daemon.Set(ctx, 7, 1, 0, nil); err != nil {
-		t.Fatal(err)
 	}
 	mustReserve(t, a, 7, 1, 1, stock.Reserved)
 	mustReserve(t, a, 7, 2, 1, stock.SoldOut)
