@@ -89,6 +89,8 @@ func runListen(ctx context.Context, o *listenOptions) error {
 	if err := checkNotify(ctx, o, d); err != nil {
 		return err
 	}
+	ctx, stopSchema := d.watchSchema(ctx)
+	defer stopSchema()
 
 	m := newDaemonMetrics()
 	svc := order.NewService(d.store, d.counter, d.sched, o.serviceConfig(m.onTransition))
@@ -152,6 +154,9 @@ func runListen(ctx context.Context, o *listenOptions) error {
 	wait()
 	if err != nil {
 		return fmt.Errorf("listener: %w", err)
+	}
+	if err := schemaError(ctx); err != nil {
+		return err
 	}
 	s := l.Stats()
 	o.log.Info("orderd listen stopped", zap.Uint64("received", s.Received), zap.Uint64("handled", s.Handled),

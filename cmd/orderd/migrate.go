@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 
@@ -67,6 +68,9 @@ func runMigrate(ctx context.Context, g *globalOptions) error {
 		return err
 	}
 	defer store.Close()
+	if err := store.CheckSchema(ctx); errors.Is(err, sqlstore.ErrSchemaNewer) {
+		return usageErrorf("--db: %v", err)
+	}
 	applied, err := store.Migrate(ctx)
 	if err != nil {
 		return err

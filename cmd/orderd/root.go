@@ -188,7 +188,7 @@ func (o *globalOptions) open(ctx context.Context) (*deps, error) {
 	if err := store.CheckSchema(ctx); err != nil {
 		rdb.Close()
 		store.Close()
-		if errors.Is(err, sqlstore.ErrSchemaOutdated) {
+		if errors.Is(err, sqlstore.ErrSchemaOutdated) || errors.Is(err, sqlstore.ErrSchemaNewer) {
 			return nil, usageErrorf("--db: %v", err)
 		}
 		return nil, runtimeError(err)
@@ -219,6 +219,32 @@ func redisRefuses(err error) bool {
 		}
 	}
 	return true
+}
+
+// schemaCheckInterval is how often a running serve or listen reads the
+// schema version, to stop once a newer orderd has migrated the database.
+const schemaCheckInterval = 5 * time.Second
+
+// watchSchema returns a context that ends, with an error wrapping
+// sqlstore.ErrSchemaNewer as its cause, once the database is migrated past
+// this binary; schemaError reads it back after the command's parts stopped.
+func (d *deps) watchSchema(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	go func() {
+		if err := d.store.WatchSchema(ctx, schemaCheckInterval); err != nil {
+			cancel(err)
+		}
+	}()
+	return ctx, func() { cancel(nil) }
+}
+
+// schemaError returns the runtime failure (exit 1) of a process that
+// stopped because the schema moved past it, or nil.
+func schemaError(ctx context.Context) error {
+	if err := context.Cause(ctx); errors.Is(err, sqlstore.ErrSchemaNewer) {
+		return runtimeError(err)
+	}
+	return nil
 }
 
 func (d *deps) close() {

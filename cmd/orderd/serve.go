@@ -45,6 +45,8 @@ func runServe(ctx context.Context, o *serveOptions) error {
 		return err
 	}
 	defer d.close()
+	ctx, stopSchema := d.watchSchema(ctx)
+	defer stopSchema()
 	// A sold-out SKU costs no Redis call for a second; units coming back
 	// anywhere (an expiry, a cancel, a restock) clear the flag at once.
 	d.counter.CacheSoldOut(time.Second)
@@ -93,5 +95,5 @@ func runServe(ctx context.Context, o *serveOptions) error {
 		return err
 	}
 	o.log.Info("orderd serve stopped")
-	return nil
+	return schemaError(ctx)
 }

@@ -197,20 +197,47 @@ func (s *Store) SchemaVersion(ctx context.Context) (current, latest int64, err e
 // ErrSchemaOutdated is returned by CheckSchema when migrations are pending.
 var ErrSchemaOutdated = errors.New("sqlstore: database schema is not up to date (run `orderd migrate`)")
 
-// CheckSchema returns ErrSchemaOutdated unless every migration is applied.
+// ErrSchemaNewer is returned by CheckSchema when the database was migrated
+// past the last version this binary knows: its statements may no longer
+// write what the newer schema expects (an older binary on a schema with the
+// outbox, say, would make transitions that never reach the stream).
+var ErrSchemaNewer = errors.New("this database was migrated by a newer orderd; upgrade this binary")
+
+// CheckSchema returns ErrSchemaOutdated unless every migration is applied,
+// and an error wrapping ErrSchemaNewer when the database is at a version
+// this binary does not know.
 func (s *Store) CheckSchema(ctx context.Context) error {
-	p, err := s.provider()
+	current, latest, err := s.SchemaVersion(ctx)
 	if err != nil {
 		return err
 	}
-	pending, err := p.HasPending(ctx)
-	if err != nil {
-		return fmt.Errorf("sqlstore: read schema version: %w", err)
-	}
-	if pending {
+	switch {
+	case current > latest:
+		return fmt.Errorf("%w (schema version %d, this binary knows up to %d)", ErrSchemaNewer, current, latest)
+	case current < latest:
 		return ErrSchemaOutdated
 	}
 	return nil
+}
+
+// WatchSchema checks the schema version every interval until ctx ends, and
+// returns the error of CheckSchema once the database has moved past this
+// binary (ErrSchemaNewer): a running process must then stop. Other
+// failures (a database that does not answer for a while) are not its
+// business; it returns nil when ctx ends.
+func (s *Store) WatchSchema(ctx context.Context, interval time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if err := s.CheckSchema(ctx); errors.Is(err, ErrSchemaNewer) {
+			return err
+		}
+	}
 }
 
 // tx runs fn in a transaction, trying again when MySQL reports a deadlock or a
