@@ -2,6 +2,7 @@ package order
 
 import (
 	"strconv"
+	"strings"
 )
 
 // Key prefixes of the two timers, before any --key-prefix.
@@ -39,5 +40,18 @@ func (k Keys) Stock() string { return k.Prefix }
 func (k Keys) Transitions() string { return k.Prefix + "orderd:transitions" }
 
 // TransitionsRelay names the lease held by the one process that relays the
-// outbox to the transitions stream.
-func (k Keys) TransitionsRelay() string { return k.Transitions() + ":relay" }
+// outbox to the transitions stream. It shares the stream's hash slot (on
+// Redis Cluster, the same node), so that the relay's script can check the
+// lease where it appends.
+func (k Keys) TransitionsRelay() string { return SameSlot(k.Transitions(), ":relay") }
+
+// SameSlot returns key+suffix made to hash to key's Redis Cluster slot: a
+// key with a hash tag ("{…}") keeps it; another is wrapped in one.
+func SameSlot(key, suffix string) string {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			return key + suffix
+		}
+	}
+	return "{" + key + "}" + suffix
+}

@@ -198,6 +198,7 @@ func runStatus(ctx context.Context, o *statusOptions, out io.Writer) error {
 	if r.Stream.Relay, err = d.rdb.Get(ctx, keys.TransitionsRelay()).Result(); err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("read the transitions relay's lease: %w", err)
 	}
+	r.Stream.Relay, _, _ = strings.Cut(r.Stream.Relay, "#") // the relay's id, without its lease's token
 	backlog, oldest, err := d.store.ChangeBacklog(ctx)
 	if err != nil {
 		return err

@@ -29,16 +29,21 @@ func (o *globalOptions) startRelay(d *deps, id string, reg *prometheus.Registry)
 		Name: "orderd_transitions_relay_held",
 		Help: "1 while this process holds the relay lease: it appends the outbox to the transitions stream.",
 	})
-	reg.MustRegister(relayed, held, newBacklogCollector(d.store, o.log))
+	lost := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "orderd_transitions_stream_lost_total",
+		Help: "Times the relay found the transitions stream's last entry gone (the stream deleted, or evicted by maxmemory-policy).",
+	})
+	reg.MustRegister(relayed, held, lost, newBacklogCollector(d.store, o.log))
 	keys := o.keys()
 	r := transitions.NewRelay(d.store, d.rdb, transitions.Config{
-		Stream:   keys.Transitions(),
-		LeaseKey: keys.TransitionsRelay(),
-		MaxLen:   o.TransitionsMaxLen,
-		ID:       id,
-		Logger:   o.log,
-		OnRelay:  func(n int) { relayed.Add(float64(n)) },
-		OnLease:  func(h bool) { held.Set(boolFloat(h)) },
+		Stream:     keys.Transitions(),
+		LeaseKey:   keys.TransitionsRelay(),
+		MaxLen:     o.TransitionsMaxLen,
+		ID:         id,
+		Logger:     o.log,
+		OnRelay:    func(n int) { relayed.Add(float64(n)) },
+		OnLease:    func(h bool) { held.Set(boolFloat(h)) },
+		OnVanished: lost.Inc,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

@@ -3,9 +3,11 @@ package transitions
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	mrand "math/rand/v2"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -19,7 +21,8 @@ type Config struct {
 	// Stream is the stream's key (order.Keys.Transitions).
 	Stream string
 	// LeaseKey is the key of the lease that lets one relay work at a time
-	// (order.Keys.TransitionsRelay).
+	// (order.Keys.TransitionsRelay). It must share the stream's hash slot
+	// (order.SameSlot): the append checks it, in one script.
 	LeaseKey string
 	// MaxLen caps the stream near this many entries (XADD MAXLEN ~): Redis
 	// trims the oldest in whole blocks, so the stream may hold a few more.
@@ -48,6 +51,11 @@ type Config struct {
 	OnRelay func(n int)
 	// OnLease, if set, is called when this relay takes or loses the lease.
 	OnLease func(held bool)
+	// OnVanished, if set, is called when the relay finds that the entry it
+	// (or another relay) appended last is no longer the stream's last: the
+	// stream was deleted, or evicted by a maxmemory-policy that evicts keys
+	// without a TTL, or its last entry was deleted.
+	OnVanished func()
 }
 
 // Relay moves the changes of an outbox to the transitions stream, while it
@@ -59,8 +67,17 @@ type Relay struct {
 	log    *zap.Logger
 	wake   chan struct{}
 
+	record    string  // sorted set of the outbox seqs appended and maybe not yet deleted
+	lastKey   string  // holds the ID of the last entry appended, for every relay
+	token     string  // the lease's value while this relay holds it: a fencing token
+	lastID    string  // the ID of the last entry this relay appended
 	unDeleted []int64 // appended, but their deletion from the outbox failed
 }
+
+// errFenced is a round's error when the lease was no longer this relay's at
+// the append (it paused, say, and another relay took over): nothing was
+// appended, the other relay appends the records.
+var errFenced = errors.New("transitions relay: the lease passed to another relay before the append")
 
 // NewRelay returns a Relay from outbox to the stream cfg.Stream on rdb.
 func NewRelay(outbox order.Outbox, rdb redis.UniversalClient, cfg Config) *Relay {
@@ -93,7 +110,8 @@ func NewRelay(outbox order.Outbox, rdb redis.UniversalClient, cfg Config) *Relay
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Relay{outbox: outbox, rdb: rdb, cfg: cfg, log: log.With(zap.String("stream", cfg.Stream)), wake: make(chan struct{}, 1)}
+	return &Relay{outbox: outbox, rdb: rdb, cfg: cfg, log: log.With(zap.String("stream", cfg.Stream)), wake: make(chan struct{}, 1),
+		record: order.SameSlot(cfg.Stream, ":relayed"), lastKey: order.SameSlot(cfg.Stream, ":last")}
 }
 
 // ID returns the name this relay holds the lease under.
@@ -171,6 +189,13 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 		n, err := r.round(ctx)
 		switch {
+		case errors.Is(err, errFenced):
+			held, renewAt = false, time.Time{}
+			r.log.Info("no longer relaying transitions: the lease passed to another relay, which appends what this one had read",
+				zap.String("relay", r.cfg.ID))
+			if r.cfg.OnLease != nil {
+				r.cfg.OnLease(false)
+			}
 		case err != nil && ctx.Err() == nil:
 			failures++
 			r.log.Warn("transitions not relayed yet; they stay in the outbox and are tried again",
@@ -204,11 +229,20 @@ func (r *Relay) sleep(ctx context.Context, d time.Duration, wakeable bool) {
 	}
 }
 
-// bid takes or renews the lease.
+// bid takes or renews the lease. Each take holds it under a new token
+// (the relay's ID and a random part), which the append checks: a relay that
+// paused past its lease's end appends nothing once another took it, even if
+// it renews later.
 func (r *Relay) bid(ctx context.Context) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
-	n, err := takeLease.Run(ctx, r.rdb, []string{r.cfg.LeaseKey}, r.cfg.ID, r.cfg.LeaseTTL.Milliseconds()).Int()
+	if r.token == "" {
+		r.token = r.cfg.ID + "#" + rand.Text()[:8]
+	}
+	n, err := takeLease.Run(ctx, r.rdb, []string{r.cfg.LeaseKey}, r.token, r.cfg.LeaseTTL.Milliseconds()).Int()
+	if err == nil && n != 1 {
+		r.token = "" // another holds it; the next take is a new one
+	}
 	return n == 1, err
 }
 
@@ -228,41 +262,77 @@ func (r *Relay) finish(valid bool) {
 			break
 		}
 	}
-	if err := dropLease.Run(ctx, r.rdb, []string{r.cfg.LeaseKey}, r.cfg.ID).Err(); err != nil {
+	token := r.token
+	r.token = ""
+	if err := dropLease.Run(ctx, r.rdb, []string{r.cfg.LeaseKey}, token).Err(); err != nil {
 		r.log.Warn("transitions relay lease not given up; another process takes it when it expires", zap.Error(err))
 	}
 }
 
-// appendMany appends entries to the stream KEYS[1], capped near ARGV[1].
-// ARGV[2…] come in fives, one per group of changes sharing a transition:
-// from, to, at, source, and the orders as "order_id:user_id:sku:qty,…". The
-// fields are those of Values. One call carries many entries, and the relay
-// sends one string per group rather than eight values per entry: far cheaper
-// for both than a command each.
+// appendMany appends entries to the stream KEYS[1], capped near ARGV[1],
+// if the lease KEYS[2] still holds this relay's token ARGV[2]; else it
+// appends nothing and returns -1. ARGV[5…] come in sixes, one per outbox
+// record (a group of changes sharing a transition): its seq, from, to, at,
+// source, and the orders as "order_id:user_id:sku:qty,…". The fields are
+// those of Values. One call carries many entries, and the relay sends one
+// string per group rather than eight values per entry: far cheaper for both
+// than a command each.
+//
+// The append and the record of it are one: each record's seq goes into the
+// sorted set KEYS[3] as it is appended, and a seq found there is skipped,
+// so a record appended by a relay that paused or died before deleting it
+// from the outbox is never appended again by the next. Seqs below ARGV[3]
+// (the smallest seq still in the outbox when the caller read it) are
+// deleted from the outbox already and forgotten. KEYS[4] keeps the ID of
+// the last entry appended; when the stream's last entry is another (the
+// stream was deleted or evicted) the reply says so. ARGV[4] is that ID as
+// the caller remembers it, for when KEYS[4] went too.
+//
+// It returns {entries appended, records skipped, 1 if the last entry had
+// vanished else 0}.
 var appendMany = redis.NewScript(`
-local n = 0
-for i = 2, #ARGV, 5 do
-  for id, user, sku, qty in string.gmatch(ARGV[i+4], '(-?%d+):(-?%d+):(-?%d+):(-?%d+)') do
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-      'order_id', id, 'user_id', user, 'sku', sku, 'qty', qty,
-      'from', ARGV[i], 'to', ARGV[i+1], 'at', ARGV[i+2], 'source', ARGV[i+3])
-    n = n + 1
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return {-1, 0, 0}
+end
+local last = redis.call('GET', KEYS[4])
+if not last then last = ARGV[4] end
+local vanished = 0
+if last ~= '' then
+  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  if #top == 0 or top[1][1] ~= last then vanished = 1 end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[3])
+local n, skipped, id = 0, 0, nil
+for i = 5, #ARGV, 6 do
+  if redis.call('ZSCORE', KEYS[3], ARGV[i]) then
+    skipped = skipped + 1
+  else
+    for oid, user, sku, qty in string.gmatch(ARGV[i+5], '(-?%d+):(-?%d+):(-?%d+):(-?%d+)') do
+      id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+        'order_id', oid, 'user_id', user, 'sku', sku, 'qty', qty,
+        'from', ARGV[i+1], 'to', ARGV[i+2], 'at', ARGV[i+3], 'source', ARGV[i+4])
+      n = n + 1
+    end
+    redis.call('ZADD', KEYS[3], ARGV[i], ARGV[i])
   end
 end
-return n`)
+if id then
+  redis.call('SET', KEYS[4], id)
+end
+return {n, skipped, vanished, id or ''}`)
 
 // entriesPerCall bounds, roughly, the entries of one appendMany call.
 const entriesPerCall = 2000
 
 // round appends the changes of up to Batch outbox records to the stream, in
-// calls of up to 1,000 entries, then deletes the records. It returns how many
-// records it read.
+// calls of up to about 2,000 entries, then deletes the records. It returns
+// how many records it read.
 func (r *Relay) round(ctx context.Context) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
 	if len(r.unDeleted) > 0 {
 		// Appended already: delete them before reading, or they would be
-		// appended again.
+		// read again (and skipped by the script, at a cost).
 		if err := r.outbox.DeleteChanges(ctx, r.unDeleted); err != nil {
 			return 0, err
 		}
@@ -272,21 +342,42 @@ func (r *Relay) round(ctx context.Context) (int, error) {
 	if err != nil || len(cs) == 0 {
 		return 0, err
 	}
+	head := []any{r.cfg.MaxLen, r.token, cs[0].Seq, ""} // cs are in seq order
 	var seqs []int64
-	args := []any{r.cfg.MaxLen}
-	entries := 0
+	args := slices.Clone(head)
+	entries, skipped := 0, 0
 	var list []byte
 	call := func() error {
-		if entries == 0 {
+		if len(args) == len(head) {
 			return nil
 		}
-		n, err := appendMany.Run(ctx, r.rdb, []string{r.cfg.Stream}, args...).Int()
-		if err == nil && n != entries {
-			err = fmt.Errorf("appended %d entries of %d", n, entries)
-		}
-		args, entries = args[:1], 0
+		args[3] = r.lastID
+		res, err := appendMany.Run(ctx, r.rdb, []string{r.cfg.Stream, r.cfg.LeaseKey, r.record, r.lastKey}, args...).Slice()
+		args = args[:len(head)]
+		want := entries
+		entries = 0
 		if err != nil {
 			return fmt.Errorf("append to %s: %w", r.cfg.Stream, err)
+		}
+		n, _ := res[0].(int64)
+		if n < 0 {
+			return errFenced
+		}
+		s, _ := res[1].(int64)
+		skipped += int(s)
+		if v, _ := res[2].(int64); v == 1 {
+			r.log.Error("the transitions stream lost entries it had: its last entry, appended by orderd, is gone "+
+				"(the stream was deleted, or evicted: set maxmemory-policy to noeviction or a volatile-* policy)",
+				zap.String("last_id", r.lastID))
+			if r.cfg.OnVanished != nil {
+				r.cfg.OnVanished()
+			}
+		}
+		if id, _ := res[3].(string); id != "" {
+			r.lastID = id
+		}
+		if s == 0 && int(n) != want {
+			return fmt.Errorf("append to %s: appended %d entries of %d", r.cfg.Stream, n, want)
 		}
 		return nil
 	}
@@ -303,7 +394,7 @@ func (r *Relay) round(ctx context.Context) (int, error) {
 					}
 				}
 			}
-			args = append(args, string(c.From), string(c.To), c.At.UTC().Format(timeLayout), c.Source)
+			args = append(args, c.Seq, string(c.From), string(c.To), c.At.UTC().Format(timeLayout), c.Source)
 			if len(seqs) == 0 || seqs[len(seqs)-1] != c.Seq {
 				seqs = append(seqs, c.Seq)
 			}
@@ -314,6 +405,10 @@ func (r *Relay) round(ctx context.Context) (int, error) {
 	args = append(args, string(list))
 	if err := call(); err != nil {
 		return 0, err
+	}
+	if skipped > 0 {
+		r.log.Info("outbox records appended to the stream already (by a relay that stopped before deleting them): not appended again",
+			zap.Int("records", skipped))
 	}
 	if r.cfg.OnRelay != nil {
 		r.cfg.OnRelay(len(cs))

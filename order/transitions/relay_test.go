@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -371,4 +372,75 @@ func TestDecode(t *testing.T) {
 	} else {
 		t.Log(err)
 	}
+}
+
+// pausingOutbox is a real outbox whose next DeleteChanges, once armed,
+// waits until released: the relay holding the lease stops between its
+// append and its delete, as a process frozen there (SIGSTOP, a GC pause, a
+// VM freeze) does, and keeps no lease meanwhile.
+type pausingOutbox struct {
+	order.Outbox
+	armed   atomic.Bool
+	paused  chan struct{} // closed when a delete is held
+	release chan struct{}
+}
+
+func (p *pausingOutbox) DeleteChanges(ctx context.Context, seqs []int64) error {
+	if p.armed.CompareAndSwap(true, false) {
+		close(p.paused)
+		<-p.release
+	}
+	return p.Outbox.DeleteChanges(ctx, seqs)
+}
+
+// A relay paused between its append and its delete, ten times over: the
+// relay that takes the lease meanwhile reads the same outbox records and
+// appends none of them again (the append records what it appended, in the
+// same script), and the paused one, resumed, appends nothing more: every
+// transition is in the stream once.
+func TestRelayPausedBetweenAppendAndDelete(t *testing.T) {
+	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
+		e := newEnv(t, st)
+		ctx := context.Background()
+		var skipped atomic.Int64
+		log := zaptest.NewLogger(t, zaptest.WrapOptions(zap.Hooks(func(en zapcore.Entry) error {
+			if strings.HasPrefix(en.Message, "outbox records appended to the stream already") {
+				skipped.Add(1)
+			}
+			return nil
+		})))
+		want := map[int64][]step{}
+		for run := range 10 {
+			p := &pausingOutbox{Outbox: st, paused: make(chan struct{}), release: make(chan struct{})}
+			p.armed.Store(true)
+			a := transitions.NewRelay(p, e.rdb, transitions.Config{Stream: e.keys.Transitions(),
+				LeaseKey: e.keys.TransitionsRelay(), ID: fmt.Sprintf("a%d", run), LeaseTTL: 300 * time.Millisecond, Logger: log})
+			actx, stopA := context.WithCancel(ctx)
+			aDone := make(chan struct{})
+			go func() { defer close(aDone); _ = a.Run(actx) }()
+			testkit.WaitFor(t, 10*time.Second, "relay a holding the lease", func() bool {
+				v, _ := e.rdb.Get(ctx, e.keys.TransitionsRelay()).Result()
+				return strings.HasPrefix(v, fmt.Sprintf("a%d#", run))
+			})
+			for user := range int64(3) {
+				o, err := e.svc.Create(ctx, 100+int64(run)*10+user, 7, 1)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want[o.ID] = []step{{"", order.Pending, order.SourceRequest}}
+			}
+			a.Wake()
+			<-p.paused // a appended, and waits before its delete
+			stopB := e.relay(t, e.rdb, fmt.Sprintf("b%d", run), log)
+			e.waitStream(t, steps(want)) // b took over: the outbox is empty
+			close(p.release)
+			stopA()
+			<-aDone
+			stopB()
+		}
+		checkOnceInOrder(t, e.stream(t), want)
+		if skipped.Load() == 0 {
+			t.Error("no relay said it found records appended already")
+		}
+	})
 }
