@@ -71,9 +71,11 @@ func Cluster(tb testing.TB, prefix string) *redis.ClusterClient {
 	WaitClusterOK(tb, c)
 	clean := func() {
 		_ = c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
-			iter := n.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-			for iter.Next(ctx) {
-				n.Del(ctx, iter.Val())
+			for _, match := range []string{prefix + "*", "{" + prefix + "*"} { // keys hash-tagged whole too
+				iter := n.Scan(ctx, 0, match, 1000).Iterator()
+				for iter.Next(ctx) {
+					n.Del(ctx, iter.Val())
+				}
 			}
 			return nil
 		})

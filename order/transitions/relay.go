@@ -336,6 +336,7 @@ func (r *Relay) round(ctx context.Context) (int, error) {
 		if err := r.outbox.DeleteChanges(ctx, r.unDeleted); err != nil {
 			return 0, err
 		}
+		r.forget(ctx, r.unDeleted)
 		r.unDeleted = nil
 	}
 	cs, err := r.outbox.PendingChanges(ctx, r.cfg.Batch)
@@ -366,9 +367,8 @@ func (r *Relay) round(ctx context.Context) (int, error) {
 		s, _ := res[1].(int64)
 		skipped += int(s)
 		if v, _ := res[2].(int64); v == 1 {
-			r.log.Error("the transitions stream lost entries it had: its last entry, appended by orderd, is gone "+
-				"(the stream was deleted, or evicted: set maxmemory-policy to noeviction or a volatile-* policy)",
-				zap.String("last_id", r.lastID))
+			r.log.Error("the transitions stream lost entries it had: its last entry, appended by orderd, is gone " +
+				"(the stream was deleted, or evicted: set maxmemory-policy to noeviction or a volatile-* policy)")
 			if r.cfg.OnVanished != nil {
 				r.cfg.OnVanished()
 			}
@@ -417,5 +417,20 @@ func (r *Relay) round(ctx context.Context) (int, error) {
 		r.unDeleted = seqs
 		return len(seqs), err
 	}
+	r.forget(ctx, seqs)
 	return len(seqs), nil
+}
+
+// forget removes from the record the seqs of records deleted from the
+// outbox: they cannot be read again. (Left behind, a database whose seqs
+// start over, restored or new, would find its records taken for appended.
+// Those below the outbox's smallest seq go at the next append anyway.)
+func (r *Relay) forget(ctx context.Context, seqs []int64) {
+	members := make([]any, len(seqs))
+	for i, s := range seqs {
+		members[i] = s
+	}
+	if err := r.rdb.ZRem(ctx, r.record, members...).Err(); err != nil {
+		r.log.Debug("relayed records not forgotten yet", zap.Error(err))
+	}
 }
