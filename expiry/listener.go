@@ -160,6 +160,10 @@ type Health struct {
 	// Notify, when not nil, says that Redis does not publish expired-key
 	// events (on which node) and what to set, as the last check found.
 	Notify error
+	// Eviction, when not nil, says that Redis may evict keys without a TTL
+	// (the due index, the leases): maxmemory-policy is allkeys-*, as the
+	// last check found (ErrEvictionUnsafe).
+	Eviction error
 }
 
 // Stats are a Listener's counters since it was created.
@@ -202,7 +206,7 @@ type Listener struct {
 	inFlight                                                             atomic.Int64
 	queue                                                                atomic.Pointer[chan Event]
 	running, configWarned                                                atomic.Bool
-	notifyErr                                                            atomic.Pointer[error]
+	notifyErr, evictionErr                                               atomic.Pointer[error]
 	dropKick                                                             chan struct{}
 	dropLog, malformedLog, noRecordLog                                   sometimes
 	sub                                                                  atomic.Pointer[subscriber]  // while Run runs
@@ -320,6 +324,9 @@ func (l *Listener) Health() Health {
 	if p := l.notifyErr.Load(); p != nil {
 		h.Notify = *p
 	}
+	if p := l.evictionErr.Load(); p != nil {
+		h.Eviction = *p
+	}
 	return h
 }
 
@@ -369,9 +376,12 @@ func (l *Listener) Run(ctx context.Context) error {
 			}
 		})
 	}
-	if l.cfg.Notify != NotifyIgnore {
-		hooks.every(ctx, l.cfg.NotifyInterval, notifyKick, func(ctx context.Context) { l.checkNotify(ctx, topo) })
-	}
+	hooks.every(ctx, l.cfg.NotifyInterval, notifyKick, func(ctx context.Context) {
+		if l.cfg.Notify != NotifyIgnore {
+			l.checkNotify(ctx, topo)
+		}
+		l.checkEviction(ctx, topo)
+	})
 	// The reapers hand timers to the queue: they stop before it closes.
 	var reapers sync.WaitGroup
 	if s := l.cfg.Scheduler; s != nil && l.cfg.ReapInterval > 0 {
@@ -499,6 +509,31 @@ func (l *Listener) checkNotify(ctx context.Context, topo topology) {
 		}
 	default: // Redis does not answer: the subscription and the health check say so
 		l.log.Debug("notify-keyspace-events not read", zap.Error(err))
+	}
+}
+
+// checkEviction reads maxmemory-policy on every node of the topology and
+// records (and logs, when it changes) whether Redis may evict keys without
+// a TTL.
+func (l *Listener) checkEviction(ctx context.Context, topo topology) {
+	nodes, err := topo.nodes(ctx)
+	if err == nil {
+		err = checkEviction(ctx, nodes)
+	}
+	prev := l.evictionErr.Load()
+	switch {
+	case err == nil:
+		if prev != nil {
+			l.log.Info("Redis keeps keys without a TTL again (maxmemory-policy)")
+		}
+		l.evictionErr.Store(nil)
+	case errors.Is(err, ErrEvictionUnsafe):
+		if prev == nil || (*prev).Error() != err.Error() {
+			l.log.Error("Redis may evict keys without a TTL: timers, leases and other state can vanish silently", zap.Error(err))
+		}
+		l.evictionErr.Store(&err)
+	default: // CONFIG refused (said once by the notify check) or Redis does not answer
+		l.log.Debug("maxmemory-policy not read", zap.Error(err))
 	}
 }
 

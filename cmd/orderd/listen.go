@@ -139,6 +139,9 @@ func runListen(ctx context.Context, o *listenOptions) error {
 			if h.Notify != nil {
 				p["notify"] = h.Notify.Error()
 			}
+			if h.Eviction != nil {
+				p["eviction"] = h.Eviction.Error()
+			}
 			if !h.Subscribed {
 				p["subscription"] = "not subscribed to expired-key events (yet): expirations are not heard"
 			}

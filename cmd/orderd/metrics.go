@@ -136,9 +136,18 @@ func (m *daemonMetrics) watchListener(l *expiry.Listener) {
 		Name: "orderd_notify_enabled",
 		Help: "1 when Redis publishes expired-key events (as last checked), 0 when it does not: orders then wait for the sweep.",
 	}, func() float64 { return boolFloat(l.Health().Notify == nil) }))
+	m.reg.MustRegister(evictionGauge(func() bool { return l.Health().Eviction != nil }))
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "orderd_subscribed", Help: "1 while Redis has confirmed the subscription to expired-key events.",
 	}, func() float64 { return boolFloat(l.Health().Subscribed) }))
+}
+
+// evictionGauge exports whether Redis may evict keys without a TTL.
+func evictionGauge(unsafe func() bool) prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "orderd_redis_eviction_unsafe",
+		Help: "1 when Redis's maxmemory-policy (allkeys-*) may evict keys without a TTL (the due index, leases, the transitions stream, stock counters), as last checked.",
+	}, func() float64 { return boolFloat(unsafe()) })
 }
 
 func boolFloat(b bool) float64 {

@@ -5,13 +5,16 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/orderd/orderd/expiry"
 	"github.com/orderd/orderd/order"
 	"github.com/orderd/orderd/order/httpapi"
 )
@@ -33,6 +36,59 @@ func newServeCmd(g *globalOptions) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&o.Addr, "addr", "127.0.0.1:8080", "listen address of the HTTP API")
 	return cmd
+}
+
+// evictionCheckInterval is how often serve reads Redis's maxmemory-policy.
+const evictionCheckInterval = 10 * time.Second
+
+// evictionWatch is what serve knows of Redis's maxmemory-policy: one that may
+// evict keys without a TTL (allkeys-*) can silently drop the stock counters,
+// the transitions stream and the due index. (listen's listener checks it
+// itself, with expired-key events.)
+type evictionWatch struct {
+	rdb redis.UniversalClient
+	log *zap.Logger
+	err atomic.Pointer[string]
+}
+
+func (w *evictionWatch) run(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			w.check(ctx)
+		}
+	}
+}
+
+func (w *evictionWatch) check(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	err := expiry.CheckEviction(ctx, w.rdb)
+	switch {
+	case err == nil:
+		if w.err.Swap(nil) != nil {
+			w.log.Info("Redis keeps keys without a TTL again (maxmemory-policy)")
+		}
+	case errors.Is(err, expiry.ErrEvictionUnsafe):
+		msg := err.Error()
+		if prev := w.err.Swap(&msg); prev == nil || *prev != msg {
+			w.log.Error("Redis may evict keys without a TTL: stock counters, the transitions stream and timers can vanish silently", zap.Error(err))
+		}
+	default:
+		w.log.Debug("maxmemory-policy not read", zap.Error(err))
+	}
+}
+
+// problem is the last check's finding, or "" when the policy is safe.
+func (w *evictionWatch) problem() string {
+	if p := w.err.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 func runServe(ctx context.Context, o *serveOptions) error {
@@ -60,7 +116,18 @@ func runServe(ctx context.Context, o *serveOptions) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	_, stopRelay := o.startRelay(d, "", reg)
 	defer stopRelay()
-	h, err := httpapi.New(svc, httpapi.Config{JWTSecret: secret, Logger: o.log, Registry: reg, Health: d.health})
+	ev := &evictionWatch{rdb: d.rdb, log: o.log}
+	ev.check(ctx)
+	go ev.run(ctx, evictionCheckInterval)
+	reg.MustRegister(evictionGauge(func() bool { return ev.problem() != "" }))
+	health := func(ctx context.Context) httpapi.Problems {
+		p := d.health(ctx)
+		if e := ev.problem(); e != "" {
+			p["eviction"] = e
+		}
+		return p
+	}
+	h, err := httpapi.New(svc, httpapi.Config{JWTSecret: secret, Logger: o.log, Registry: reg, Health: health})
 	if err != nil {
 		return err
 	}

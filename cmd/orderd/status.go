@@ -57,6 +57,7 @@ type statusReport struct {
 	Redis    string           `json:"redis"`
 	Schema   schemaStatus     `json:"schema"`
 	Notify   notifyStatus     `json:"expired_events"`
+	Eviction string           `json:"eviction"` // "safe", or what is wrong with maxmemory-policy
 	Orders   map[string]int64 `json:"orders"`
 	Overdue  []overdueStatus  `json:"overdue"`
 	Next     []nextDeadline   `json:"next_deadlines"`
@@ -175,6 +176,18 @@ func runStatus(ctx context.Context, o *statusOptions, out io.Writer) error {
 		return fmt.Errorf("read notify-keyspace-events: %w", err)
 	}
 
+	switch err := expiry.CheckEviction(ctx, d.rdb); {
+	case err == nil:
+		r.Eviction = "safe"
+	case errors.Is(err, expiry.ErrEvictionUnsafe):
+		r.Eviction = err.Error()
+		r.Problems = append(r.Problems, "Redis may evict keys without a TTL: "+err.Error())
+	case errors.Is(err, expiry.ErrConfigUnavailable):
+		r.Eviction = "unknown: " + err.Error()
+	default:
+		return fmt.Errorf("read maxmemory-policy: %w", err)
+	}
+
 	idx, err := d.sched.Inspect(ctx)
 	if err != nil {
 		return err
@@ -244,6 +257,7 @@ func (r *statusReport) print(w io.Writer, now time.Time) {
 		events = "OFF: " + r.Notify.Detail
 	}
 	fmt.Fprintf(tw, "expired-key events\t%s\n", events)
+	fmt.Fprintf(tw, "eviction\t%s\n", r.Eviction)
 	var counts []string
 	for _, st := range []string{"pending", "paid", "shipped", "completed", "cancelled", "expired"} {
 		counts = append(counts, fmt.Sprintf("%s %d", st, r.Orders[st]))
