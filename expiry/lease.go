@@ -88,6 +88,7 @@ type leaseKeeper struct {
 
 	kick      chan struct{}
 	announce  atomic.Bool // tell the others after the next round
+	standby   atomic.Bool // hold nothing and stay out of the assignment (SetStandby)
 	takeovers atomic.Uint64
 
 	mu        sync.Mutex
@@ -133,6 +134,21 @@ func (k *leaseKeeper) mine(i int) bool {
 	}
 	h := k.holders[i]
 	return h == "" || h == k.id || now.Sub(k.seen) > k.ttl
+}
+
+// surely reports whether this listener may act on shard i now without
+// stepping on another: it holds the lease by its own clock, or its view is
+// fresh (read within the lease interval, twice over) and says nobody does.
+// Unlike mine, a stale view (a listener that was frozen, say) knows nothing
+// and says no.
+func (k *leaseKeeper) surely(i int) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	now := time.Now()
+	if now.Before(k.heldUntil[i]) {
+		return true
+	}
+	return k.holders[i] == "" && now.Sub(k.seen) <= 2*k.interval
 }
 
 // changes returns a channel closed when what this listener holds changes.
@@ -183,7 +199,13 @@ func (k *leaseKeeper) run(ctx context.Context) {
 		case <-t.C:
 		case <-k.kick:
 		}
-		moved, err := k.round(ctx)
+		var moved bool
+		var err error
+		if k.standby.Load() {
+			moved, err = k.stepDown(ctx)
+		} else {
+			moved, err = k.round(ctx)
+		}
 		if err != nil && ctx.Err() == nil {
 			if ok, suppressed := errLog.allow(time.Now()); ok {
 				k.log.Warn("cannot renew the shard leases; they lapse after the lease TTL",
@@ -289,6 +311,41 @@ func (k *leaseKeeper) report() {
 	if !same && k.onChange != nil {
 		k.onChange(shards, sweeps)
 	}
+}
+
+// stepDown releases every lease held and leaves the live listeners, so
+// that the others take this listener's share at once, and reports whether
+// it released anything. A listener in standby runs it every round.
+func (k *leaseKeeper) stepDown(ctx context.Context) (bool, error) {
+	k.mu.Lock()
+	held := false
+	for i := range k.items {
+		held = held || k.holders[i] == k.id || !k.heldUntil[i].IsZero()
+		k.heldUntil[i] = time.Time{}
+	}
+	k.mu.Unlock()
+	start := time.Now()
+	gets := make([]*redis.StringCmd, len(k.items))
+	_, err := k.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, it := range k.items {
+			releaseLease.Eval(ctx, p, []string{it.key}, k.id)
+		}
+		p.ZRem(ctx, k.members, k.id)
+		for i, it := range k.items {
+			gets[i] = p.Get(ctx, it.key)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return held, fmt.Errorf("expiry: release leases: %w", err)
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.seen = start // so that events of the shards the others hold are theirs
+	for i := range k.items {
+		k.holders[i] = gets[i].Val()
+	}
+	return held, nil
 }
 
 // stop releases every lease held and the heartbeat, and tells the others.

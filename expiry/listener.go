@@ -287,6 +287,41 @@ func (l *Listener) Handles(key string) bool {
 	return s == nil || k == nil || k.mine(s.shardOf(key))
 }
 
+// Surely reports whether the listener may act on key's timer now without
+// stepping on another listener: it holds the key's shard by its own clock,
+// or its view of the leases, read moments ago, says nobody holds it; or it
+// shares no Scheduler. It is stricter than Handles: a listener whose view is
+// stale (it was frozen, or cut off from Redis, past its leases' end) says
+// no until it has read the leases again. A handler checks it just before
+// it commits work that only the shard's holder should do (a fence).
+func (l *Listener) Surely(key string) bool {
+	s, k := l.cfg.Scheduler, l.leases.Load()
+	if s == nil {
+		return true
+	}
+	return k != nil && k.surely(s.shardOf(key))
+}
+
+// SetStandby, with true, makes the listener give up every lease it holds
+// and leave the listeners sharing the Scheduler, so that the others take
+// its share at once, and hold nothing until SetStandby(false): for a
+// listener that cannot do its share's work for now (its database does not
+// answer, say). It still hears events; those of shards that others hold are
+// theirs. Without a Scheduler it does nothing.
+func (l *Listener) SetStandby(on bool) {
+	k := l.leases.Load()
+	if k == nil || k.standby.Swap(on) == on {
+		return
+	}
+	if on {
+		l.log.Warn("standing by: giving up every shard to the other listeners")
+	} else {
+		l.log.Info("back from standby: taking a share of the shards again")
+		k.announce.Store(true)
+	}
+	trigger(k.kick)
+}
+
 // Stats returns the listener's counters.
 func (l *Listener) Stats() Stats {
 	s := Stats{

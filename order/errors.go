@@ -1,6 +1,7 @@
 package order
 
 import (
+	"context"
 	"errors"
 	"fmt"
 )
@@ -62,4 +63,32 @@ func ErrorCode(err error) string {
 		return e.Code
 	}
 	return CodeInternal
+}
+
+// ErrBusy is wrapped by the error for an order a batch skipped because
+// another transaction held it locked: worth trying again shortly.
+var ErrBusy = errors.New("order: locked by another transaction")
+
+// ErrFenced is wrapped by the error of a transaction rolled back because its
+// fence (WithFence) said the caller may no longer do this work: a listener
+// that paused past its leases, say.
+var ErrFenced = errors.New("order: fenced: this process no longer holds the work")
+
+type fenceKey struct{}
+
+// WithFence returns a context whose deadline transitions (Store.Expire,
+// Store.Complete) check fence just before they commit, and roll back with an
+// error wrapping ErrFenced when it returns an error.
+func WithFence(ctx context.Context, fence func() error) context.Context {
+	return context.WithValue(ctx, fenceKey{}, fence)
+}
+
+// CheckFence runs the fence of ctx, if any.
+func CheckFence(ctx context.Context) error {
+	if f, ok := ctx.Value(fenceKey{}).(func() error); ok && f != nil {
+		if err := f(); err != nil {
+			return fmt.Errorf("%w: %v", ErrFenced, err)
+		}
+	}
+	return nil
 }

@@ -157,12 +157,12 @@ type cutAfterExpire struct {
 	armed atomic.Bool
 }
 
-func (c *cutAfterExpire) Expire(ctx context.Context, ids []int64, now time.Time, source string) (moved, notDue []order.Order, err error) {
-	moved, notDue, err = c.Store.Expire(ctx, ids, now, source)
-	if len(moved) > 0 && c.armed.CompareAndSwap(true, false) {
+func (c *cutAfterExpire) Expire(ctx context.Context, ids []int64, now time.Time, source string) (order.Moves, error) {
+	mv, err := c.Store.Expire(ctx, ids, now, source)
+	if len(mv.Moved) > 0 && c.armed.CompareAndSwap(true, false) {
 		c.proxy.Cut()
 	}
-	return moved, notDue, err
+	return mv, err
 }
 
 // A give-back lost between the database commit and Redis leaves the stock

@@ -90,14 +90,17 @@ type Store interface {
 
 	// Expire moves every pending order of ids whose pay deadline is at or
 	// before now to expired and gives its stock back, all in one
-	// transaction. It returns the orders it moved and those pending but not
-	// due yet, with ID, UserID, SKU, Qty, Status, the deadlines and the time
-	// of the transition set (other fields may be zero). source (a Source
-	// constant) is what made the transition, for the changes recorded.
-	Expire(ctx context.Context, ids []int64, now time.Time, source string) (moved []Order, notDue []Order, err error)
+	// transaction. It returns the orders it moved, those pending but not
+	// due yet, and the ids it skipped because another transaction holds
+	// them locked (Moves). The orders come with ID, UserID, SKU, Qty,
+	// Status, the deadlines and the time of the transition set (other
+	// fields may be zero). source (a Source constant) is what made the
+	// transition, for the changes recorded. A fence in ctx (WithFence) is
+	// checked before the commit.
+	Expire(ctx context.Context, ids []int64, now time.Time, source string) (Moves, error)
 	// Complete moves every shipped order of ids whose confirm deadline is at
 	// or before now to completed (auto_confirmed), in one transaction.
-	Complete(ctx context.Context, ids []int64, now time.Time, source string) (moved []Order, notDue []Order, err error)
+	Complete(ctx context.Context, ids []int64, now time.Time, source string) (Moves, error)
 
 	// Due returns up to limit ids of orders in status (Pending or Shipped)
 	// whose deadline (pay or confirm) is at or before now, in deadline order,
@@ -111,4 +114,18 @@ type Store interface {
 
 	Ping(ctx context.Context) error
 	Close() error
+}
+
+// Moves is what one batch of deadline transitions (Store.Expire,
+// Store.Complete) did.
+type Moves struct {
+	// Moved are the orders moved.
+	Moved []Order
+	// NotDue are the orders in the status the move starts from whose
+	// deadline has not come.
+	NotDue []Order
+	// Busy are the ids locked by another transaction, skipped (SKIP LOCKED)
+	// rather than waited for: the other may move them, or roll back. Ask
+	// again for them shortly.
+	Busy []int64
 }

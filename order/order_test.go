@@ -54,7 +54,7 @@ func newEnv(t *testing.T, st *sqlstore.Store, cfg order.Config) *env {
 
 // daemon starts an `orderd listen` equivalent; it stops at the test's end,
 // or at stopDaemons.
-func (e *env) daemon(t *testing.T, cfg daemon.Config) *expiry.Listener {
+func (e *env) daemon(t *testing.T, cfg daemon.Config) *daemon.Daemon {
 	t.Helper()
 	if cfg.Scheduler == nil {
 		cfg.Scheduler = e.sched

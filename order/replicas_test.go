@@ -29,12 +29,12 @@ type txCounter struct {
 	n *atomic.Int64
 }
 
-func (c txCounter) Expire(ctx context.Context, ids []int64, now time.Time, source string) (moved, notDue []order.Order, err error) {
+func (c txCounter) Expire(ctx context.Context, ids []int64, now time.Time, source string) (order.Moves, error) {
 	c.n.Add(1)
 	return c.Store.Expire(ctx, ids, now, source)
 }
 
-func (c txCounter) Complete(ctx context.Context, ids []int64, now time.Time, source string) (moved, notDue []order.Order, err error) {
+func (c txCounter) Complete(ctx context.Context, ids []int64, now time.Time, source string) (order.Moves, error) {
 	c.n.Add(1)
 	return c.Store.Complete(ctx, ids, now, source)
 }
@@ -71,7 +71,7 @@ func replicaBurst(t *testing.T, rdb redis.UniversalClient, sentinel *redis.Failo
 	var res burstResult
 	res.transitions = make([]int64, n)
 	var last time.Time
-	ls := make([]*expiry.Listener, n)
+	ls := make([]*daemon.Daemon, n)
 	for i := range n {
 		own, err := sqlstore.Open(ctx, url)
 		if err != nil {

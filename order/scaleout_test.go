@@ -30,7 +30,7 @@ type scaleEnv struct {
 	mu      sync.Mutex
 	moved   []order.Transition
 	due     []time.Time // the deadline of each of moved
-	l       *expiry.Listener
+	l       *daemon.Daemon
 	created atomic.Int64 // by stream
 }
 
@@ -367,7 +367,7 @@ func TestClusterFailoverWithReplicas(t *testing.T) {
 	c := testkit.Cluster(t, prefix)
 	e := newScaleEnv(t, c, prefix, time.Second, sweep, nil)
 	sched := expiry.NewScheduler(c, expiry.SchedulerConfig{KeyPrefix: prefix, Index: prefix + "orderd:due"})
-	ls := []*expiry.Listener{e.l}
+	ls := []*daemon.Daemon{e.l}
 	for i := range 2 {
 		l := daemon.New(e.svc, c, daemon.Config{Scheduler: sched, SweepInterval: sweep, ID: "replica-" + strconv.Itoa(i+1),
 			Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))})

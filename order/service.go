@@ -60,6 +60,10 @@ type Config struct {
 	OnTransition func(Transition)
 	// Now tells the time. If nil, time.Now is used.
 	Now func() time.Time
+	// GiveBacks, if set, keeps the stock give-backs that could not reach
+	// Redis and retries them until they land (run it). If nil, such a
+	// counter waits for the daemon's stock check.
+	GiveBacks *stock.GiveBacks
 }
 
 // Service is the order logic shared by the HTTP API and the daemon.
@@ -242,8 +246,19 @@ func (s *Service) unreserve(ctx context.Context, h stock.Hold, createErr error) 
 		}
 	}
 	if err := s.stock.Release(ctx, h); err != nil {
-		s.log.Warn("stock reservation not given back (the daemon's stock check mends it)", zap.Int64("sku", h.SKU), zap.Error(err))
+		s.giveBackLater(err, h)
 	}
+}
+
+// giveBackLater hands holds whose give-back failed to GiveBacks, or else
+// leaves them to the daemon's stock check.
+func (s *Service) giveBackLater(err error, holds ...stock.Hold) {
+	if g := s.cfg.GiveBacks; g != nil {
+		g.Add(holds...)
+		s.log.Warn("stock counter not given back now: retried until Redis answers", zap.Int("holds", len(holds)), zap.Error(err))
+		return
+	}
+	s.log.Warn("stock counter not given back (the daemon's stock check mends it)", zap.Int("holds", len(holds)), zap.Error(err))
 }
 
 // Get returns order id as seen by user (admins see every order; others only
@@ -368,56 +383,61 @@ func (s *Service) releaseRedis(ctx context.Context, orders ...Order) {
 		holds[i] = stock.Hold{SKU: o.SKU, User: o.UserID, Qty: o.Qty}
 	}
 	if err := s.stock.Release(context.WithoutCancel(ctx), holds...); err != nil {
-		s.log.Warn("stock counter not given back (the daemon's stock check mends it)", zap.Int("orders", len(orders)), zap.Error(err))
+		s.giveBackLater(err, holds...)
 	}
 }
 
 // Applied is what one batch of deadline transitions did.
 type Applied struct {
 	// Moved is how many orders the batch moved; the others of its ids were
-	// left as they were (moved already, paid or cancelled meanwhile, not due).
+	// left as they were (moved already, paid or cancelled meanwhile, not due,
+	// busy).
 	Moved int
 	// Missing are the ids of no order at all: a timer key written (by
 	// another program, say) for an order that does not exist. Batches from
 	// the sweep, which reads its ids from the orders, have none.
 	Missing []int64
+	// Busy are the ids another transaction held locked, skipped rather than
+	// waited for: ask again shortly (the other may be a process frozen in
+	// its transaction, which the server ends).
+	Busy []int64
 }
 
 // ExpireOrders expires, in one transaction, those of ids that are pending and
 // past their pay deadline, and gives their stock back. Orders not due yet get
 // their timer set again for the real deadline.
 func (s *Service) ExpireOrders(ctx context.Context, ids []int64, source string) (Applied, error) {
-	moved, notDue, err := s.store.Expire(ctx, ids, s.now(), source)
+	mv, err := s.store.Expire(ctx, ids, s.now(), source)
 	if err != nil {
 		return Applied{}, err
 	}
-	s.releaseRedis(ctx, moved...)
-	s.observe(moved, Expired, source)
-	for _, o := range notDue {
+	s.releaseRedis(ctx, mv.Moved...)
+	s.observe(mv.Moved, Expired, source)
+	for _, o := range mv.NotDue {
 		s.schedule(ctx, PayKey(o.ID), o.PayDeadline)
 	}
-	return s.applied(ctx, ids, len(moved)+len(notDue), len(moved), source)
+	return s.applied(ctx, ids, mv, source)
 }
 
 // CompleteOrders confirms receipt, in one transaction, of those of ids that
 // are shipped and past their confirm deadline.
 func (s *Service) CompleteOrders(ctx context.Context, ids []int64, source string) (Applied, error) {
-	moved, notDue, err := s.store.Complete(ctx, ids, s.now(), source)
+	mv, err := s.store.Complete(ctx, ids, s.now(), source)
 	if err != nil {
 		return Applied{}, err
 	}
-	s.observe(moved, Completed, source)
-	for _, o := range notDue {
+	s.observe(mv.Moved, Completed, source)
+	for _, o := range mv.NotDue {
 		s.schedule(ctx, ConfirmKey(o.ID), *o.ConfirmDeadline)
 	}
-	return s.applied(ctx, ids, len(moved)+len(notDue), len(moved), source)
+	return s.applied(ctx, ids, mv, source)
 }
 
-// applied finds, when some of ids were neither moved nor waiting, which of
-// them are no order at all. It costs a query only then.
-func (s *Service) applied(ctx context.Context, ids []int64, accounted, moved int, source string) (Applied, error) {
-	a := Applied{Moved: moved}
-	if accounted == len(ids) || source == SourceSweep {
+// applied finds, when some of ids were neither moved nor waiting nor busy,
+// which of them are no order at all. It costs a query only then.
+func (s *Service) applied(ctx context.Context, ids []int64, mv Moves, source string) (Applied, error) {
+	a := Applied{Moved: len(mv.Moved), Busy: mv.Busy}
+	if len(mv.Moved)+len(mv.NotDue)+len(mv.Busy) == len(ids) || source == SourceSweep {
 		return a, nil
 	}
 	existing, err := s.store.Existing(ctx, ids)
@@ -496,6 +516,7 @@ func (s *Service) SweepWhere(ctx context.Context, olderThan time.Duration, keep 
 		var wg sync.WaitGroup
 		var mu sync.Mutex
 		var firstErr error
+		var busy []int64 // ids other transactions held: tried again at the end
 		fail := func(err error) {
 			mu.Lock()
 			firstErr = cmp.Or(firstErr, err)
@@ -518,6 +539,9 @@ func (s *Service) SweepWhere(ctx context.Context, olderThan time.Duration, keep 
 				if err != nil {
 					fail(err)
 				}
+				mu.Lock()
+				busy = append(busy, a.Busy...)
+				mu.Unlock()
 			})
 			mu.Lock()
 			defer mu.Unlock()
@@ -554,11 +578,53 @@ func (s *Service) SweepWhere(ctx context.Context, olderThan time.Duration, keep 
 			cursor = next
 		}
 		wg.Wait()
+		if firstErr == nil && len(busy) > 0 {
+			n, err := s.retryBusy(ctx, step.apply, busy)
+			total.Add(int64(n))
+			firstErr = err
+		}
 		if firstErr != nil {
 			return int(total.Load()), firstErr
 		}
 	}
 	return int(total.Load()), nil
+}
+
+// busyRetries are the waits before a sweep asks again for the orders
+// another transaction held locked: together past the server's end of a
+// frozen transaction (the daemon's sessions: 2 s idle).
+var busyRetries = []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second}
+
+// retryBusy applies ids again after each of busyRetries while some stay
+// busy; what is still busy then waits for the next sweep.
+func (s *Service) retryBusy(ctx context.Context, apply func(context.Context, []int64, string) (Applied, error), ids []int64) (int, error) {
+	moved := 0
+	for _, wait := range busyRetries {
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return moved, ctx.Err()
+		case <-t.C:
+		}
+		for len(ids) > 0 {
+			n := min(len(ids), s.cfg.SweepBatch)
+			a, err := apply(context.WithoutCancel(ctx), ids[:n], SourceSweep)
+			if err != nil {
+				return moved, err
+			}
+			moved += a.Moved
+			ids = append(ids[n:], a.Busy...)
+			if len(a.Busy) == n {
+				break // all still held: wait
+			}
+		}
+		if len(ids) == 0 {
+			return moved, nil
+		}
+	}
+	s.log.Info("sweep left orders that other transactions held locked to the next sweep", zap.Int("orders", len(ids)))
+	return moved, nil
 }
 
 // ReconcileStock mends the Redis stock counters that disagree with the

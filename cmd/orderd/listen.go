@@ -81,7 +81,7 @@ func runListen(ctx context.Context, o *listenOptions) error {
 	if o.BatchMax <= 0 {
 		return usageErrorf("--batch-max must be positive, not %d", o.BatchMax)
 	}
-	d, err := o.open(ctx)
+	d, err := o.openWith(ctx, serverSessions)
 	if err != nil {
 		return err
 	}
@@ -93,7 +93,10 @@ func runListen(ctx context.Context, o *listenOptions) error {
 	defer stopSchema()
 
 	m := newDaemonMetrics()
-	svc := order.NewService(d.store, d.counter, d.sched, o.serviceConfig(m.onTransition))
+	cfg := o.serviceConfig(m.onTransition)
+	cfg.GiveBacks = d.giveBacks
+	defer d.startGiveBacks()() // stopped after the listener: its last give-backs land
+	svc := order.NewService(d.store, d.counter, d.sched, cfg)
 	reap := time.Duration(0) // the listener's default
 	if !o.Reaper {
 		reap = -1
@@ -122,8 +125,10 @@ func runListen(ctx context.Context, o *listenOptions) error {
 		ReapInterval: reap,
 		Logger:       o.log,
 		OnSweep:      m.onSweep,
+		PingDB:       d.store.Ping,
+		Leases:       d.store,
 	})
-	m.watchListener(l)
+	m.watchListener(l.Listener)
 	wakeRelay, stopRelay := o.startRelay(d, l.ID(), m.reg)
 	// Stopped after the listener: what its last batches committed is relayed.
 	defer stopRelay()

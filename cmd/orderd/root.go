@@ -159,6 +159,8 @@ type deps struct {
 	store   *sqlstore.Store
 	sched   *expiry.Scheduler
 	counter *stock.Counter
+	// giveBacks retries stock give-backs that failed (run by startGiveBacks).
+	giveBacks *stock.GiveBacks
 }
 
 // open connects to Redis and the database and checks the schema. What only
@@ -167,6 +169,18 @@ type deps struct {
 // configuration error (exit 2); a server that does not answer is a runtime
 // failure (exit 1).
 func (o *globalOptions) open(ctx context.Context) (*deps, error) {
+	return o.openWith(ctx, sqlstore.Options{})
+}
+
+// serverSessions bounds the database sessions of serve and listen, so that
+// a process frozen inside a transaction (a GC pause, a VM freeze, SIGSTOP)
+// stalls the others for about 2 s, not for as long as it is frozen: MariaDB
+// ends a transaction idle for 2 s (rolling it back, freeing its locks), a
+// lock is waited for 5 s at most, a statement runs 30 s at most.
+var serverSessions = sqlstore.Options{TxIdleTimeout: 2 * time.Second, LockWait: 5 * time.Second, StatementTimeout: 30 * time.Second}
+
+// openWith is open with the database sessions tuned by opts.
+func (o *globalOptions) openWith(ctx context.Context, opts sqlstore.Options) (*deps, error) {
 	rdb := o.redis.client()
 	pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -177,7 +191,7 @@ func (o *globalOptions) open(ctx context.Context) (*deps, error) {
 		}
 		return nil, runtimeError(fmt.Errorf("redis at %s does not answer (--redis-url): %w", o.redis, err))
 	}
-	store, err := sqlstore.Open(ctx, o.DB)
+	store, err := sqlstore.OpenWith(ctx, o.DB, opts)
 	if err != nil {
 		rdb.Close()
 		if sqlstore.IsConfigError(err) {
@@ -198,10 +212,11 @@ func (o *globalOptions) open(ctx context.Context) (*deps, error) {
 	store.SetOutbox(o.TransitionsMaxLen > 0)
 	keys := o.keys()
 	return &deps{
-		rdb:     rdb,
-		store:   store,
-		sched:   expiry.NewScheduler(rdb, expiry.SchedulerConfig{KeyPrefix: keys.Prefix, Index: keys.DueIndex()}),
-		counter: stock.NewCounter(rdb, keys.Stock()),
+		rdb:       rdb,
+		store:     store,
+		sched:     expiry.NewScheduler(rdb, expiry.SchedulerConfig{KeyPrefix: keys.Prefix, Index: keys.DueIndex()}),
+		counter:   stock.NewCounter(rdb, keys.Stock()),
+		giveBacks: &stock.GiveBacks{Prefix: keys.Stock(), Open: o.redis.client, Logger: o.log},
 	}, nil
 }
 
@@ -245,6 +260,15 @@ func schemaError(ctx context.Context) error {
 		return runtimeError(err)
 	}
 	return nil
+}
+
+// startGiveBacks runs d.giveBacks until the function it returns is called
+// (which waits for it).
+func (d *deps) startGiveBacks() (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = d.giveBacks.Run(ctx) }()
+	return func() { cancel(); <-done }
 }
 
 func (d *deps) close() {

@@ -96,7 +96,7 @@ func runServe(ctx context.Context, o *serveOptions) error {
 	if err != nil {
 		return err
 	}
-	d, err := o.open(ctx)
+	d, err := o.openWith(ctx, serverSessions)
 	if err != nil {
 		return err
 	}
@@ -111,7 +111,10 @@ func runServe(ctx context.Context, o *serveOptions) error {
 	go func() { defer close(watched); d.counter.WatchRestocks(wctx, nil) }()
 	defer func() { stopWatch(); <-watched }()
 
-	svc := order.NewService(d.store, d.counter, d.sched, o.serviceConfig(nil))
+	cfg := o.serviceConfig(nil)
+	cfg.GiveBacks = d.giveBacks
+	defer d.startGiveBacks()()
+	svc := order.NewService(d.store, d.counter, d.sched, cfg)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	_, stopRelay := o.startRelay(d, "", reg)

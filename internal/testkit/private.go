@@ -4,6 +4,7 @@ import (
 	"context"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -60,4 +61,14 @@ func (p *PrivateRedis) Restart() {
 	p.tb.Helper()
 	p.Kill()
 	p.Start()
+}
+
+// Stop stops the server as an operator would (SIGTERM: it saves its data
+// when persistence is on, then exits); Start brings it back.
+func (p *PrivateRedis) Stop() {
+	if p.cmd != nil {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		p.cmd.Wait()
+		p.cmd = nil
+	}
 }

@@ -7,6 +7,9 @@ package daemon
 
 import (
 	"context"
+	"fmt"
+	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -71,49 +74,118 @@ type Config struct {
 	// QueueWait is passed to the listener: how long its reader may wait for
 	// room in a full queue. If zero, it drops at once (and a sweep catches up).
 	QueueWait time.Duration
+	// PingDB, if set, is how the daemon checks its database every
+	// DBCheckInterval: when it has not answered for DBDownAfter, the daemon
+	// gives its shards to the other daemons (expiry.Listener.SetStandby)
+	// and takes a share again once it answers.
+	PingDB func(ctx context.Context) error
+	// DBCheckInterval is the pause between database checks. If zero, 1 s
+	// is used.
+	DBCheckInterval time.Duration
+	// DBDownAfter is how long the database may fail to answer before the
+	// daemon stands by. If zero, 3 s is used.
+	DBDownAfter time.Duration
+	// Leases, if set, are database leases (sqlstore.Store has them): while
+	// Redis does not answer, and with it the sweep's lease in Redis, one
+	// daemon at a time, holding the database lease "sweep", goes on
+	// sweeping every half SweepInterval, so that orders are still closed
+	// within SweepInterval of their deadlines.
+	Leases Leases
+}
+
+// Leases are leases kept in the database: a conditional update on a row
+// with an expiry decides the holder, with the database's clock.
+type Leases interface {
+	// ClaimLease takes the lease name for holder for ttl, or renews it when
+	// holder has it, and reports whether holder has it now.
+	ClaimLease(ctx context.Context, name, holder string, ttl time.Duration) (bool, error)
+	// ReleaseLease gives the lease up if holder has it.
+	ReleaseLease(ctx context.Context, name, holder string) error
+}
+
+// Defaults of Config.
+const (
+	defaultSweepInterval   = 30 * time.Second
+	defaultWorkers         = 2048
+	defaultDBCheckInterval = time.Second
+	defaultDBDownAfter     = 3 * time.Second
+)
+
+// Daemon is the order expiry daemon: an expiry.Listener (its methods are the
+// daemon's) routing order timers to the service, and the parts around it
+// that Run runs with it: the catch-up after shards are taken over, the
+// database check, and the sweep that goes on under a database lease while
+// Redis does not answer.
+type Daemon struct {
+	*expiry.Listener
+	svc    *order.Service
+	client redis.UniversalClient
+	cfg    Config
+	log    *zap.Logger
+
+	sweep     func(ctx context.Context, reason string, olderThan time.Duration, keep func(order.Status, int64) bool)
+	mine      func(order.Status, int64) bool
+	takenKick chan struct{}
 }
 
 // New returns the daemon: an expiry.Listener routing order_pay: and
 // order_confirm: keys to the service in batches, sweeping the database at
-// start-up, after every resubscription and every SweepInterval, and after
-// every periodic sweep mending Redis stock counters that lost a give-back
-// (ReconcileStock). Catch-up sweeps run on the daemon that may have missed
-// events, over the orders whose events it handles (with a Scheduler shared
-// by several daemons: those of the shards it holds); one daemon at a time
-// runs the periodic sweep, over every overdue order, and the stock check.
-func New(s *order.Service, client redis.UniversalClient, cfg Config) *expiry.Listener {
+// start-up, after every resubscription, after it takes shards over from
+// another daemon and every SweepInterval, and after every periodic sweep
+// mending Redis stock counters that lost a give-back (ReconcileStock).
+// Catch-up sweeps run on the daemon that may have missed events, over the
+// orders whose events it handles (with a Scheduler shared by several
+// daemons: those of the shards it holds); one daemon at a time runs the
+// periodic sweep, over every overdue order, and the stock check.
+//
+// A batch commits only while the daemon surely holds the shards of its
+// timers (a fence checked just before the commit): a daemon that paused
+// past its leases rolls back, and the shard's new holder, which sweeps
+// what it took over, moves those orders instead.
+func New(s *order.Service, client redis.UniversalClient, cfg Config) *Daemon {
 	if cfg.SweepInterval <= 0 {
-		cfg.SweepInterval = 30 * time.Second
+		cfg.SweepInterval = defaultSweepInterval
 	}
 	if cfg.Workers <= 0 {
-		cfg.Workers = 2048
+		cfg.Workers = defaultWorkers
 	}
 	if cfg.SweepGrace <= 0 {
 		cfg.SweepGrace = min(time.Second, cfg.SweepInterval/4)
+	}
+	if cfg.DBCheckInterval <= 0 {
+		cfg.DBCheckInterval = defaultDBCheckInterval
+	}
+	if cfg.DBDownAfter <= 0 {
+		cfg.DBDownAfter = defaultDBDownAfter
 	}
 	log := cfg.Logger
 	if log == nil {
 		log = zap.NewNop()
 	}
-	mux := expiry.NewServeMux()
-	mux.Use(expiry.Recover(log), expiry.Retry(expiry.RetryPolicy{}))
-	Register(mux, s, cfg.Batch)
 	if sc := cfg.Scheduler; sc != nil && sc.KeyPrefix() != "" && sc.KeyPrefix() != s.Keys().Prefix {
 		panic("daemon: the Scheduler's KeyPrefix differs from the service's key prefix")
 	}
+	d := &Daemon{svc: s, client: client, cfg: cfg, log: log, takenKick: make(chan struct{}, 1)}
 
-	var l *expiry.Listener // set below; the sweeps run only once it runs
 	keys := s.Keys()
+	key := func(st order.Status, id int64) string {
+		if st == order.Shipped {
+			return keys.Confirm(id)
+		}
+		return keys.Pay(id)
+	}
 	// A catch-up takes the orders whose events this daemon handles: those of
 	// the shards it holds (and of free ones). The others' events were not lost.
-	mine := func(st order.Status, id int64) bool {
-		if st == order.Shipped {
-			return l.Handles(keys.Confirm(id))
-		}
-		return l.Handles(keys.Pay(id))
-	}
+	d.mine = func(st order.Status, id int64) bool { return d.Handles(key(st, id)) }
+	mux := expiry.NewServeMux()
+	// A batch skips orders another transaction holds (order.ErrBusy) and
+	// asks again, for longer than the server takes to end a frozen
+	// transaction (2 s).
+	mux.Use(expiry.Recover(log), expiry.Retry(expiry.RetryPolicy{Attempts: 8, Max: time.Second}), d.leaveTheirs)
+	register(mux, s, cfg.Batch, d.fence)
+
 	var mu sync.Mutex // sweeps never overlap
-	sweepOnce := func(ctx context.Context, reason string, olderThan time.Duration, keep func(order.Status, int64) bool) {
+	d.sweep = func(ctx context.Context, reason string, olderThan time.Duration, keep func(order.Status, int64) bool) {
 		mu.Lock()
 		defer mu.Unlock()
 		start := time.Now()
@@ -133,10 +205,10 @@ func New(s *order.Service, client redis.UniversalClient, cfg Config) *expiry.Lis
 		}
 	}
 	catchUp := func(reason string) func(context.Context) {
-		return func(ctx context.Context) { sweepOnce(ctx, reason, 0, mine) }
+		return func(ctx context.Context) { d.sweep(ctx, reason, 0, d.mine) }
 	}
 	periodic := func(ctx context.Context) {
-		sweepOnce(ctx, "interval", cfg.SweepGrace, nil) // the safety net: every overdue order, whoever's
+		d.sweep(ctx, "interval", cfg.SweepGrace, nil) // the safety net: every overdue order, whoever's
 		if ctx.Err() != nil {
 			return
 		}
@@ -148,7 +220,20 @@ func New(s *order.Service, client redis.UniversalClient, cfg Config) *expiry.Lis
 			cfg.OnStockRebuilt(fixed)
 		}
 	}
-	lc := expiry.ListenerConfig{
+	var held []string // called from one goroutine: the lease keeper's
+	onShards := func(now []string, sweeps bool) {
+		for _, sh := range now {
+			if !slices.Contains(held, sh) {
+				trigger(d.takenKick) // its former holder may have died or paused with timers in hand
+				break
+			}
+		}
+		held = now
+		if cfg.OnShards != nil {
+			cfg.OnShards(now, sweeps)
+		}
+	}
+	d.Listener = expiry.NewListener(client, mux, expiry.ListenerConfig{
 		KeyPrefix:       s.Keys().Prefix,
 		Workers:         cfg.Workers,
 		QueueWait:       cfg.QueueWait,
@@ -160,12 +245,181 @@ func New(s *order.Service, client redis.UniversalClient, cfg Config) *expiry.Lis
 		ReapInterval:    cfg.ReapInterval,
 		ID:              cfg.ID,
 		LeaseTTL:        cfg.LeaseTTL,
-		OnShards:        cfg.OnShards,
+		OnShards:        onShards,
 		Notify:          cfg.Notify,
 		Sentinel:        cfg.Sentinel,
 		ShutdownTimeout: cfg.ShutdownTimeout,
 		Logger:          log,
+	})
+	return d
+}
+
+// trigger asks for one more run of a part, without waiting.
+func trigger(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
 	}
-	l = expiry.NewListener(client, mux, lc)
-	return l
+}
+
+// leaveTheirs drops an event whose key's shard another daemon has taken
+// since it was queued (this one paused, or handed the shard over): the new
+// holder sweeps the overdue orders of what it takes over.
+func (d *Daemon) leaveTheirs(next expiry.Handler) expiry.Handler {
+	return expiry.HandlerFunc(func(ctx context.Context, ev expiry.Event) error {
+		if !d.Handles(ev.RawKey) {
+			return nil
+		}
+		return next.HandleExpired(ctx, ev)
+	})
+}
+
+// fence says whether this daemon may still commit a batch of the timers
+// with prefix and ids: it must surely hold their shards (a daemon that
+// paused past its leases must not).
+func (d *Daemon) fence(prefix string, ids []int64) error {
+	if d.cfg.Scheduler == nil {
+		return nil
+	}
+	p := d.svc.Keys().Prefix + prefix
+	for _, id := range ids {
+		if key := p + strconv.FormatInt(id, 10); !d.Surely(key) {
+			return fmt.Errorf("the shard of %s is no longer surely this daemon's", key)
+		}
+	}
+	return nil
+}
+
+// Run runs the daemon until ctx ends: the listener, and beside it the
+// catch-up after a take-over, the database check (with PingDB) and the
+// sweep under a database lease (with Leases). It returns the listener's
+// error.
+func (d *Daemon) Run(ctx context.Context) error {
+	pctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { d.catchUpTaken(pctx) })
+	if d.cfg.PingDB != nil {
+		wg.Go(func() { d.watchDB(pctx) })
+	}
+	if d.cfg.Leases != nil {
+		wg.Go(func() { d.sweepWithoutRedis(pctx) })
+	}
+	err := d.Listener.Run(ctx)
+	cancel()
+	wg.Wait()
+	return err
+}
+
+// catchUpTaken sweeps the orders of the shards this daemon holds each time
+// it takes shards over: their former holder may have died or paused with
+// timers it had reaped, or events it had queued, not yet committed.
+func (d *Daemon) catchUpTaken(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.takenKick:
+		}
+		d.sweep(ctx, "shards taken over", 0, d.mine)
+	}
+}
+
+// watchDB checks the database every DBCheckInterval; once it has not
+// answered for DBDownAfter, the daemon stands by (its shards go to the
+// others) until it answers again.
+func (d *Daemon) watchDB(ctx context.Context) {
+	t := time.NewTicker(d.cfg.DBCheckInterval)
+	defer t.Stop()
+	var failingSince time.Time
+	standby := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, d.cfg.DBCheckInterval)
+		err := d.cfg.PingDB(pctx)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err == nil:
+			failingSince = time.Time{}
+			if standby {
+				standby = false
+				d.log.Info("the database answers again: taking a share of the shards")
+				d.SetStandby(false)
+			}
+		case failingSince.IsZero():
+			failingSince = time.Now()
+		case !standby && time.Since(failingSince) >= d.cfg.DBDownAfter:
+			standby = true
+			d.log.Error("the database does not answer: handing this daemon's shards to the others until it does",
+				zap.Duration("for", time.Since(failingSince).Round(time.Millisecond)), zap.Error(err))
+			d.SetStandby(true)
+		}
+	}
+}
+
+// dbSweepLease is the database lease of the sweep that goes on while Redis
+// does not answer.
+const dbSweepLease = "sweep"
+
+// sweepWithoutRedis checks Redis every half SweepInterval; while it does not
+// answer, the daemon holding the database lease sweeps every overdue order
+// (no event can come), so that none waits past SweepInterval. Once Redis
+// answers, the lease is given up and the Redis-side sweep lease rules again.
+func (d *Daemon) sweepWithoutRedis(ctx context.Context) {
+	every := max(d.cfg.SweepInterval/2, 50*time.Millisecond)
+	ttl := 2 * d.cfg.SweepInterval
+	id := d.ID()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	held := false
+	release := func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		if err := d.cfg.Leases.ReleaseLease(rctx, dbSweepLease, id); err != nil {
+			d.log.Warn("database sweep lease not released: it lapses by itself", zap.Error(err))
+		}
+		held = false
+	}
+	defer func() {
+		if held {
+			release()
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		redisErr := d.client.Ping(pctx).Err()
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if redisErr == nil {
+			if held {
+				d.log.Info("Redis answers again: the sweep goes back to its Redis lease")
+				release()
+			}
+			continue
+		}
+		ok, err := d.cfg.Leases.ClaimLease(ctx, dbSweepLease, id, ttl)
+		if err != nil {
+			d.log.Debug("database sweep lease not claimed", zap.Error(err))
+			continue
+		}
+		if ok && !held {
+			d.log.Warn("Redis does not answer: sweeping the database under a database lease meanwhile", zap.Error(redisErr))
+		}
+		held = ok
+		if held {
+			d.sweep(ctx, "redis unreachable", 0, nil)
+		}
+	}
 }

@@ -49,8 +49,23 @@ type BatchConfig struct {
 // order that does not exist an error wrapping expiry.ErrNoRecord (the
 // listener counts each and logs them, bounded).
 func Register(mux *expiry.ServeMux, s *order.Service, cfg BatchConfig) {
-	mux.Handle(order.PayKeyPrefix, batchHandler(order.PayKeyPrefix, newBatcher(cfg, s.ExpireOrders)))
-	mux.Handle(order.ConfirmKeyPrefix, batchHandler(order.ConfirmKeyPrefix, newBatcher(cfg, s.CompleteOrders)))
+	register(mux, s, cfg, nil)
+}
+
+// register is Register with a fence: when not nil, it is asked, just
+// before a batch commits, whether this process may still commit the timers
+// of a key prefix and ids; an error rolls the batch back (order.ErrFenced).
+func register(mux *expiry.ServeMux, s *order.Service, cfg BatchConfig, fence func(prefix string, ids []int64) error) {
+	for _, t := range []struct {
+		prefix string
+		apply  func(context.Context, []int64, string) (order.Applied, error)
+	}{{order.PayKeyPrefix, s.ExpireOrders}, {order.ConfirmKeyPrefix, s.CompleteOrders}} {
+		b := newBatcher(cfg, t.apply)
+		if fence != nil {
+			b.fence = func(ids []int64) error { return fence(t.prefix, ids) }
+		}
+		mux.Handle(t.prefix, batchHandler(t.prefix, b))
+	}
 }
 
 func batchHandler(prefix string, b *batcher) expiry.Handler {
@@ -75,6 +90,7 @@ type batcher struct {
 	slots   chan struct{} // one per batch being applied
 	apply   func(ctx context.Context, ids []int64, source string) (order.Applied, error)
 	onBatch func(size, moved int)
+	fence   func(ids []int64) error // checked before each batch commits; nil: none
 
 	mu  sync.Mutex
 	cur *batch
@@ -83,6 +99,7 @@ type batcher struct {
 type batch struct {
 	ids     []int64
 	missing []int64       // of ids, those that are no order
+	busy    []int64       // of ids, those another transaction held
 	grew    chan struct{} // a member joined
 	full    chan struct{}
 	done    chan struct{}
@@ -145,10 +162,15 @@ func (b *batcher) do(ctx context.Context, id int64) error {
 
 // result is what member id of a finished batch gets.
 func (bt *batch) result(id int64) error {
-	if bt.err == nil && slices.Contains(bt.missing, id) {
+	switch {
+	case bt.err != nil:
+		return bt.err
+	case slices.Contains(bt.missing, id):
 		return fmt.Errorf("%w: order %d does not exist", expiry.ErrNoRecord, id)
+	case slices.Contains(bt.busy, id):
+		return fmt.Errorf("%w: order %d, skipped for now", order.ErrBusy, id)
 	}
-	return bt.err
+	return nil
 }
 
 // lead waits for bt to fill (or for members to stop joining) and for a free
@@ -190,10 +212,14 @@ wait:
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	a, err := b.apply(ctx, ids, order.SourceEvent)
+	actx := ctx
+	if b.fence != nil {
+		actx = order.WithFence(ctx, func() error { return b.fence(ids) })
+	}
+	a, err := b.apply(actx, ids, order.SourceEvent)
 	if b.onBatch != nil && err == nil {
 		b.onBatch(len(ids)-len(a.Missing), a.Moved)
 	}
-	bt.missing, bt.err = a.Missing, err
+	bt.missing, bt.busy, bt.err = a.Missing, a.Busy, err
 	return err
 }

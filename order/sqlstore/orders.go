@@ -287,9 +287,16 @@ func (s *Store) Cancel(ctx context.Context, id int64, now time.Time) (order.Orde
 const lockColumns = `id, user_id, sku, qty, status, pay_deadline, confirm_deadline`
 
 // lockOrders reads and locks the orders of ids (ascending id, so that
-// concurrent batches lock in one order).
-func (s *Store) lockOrders(ctx context.Context, tx *sqlx.Tx, ids []int64) ([]orderRow, error) {
-	q, args, err := sqlx.In(`SELECT `+lockColumns+` FROM orders WHERE id IN (?) ORDER BY id`+s.forUpdate(), ids)
+// concurrent batches lock in one order). With skip (where the server can:
+// MariaDB 10.6+, MySQL 8), rows another transaction holds locked are
+// skipped, not waited for: a batch never queues behind a stalled one (a
+// frozen process's transaction holds its locks until the server ends it).
+func (s *Store) lockOrders(ctx context.Context, tx *sqlx.Tx, ids []int64, skip bool) ([]orderRow, error) {
+	lock := s.forUpdate()
+	if skip {
+		lock += " SKIP LOCKED"
+	}
+	q, args, err := sqlx.In(`SELECT `+lockColumns+` FROM orders WHERE id IN (?) ORDER BY id`+lock, ids)
 	if err != nil {
 		return nil, err
 	}
@@ -313,18 +320,28 @@ type deadlineMove struct {
 
 // moveDue applies m, in one transaction, to the orders of ids that are in
 // m.from and whose deadline is at or before now: they are locked, moved by one
-// UPDATE, then m.after runs. It returns the orders moved and those in m.from
-// whose deadline has not come.
-func (s *Store) moveDue(ctx context.Context, ids []int64, now time.Time, source string, m deadlineMove) (moved, notDue []order.Order, err error) {
+// UPDATE, then m.after runs, and the fence of ctx is checked before the
+// commit. It returns the orders moved, those in m.from whose deadline has not
+// come, and the ids skipped because another transaction holds them.
+func (s *Store) moveDue(ctx context.Context, ids []int64, now time.Time, source string, m deadlineMove) (order.Moves, error) {
 	if len(ids) == 0 {
-		return nil, nil, nil
+		return order.Moves{}, nil
 	}
 	nowMS := ms(now)
-	err = s.tx(ctx, func(tx *sqlx.Tx) error {
-		moved, notDue = nil, nil
-		rows, err := s.lockOrders(ctx, tx, ids)
+	var mv order.Moves
+	err := s.tx(ctx, func(tx *sqlx.Tx) error {
+		mv = order.Moves{}
+		// A request (one order, a person waiting) waits for the lock; the
+		// daemon's batches skip what others hold and come back for it.
+		skip := s.skipLocked && source != order.SourceRequest
+		rows, err := s.lockOrders(ctx, tx, ids, skip)
 		if err != nil {
 			return err
+		}
+		if skip && len(rows) < len(ids) {
+			if mv.Busy, err = s.busy(ctx, tx, ids, rows); err != nil {
+				return err
+			}
 		}
 		var due []orderRow
 		var dueIDs []int64
@@ -334,11 +351,11 @@ func (s *Store) moveDue(ctx context.Context, ids []int64, now time.Time, source 
 				continue
 			}
 			if d.Int64 > nowMS {
-				notDue = append(notDue, r.order())
+				mv.NotDue = append(mv.NotDue, r.order())
 				continue
 			}
 			m.mark(&r, nowMS)
-			moved = append(moved, r.order())
+			mv.Moved = append(mv.Moved, r.order())
 			due, dueIDs = append(due, r), append(dueIDs, r.ID)
 		}
 		if len(due) == 0 {
@@ -361,19 +378,47 @@ func (s *Store) moveDue(ctx context.Context, ids []int64, now time.Time, source 
 				return err
 			}
 		}
-		return s.recordChanges(ctx, tx, due, m.from, m.to, nowMS, source)
+		if err := s.recordChanges(ctx, tx, due, m.from, m.to, nowMS, source); err != nil {
+			return err
+		}
+		return order.CheckFence(ctx)
 	})
 	if err != nil {
-		return nil, nil, err
+		return order.Moves{}, err
 	}
-	return moved, notDue, nil
+	return mv, nil
+}
+
+// busy returns those of ids that lockOrders skipped (got holds the rows it
+// locked) but that are orders: another transaction holds them. A plain read
+// sees them without waiting.
+func (s *Store) busy(ctx context.Context, tx *sqlx.Tx, ids []int64, got []orderRow) ([]int64, error) {
+	locked := make(map[int64]bool, len(got))
+	for _, r := range got {
+		locked[r.ID] = true
+	}
+	var absent []int64
+	for _, id := range ids {
+		if !locked[id] {
+			absent = append(absent, id)
+		}
+	}
+	q, args, err := sqlx.In(`SELECT id FROM orders WHERE id IN (?)`, absent)
+	if err != nil {
+		return nil, err
+	}
+	var out []int64
+	if err := tx.SelectContext(ctx, &out, q, args...); err != nil {
+		return nil, fmt.Errorf("sqlstore: orders locked by others: %w", err)
+	}
+	return out, nil
 }
 
 // Expire expires the due pending orders of ids and gives their stock back,
 // set-based, in one transaction: the orders are locked, moved by one UPDATE,
 // and each SKU's stock is given back by one UPDATE, SKUs in ascending order
 // (so that concurrent batches never deadlock on them).
-func (s *Store) Expire(ctx context.Context, ids []int64, now time.Time, source string) (moved, notDue []order.Order, err error) {
+func (s *Store) Expire(ctx context.Context, ids []int64, now time.Time, source string) (order.Moves, error) {
 	return s.moveDue(ctx, ids, now, source, deadlineMove{
 		from:     order.Pending,
 		to:       order.Expired,
@@ -400,7 +445,7 @@ func (s *Store) Expire(ctx context.Context, ids []int64, now time.Time, source s
 
 // Complete confirms receipt of the due shipped orders of ids, in one
 // transaction.
-func (s *Store) Complete(ctx context.Context, ids []int64, now time.Time, source string) (moved, notDue []order.Order, err error) {
+func (s *Store) Complete(ctx context.Context, ids []int64, now time.Time, source string) (order.Moves, error) {
 	return s.moveDue(ctx, ids, now, source, deadlineMove{
 		from:     order.Shipped,
 		to:       order.Completed,

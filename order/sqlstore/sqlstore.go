@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -31,6 +32,28 @@ type Store struct {
 	dialect   string // "mysql" or "sqlite"
 	txOptions *sql.TxOptions
 	outbox    bool // record every transition in transitions_outbox
+	// skipLocked: the server has SELECT … FOR UPDATE SKIP LOCKED
+	// (MariaDB 10.6+, MySQL 8).
+	skipLocked bool
+	server     string // VERSION(), on MySQL/MariaDB
+}
+
+// Options tune a Store to the process that opens it.
+type Options struct {
+	// TxIdleTimeout, on MariaDB, makes the server roll back a session's
+	// transaction (freeing its row locks) once the session has sat idle
+	// inside it this long (idle_transaction_timeout): a process frozen in
+	// the middle of a transaction (a GC pause, a VM freeze, SIGSTOP) then
+	// stalls the others for this long, not for as long as it is frozen.
+	// Rounded up to whole seconds. If zero, the server's setting stands.
+	TxIdleTimeout time.Duration
+	// LockWait bounds each wait for a row lock (innodb_lock_wait_timeout):
+	// a batch that waited this long is rolled back and tried again. Rounded
+	// up to whole seconds. If zero, the server's setting (50 s) stands.
+	LockWait time.Duration
+	// StatementTimeout, on MariaDB, aborts a statement running longer
+	// (max_statement_time). If zero, none.
+	StatementTimeout time.Duration
 }
 
 var _ order.Store = (*Store)(nil)
@@ -87,10 +110,46 @@ func ParseURL(raw string) (driver, dsn string, err error) {
 // Open connects to the database at raw (see ParseURL) and checks that it
 // answers. It does not change the schema: call Migrate for that.
 func Open(ctx context.Context, raw string) (*Store, error) {
+	return OpenWith(ctx, raw, Options{})
+}
+
+// OpenWith is Open with opts applied to every session (on MySQL/MariaDB;
+// SQLite has one writer and no sessions to bound).
+func OpenWith(ctx context.Context, raw string, opts Options) (*Store, error) {
 	driver, dsn, err := ParseURL(raw)
 	if err != nil {
 		return nil, err
 	}
+	st, err := open(ctx, driver, dsn)
+	if err != nil || driver != "mysql" || opts == (Options{}) {
+		return st, err
+	}
+	// The session settings go into the DSN: the driver sets them on every
+	// connection it opens. Some exist on MariaDB only.
+	cfg, err := mysql.ParseDSN(dsn)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	if cfg.Params == nil {
+		cfg.Params = map[string]string{}
+	}
+	secs := func(d time.Duration) string { return strconv.FormatInt(int64((d+time.Second-1)/time.Second), 10) }
+	mariadb := strings.Contains(st.server, "MariaDB")
+	if opts.TxIdleTimeout > 0 && mariadb {
+		cfg.Params["idle_transaction_timeout"] = secs(opts.TxIdleTimeout)
+	}
+	if opts.StatementTimeout > 0 && mariadb {
+		cfg.Params["max_statement_time"] = strconv.FormatFloat(opts.StatementTimeout.Seconds(), 'f', 3, 64)
+	}
+	if opts.LockWait > 0 {
+		cfg.Params["innodb_lock_wait_timeout"] = secs(opts.LockWait)
+	}
+	st.Close()
+	return open(ctx, driver, cfg.FormatDSN())
+}
+
+func open(ctx context.Context, driver, dsn string) (*Store, error) {
 	db, err := sqlx.Open(driver, dsn)
 	if err != nil {
 		return nil, err
@@ -112,9 +171,31 @@ func Open(ctx context.Context, raw string) (*Store, error) {
 		// do not block each other on index ranges. (Set per transaction: the
 		// session variable's name differs between MySQL and MariaDB.)
 		st.txOptions = &sql.TxOptions{Isolation: sql.LevelReadCommitted}
+		if err := db.GetContext(ctx, &st.server, `SELECT VERSION()`); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("sqlstore: read the server's version: %w", err)
+		}
+		st.skipLocked = hasSkipLocked(st.server)
 	}
 	return st, nil
 }
+
+// hasSkipLocked reports whether a server of VERSION() v has SELECT … FOR
+// UPDATE SKIP LOCKED: MariaDB from 10.6, MySQL from 8.0.1.
+func hasSkipLocked(v string) bool {
+	var major, minor, patch int
+	if _, err := fmt.Sscanf(v, "%d.%d.%d", &major, &minor, &patch); err != nil {
+		return false
+	}
+	if strings.Contains(v, "MariaDB") {
+		return major > 10 || (major == 10 && minor >= 6)
+	}
+	return major > 8 || (major == 8 && (minor > 0 || patch >= 1))
+}
+
+// SkipsLocked reports whether the batches of Expire and Complete skip the
+// rows another transaction holds locked, rather than wait for them.
+func (s *Store) SkipsLocked() bool { return s.skipLocked }
 
 // IsConfigError reports whether err (from Open) is one that no retry can
 // fix, because the settings are wrong: credentials the server refuses, a
