@@ -374,6 +374,11 @@ func (s *Service) cancelTimer(ctx context.Context, key string) {
 	}
 }
 
+// releaseTimeout bounds a give-back to the Redis stock counters made after
+// a commit: one that Redis does not answer in time is retried by GiveBacks
+// (or mended by the stock check) rather than held up the batch.
+const releaseTimeout = time.Second
+
 func (s *Service) releaseRedis(ctx context.Context, orders ...Order) {
 	if s.stock == nil || len(orders) == 0 {
 		return
@@ -382,7 +387,13 @@ func (s *Service) releaseRedis(ctx context.Context, orders ...Order) {
 	for i, o := range orders {
 		holds[i] = stock.Hold{SKU: o.SKU, User: o.UserID, Qty: o.Qty}
 	}
-	if err := s.stock.Release(context.WithoutCancel(ctx), holds...); err != nil {
+	if g := s.cfg.GiveBacks; g != nil && g.Pending() > 0 {
+		g.Add(holds...) // Redis did not answer the last give-back: join the queue, do not wait on it
+		return
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+	defer cancel()
+	if err := s.stock.Release(rctx, holds...); err != nil {
 		s.giveBackLater(err, holds...)
 	}
 }
@@ -591,9 +602,11 @@ func (s *Service) SweepWhere(ctx context.Context, olderThan time.Duration, keep 
 }
 
 // busyRetries are the waits before a sweep asks again for the orders
-// another transaction held locked: together past the server's end of a
-// frozen transaction (the daemon's sessions: 2 s idle).
-var busyRetries = []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second}
+// another transaction held locked (most often another sweep or batch moving
+// them right now). What stays held after them (a frozen process's
+// transaction, which the server ends after 2 s idle) is the next sweep's:
+// a sweep does not hold up the ones after it.
+var busyRetries = []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond}
 
 // retryBusy applies ids again after each of busyRetries while some stay
 // busy; what is still busy then waits for the next sweep.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -24,6 +25,7 @@ type replicaSet struct {
 	env     []string
 	procs   []*proc
 	metrics []string // each one's /metrics URL
+	dbURL   string
 	st      *sqlstore.Store
 	rdb     *redis.Client
 	keys    order.Keys
@@ -34,7 +36,7 @@ const replicaStock = 1_000_000
 func newReplicaSet(t *testing.T, prefix string, sweep time.Duration) *replicaSet {
 	t.Helper()
 	url := ordertest.MySQLURL(t)
-	rs := &replicaSet{rdb: testkit.Redis(t, redisDB), keys: order.Keys{Prefix: prefix}}
+	rs := &replicaSet{rdb: testkit.Redis(t, redisDB), keys: order.Keys{Prefix: prefix}, dbURL: url}
 	rs.env = []string{"ORDERD_REDIS_URL=redis://" + testkit.RedisAddr() + "/" + strconv.Itoa(redisDB), "ORDERD_DB=" + url,
 		"ORDERD_KEY_PREFIX=" + prefix, "ORDERD_SWEEP_INTERVAL=" + sweep.String(), "ORDERD_LOG_FORMAT=json"}
 	if code, out := runCmd(t, rs.env, "migrate"); code != 0 {
@@ -48,11 +50,12 @@ func newReplicaSet(t *testing.T, prefix string, sweep time.Duration) *replicaSet
 	return rs
 }
 
-// start starts listener i (again), and waits until it answers /healthz.
-func (rs *replicaSet) start(t *testing.T, i int) {
+// start starts listener i (again), with env added to the set's, and waits
+// until it answers /healthz.
+func (rs *replicaSet) start(t *testing.T, i int, env ...string) {
 	t.Helper()
 	addr := freeAddr(t)
-	p := start(t, rs.env, "listen", "--metrics-addr", addr)
+	p := start(t, append(slices.Clone(rs.env), env...), "listen", "--metrics-addr", addr)
 	if i == len(rs.procs) {
 		rs.procs, rs.metrics = append(rs.procs, nil), append(rs.metrics, "")
 	}

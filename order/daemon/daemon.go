@@ -88,7 +88,7 @@ type Config struct {
 	// Leases, if set, are database leases (sqlstore.Store has them): while
 	// Redis does not answer, and with it the sweep's lease in Redis, one
 	// daemon at a time, holding the database lease "sweep", goes on
-	// sweeping every half SweepInterval, so that orders are still closed
+	// sweeping every quarter SweepInterval, so that orders are still closed
 	// within SweepInterval of their deadlines.
 	Leases Leases
 }
@@ -366,12 +366,12 @@ func (d *Daemon) watchDB(ctx context.Context) {
 // does not answer.
 const dbSweepLease = "sweep"
 
-// sweepWithoutRedis checks Redis every half SweepInterval; while it does not
+// sweepWithoutRedis checks Redis every quarter SweepInterval; while it does not
 // answer, the daemon holding the database lease sweeps every overdue order
 // (no event can come), so that none waits past SweepInterval. Once Redis
 // answers, the lease is given up and the Redis-side sweep lease rules again.
 func (d *Daemon) sweepWithoutRedis(ctx context.Context) {
-	every := max(d.cfg.SweepInterval/2, 50*time.Millisecond)
+	every := max(d.cfg.SweepInterval/4, 50*time.Millisecond)
 	ttl := 2 * d.cfg.SweepInterval
 	id := d.ID()
 	t := time.NewTicker(every)
@@ -396,7 +396,7 @@ func (d *Daemon) sweepWithoutRedis(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		pctx, cancel := context.WithTimeout(ctx, min(every, 500*time.Millisecond))
 		redisErr := d.client.Ping(pctx).Err()
 		cancel()
 		if ctx.Err() != nil {
