@@ -94,6 +94,7 @@ type leaseKeeper struct {
 	mu        sync.Mutex
 	holders   []string    // per item, as last seen; "" when free
 	heldUntil []time.Time // per item: until when our lease surely holds
+	released  []bool      // per item: we gave our lease up (not lost it); cleared when we take it again
 	seen      time.Time   // when holders was read
 	live      int
 	changed   chan struct{} // closed when what we hold changes
@@ -110,6 +111,7 @@ func newLeaseKeeper(client redis.UniversalClient, s *Scheduler, id string, ttl, 
 	k.items = append(k.items, leaseItem{name: "sweep", key: sweepLeaseKey(s.index)})
 	k.holders = make([]string, len(k.items))
 	k.heldUntil = make([]time.Time, len(k.items))
+	k.released = make([]bool, len(k.items))
 	return k
 }
 
@@ -136,16 +138,18 @@ func (k *leaseKeeper) mine(i int) bool {
 	return h == "" || h == k.id || now.Sub(k.seen) > k.ttl
 }
 
-// surely reports whether this listener may act on shard i now without
-// stepping on another: it holds the lease by its own clock, or its view is
-// fresh (read within the lease interval, twice over) and says nobody does.
-// Unlike mine, a stale view (a listener that was frozen, say) knows nothing
-// and says no.
+// surely reports whether this listener may finish work on shard i now
+// without stepping on another: it holds the lease by its own clock, or it
+// handed the lease over itself (a clean stop, a rebalance: what it had
+// taken on while holding it, it finishes), or its view is fresh (read
+// within the lease interval, twice over) and says nobody holds it. Unlike
+// mine, a lease that lapsed unrenewed (a listener that was frozen, or cut
+// off from Redis) and a stale view say no.
 func (k *leaseKeeper) surely(i int) bool {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	now := time.Now()
-	if now.Before(k.heldUntil[i]) {
+	if now.Before(k.heldUntil[i]) || k.released[i] {
 		return true
 	}
 	return k.holders[i] == "" && now.Sub(k.seen) <= 2*k.interval
@@ -279,9 +283,10 @@ func (k *leaseKeeper) round(ctx context.Context) (moved bool, err error) {
 		switch {
 		case rel[i]:
 			k.holders[i], k.heldUntil[i] = "", time.Time{}
+			k.released[i] = n == 1
 			moved = true
 		case n == 1 || n == 2:
-			k.holders[i], k.heldUntil[i] = k.id, start.Add(k.ttl)
+			k.holders[i], k.heldUntil[i], k.released[i] = k.id, start.Add(k.ttl), false
 			if n == 2 {
 				k.takeovers.Add(1)
 				moved = true
@@ -366,6 +371,9 @@ func (k *leaseKeeper) stop() {
 	}
 	k.mu.Lock()
 	for i := range k.items {
+		if err == nil && time.Now().Before(k.heldUntil[i]) {
+			k.released[i] = true // what the queue still holds of it, this listener finishes
+		}
 		k.heldUntil[i] = time.Time{}
 		if k.holders[i] == k.id {
 			k.holders[i] = ""
