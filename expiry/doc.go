@@ -97,6 +97,19 @@
 // handlers must stay idempotent (a conditional update, as always with
 // events).
 //
+// A listener that was frozen (a GC pause, a VM freeze, SIGSTOP) or cut off
+// from Redis past its leases' end believes, when it resumes, what it
+// believed before. A handler that must not commit work for a shard the
+// listener no longer holds checks Listener.Surely(key) just before it
+// commits (a fence): it says yes while the lease holds by the listener's own
+// clock, or was handed over cleanly (a stop, a rebalance: what was queued
+// then is finished), or a view of the leases read moments ago says nobody
+// holds it; a lease that lapsed unrenewed says no until the listener has read
+// the leases again. A listener that cannot do its share's work for a while
+// (its database does not answer) calls SetStandby(true): it gives every lease
+// up and leaves the live listeners, so that the others take its share at
+// once, until SetStandby(false).
+//
 // The index, its leases and the key prefix are one namespace per
 // application: give the Scheduler a KeyPrefix (its index is then named
 // "<KeyPrefix>expiry:due" unless you name it) and the Listener takes the same
