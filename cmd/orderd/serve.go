@@ -106,10 +106,18 @@ func runServe(ctx context.Context, o *serveOptions) error {
 	// A sold-out SKU costs no Redis call for a second; units coming back
 	// anywhere (an expiry, a cancel, a restock) clear the flag at once.
 	d.counter.CacheSoldOut(time.Second)
+	// maxmemory-policy is read at start, after every (re)subscription (a
+	// Redis restarted may have other settings) and every 10 s.
+	ev := &evictionWatch{rdb: d.rdb, log: o.log}
+	ev.check(ctx)
 	wctx, stopWatch := context.WithCancel(ctx)
 	watched := make(chan struct{})
-	go func() { defer close(watched); d.counter.WatchRestocks(wctx, nil) }()
+	go func() {
+		defer close(watched)
+		d.counter.WatchRestocks(wctx, func() { go ev.check(wctx) })
+	}()
 	defer func() { stopWatch(); <-watched }()
+	go ev.run(wctx, evictionCheckInterval)
 
 	cfg := o.serviceConfig(nil)
 	cfg.GiveBacks = d.giveBacks
@@ -119,9 +127,6 @@ func runServe(ctx context.Context, o *serveOptions) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	_, stopRelay := o.startRelay(d, "", reg)
 	defer stopRelay()
-	ev := &evictionWatch{rdb: d.rdb, log: o.log}
-	ev.check(ctx)
-	go ev.run(ctx, evictionCheckInterval)
 	reg.MustRegister(evictionGauge(func() bool { return ev.problem() != "" }))
 	health := func(ctx context.Context) httpapi.Problems {
 		p := d.health(ctx)
