@@ -99,16 +99,25 @@ func run(ctx context.Context, c config) (*report, error) {
 			listeners int
 		}
 		var runs []run
-		if sc == "replicas" { // the same burst, shared by one listener, then by several
+		switch sc {
+		case "replicas": // the same burst, shared by one listener, then by several
 			runs = []run{{"orderd", 1}, {"orderd", c.replicas}}
-		} else {
+		case "traffic": // orders through `orderd serve`: orderd's own API
+			runs = []run{{"orderd", 1}}
+		default:
 			for _, mode := range c.modes {
 				runs = append(runs, run{mode, 1})
 			}
 		}
 		for _, x := range runs {
 			fmt.Fprintf(os.Stderr, "== %s, %s ×%d\n", sc, x.mode, x.listeners)
-			r, err := runOne(ctx, c, rdb, sc, x.mode, x.listeners)
+			var r result
+			var err error
+			if sc == "traffic" {
+				r, err = runTraffic(ctx, c, rdb)
+			} else {
+				r, err = runOne(ctx, c, rdb, sc, x.mode, x.listeners)
+			}
 			if err != nil {
 				return rep, fmt.Errorf("%s/%s: %w", sc, x.mode, err)
 			}
@@ -384,7 +393,7 @@ func collect(ctx context.Context, store *sqlstore.Store, res result, n int, star
 		q := func(p float64) float64 { return float64(late[min(len(late)-1, int(p*float64(len(late))))]) }
 		res.P50ms, res.P99ms, res.MaxMs = q(0.5), q(0.99), float64(late[len(late)-1])
 	}
-	if res.Scenario != "steady" && len(rows) > 0 {
+	if res.Scenario != "steady" && res.Scenario != "traffic" && len(rows) > 0 {
 		res.ElapsedS = float64(lastAt-start.UnixMilli()) / 1000
 		res.PerSecond = float64(len(rows)) / max(res.ElapsedS, 0.001)
 	}

@@ -3,6 +3,7 @@ module github.com/orderd/orderd/cmd/orderd-bench
 go 1.26.0
 
 require (
+	github.com/golang-jwt/jwt/v5 v5.3.1
 	github.com/hibiken/asynq v0.26.0
 	github.com/orderd/orderd v0.0.0
 	github.com/prometheus/client_golang v1.25.0

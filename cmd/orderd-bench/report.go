@@ -25,7 +25,7 @@ func (r *report) print(w io.Writer) {
 	fmt.Fprintln(tw, "scenario\tmode\tlisteners\torders\thandled\tnot handled\tp50 late\tp99 late\tmax late\t>1 s late\tburst time\torders/s\tdaemon RSS\tmean batch\ttransactions\tunchanged\tbusiest\tdropped\tswept\treconnects\tCPU s daemon/redis/all\tstream\tstream done\tstock ok\t")
 	for _, x := range r.Results {
 		burst, rate := "", ""
-		if x.Scenario != "steady" {
+		if x.Scenario != "steady" && x.Scenario != "traffic" {
 			burst, rate = fmt.Sprintf("%.2f s", x.ElapsedS), fmt.Sprintf("%.0f", x.PerSecond)
 		}
 		stream := "off"
