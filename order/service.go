@@ -422,8 +422,8 @@ func (s *Service) ExpireOrders(ctx context.Context, ids []int64, source string) 
 	if err != nil {
 		return Applied{}, err
 	}
+	s.observe(mv.Moved, Expired, source) // before any Redis call: the transitions are committed
 	s.releaseRedis(ctx, mv.Moved...)
-	s.observe(mv.Moved, Expired, source)
 	for _, o := range mv.NotDue {
 		s.schedule(ctx, PayKey(o.ID), o.PayDeadline)
 	}
