@@ -2,6 +2,7 @@ package order_test
 
 import (
 	"context"
+	"fmt"
 	"errors"
 	"strconv"
 	"strings"
@@ -112,6 +113,14 @@ func (e *scaleEnv) all() []order.Transition {
 	return append([]order.Transition(nil), e.moved...)
 }
 
+// waitReported waits until n transitions were reported (OnTransition): a
+// batch reports its orders just after its commit, which waitExpired may see
+// first.
+func (e *scaleEnv) waitReported(t *testing.T, n int) {
+	t.Helper()
+	testkit.WaitFor(t, 5*time.Second, fmt.Sprintf("%d transitions reported", n), func() bool { return len(e.all()) >= n })
+}
+
 // waitExpired waits until every order of ids is expired.
 func (e *scaleEnv) waitExpired(t *testing.T, timeout time.Duration, ids []int64) {
 	t.Helper()
@@ -215,6 +224,7 @@ func TestClusterFailovers(t *testing.T) {
 	close(stop)
 	ids := <-idsc
 	e.waitExpired(t, 30*time.Second, ids)
+	e.waitReported(t, len(ids))
 
 	all := e.all()
 	if len(all) != len(ids) {
@@ -306,6 +316,7 @@ func TestSentinelFailover(t *testing.T) {
 	close(stop)
 	ids := <-idsc
 	e.waitExpired(t, 30*time.Second, ids)
+	e.waitReported(t, len(ids))
 	testkit.WaitSentinelSettled(t)
 
 	all := e.all()
@@ -409,6 +420,7 @@ func TestClusterFailoverWithReplicas(t *testing.T) {
 	close(stop)
 	ids := <-idsc
 	e.waitExpired(t, 30*time.Second, ids)
+	e.waitReported(t, len(ids))
 
 	all := e.all()
 	if len(all) != len(ids) {
