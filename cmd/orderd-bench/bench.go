@@ -48,6 +48,10 @@ type result struct {
 	PerSecond float64 `json:"orders_per_s,omitempty"`
 	RSSMB     float64 `json:"daemon_peak_rss_mb"`
 	StockOK   bool    `json:"stock_conserved"`
+	// IdleCommandsPerS is, in the idle scenario, the Redis commands per
+	// second that an idle `orderd listen` sends (INFO stats'
+	// total_commands_processed, which counts a script's inner calls too).
+	IdleCommandsPerS float64 `json:"idle_commands_per_s,omitempty"`
 	// From the daemon's /metrics at the end.
 	MeanBatch  float64 `json:"mean_batch_size"`
 	Dropped    float64 `json:"events_dropped"`
@@ -102,7 +106,7 @@ func run(ctx context.Context, c config) (*report, error) {
 		switch sc {
 		case "replicas": // the same burst, shared by one listener, then by several
 			runs = []run{{"orderd", 1}, {"orderd", c.replicas}}
-		case "traffic": // orders through `orderd serve`: orderd's own API
+		case "traffic", "idle": // orderd's own API; an idle listener
 			runs = []run{{"orderd", 1}}
 		default:
 			for _, mode := range c.modes {
@@ -113,9 +117,12 @@ func run(ctx context.Context, c config) (*report, error) {
 			fmt.Fprintf(os.Stderr, "== %s, %s ×%d\n", sc, x.mode, x.listeners)
 			var r result
 			var err error
-			if sc == "traffic" {
+			switch sc {
+			case "traffic":
 				r, err = runTraffic(ctx, c, rdb)
-			} else {
+			case "idle":
+				r, err = runIdle(ctx, c, rdb)
+			default:
 				r, err = runOne(ctx, c, rdb, sc, x.mode, x.listeners)
 			}
 			if err != nil {

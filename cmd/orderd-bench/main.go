@@ -70,7 +70,7 @@ func main() {
 	flag.IntVar(&c.burst, "burst", -1, "orders sharing one deadline in burst (overrides the preset)")
 	flag.DurationVar(&c.naiveWait, "naive-wait", -1, "how long the naive mode may take after the last deadline before the rest count as not handled")
 	flag.StringVar(&modes, "modes", "orderd,naive,asynq,asynq-100ms", "modes to run: orderd, naive (keyspace events, a transaction per order), asynq (the peer, its forwarder every 5 s) and asynq-100ms (every 100 ms)")
-	flag.StringVar(&scenarios, "scenarios", "steady,traffic,burst,replicas", "scenarios to run (traffic: orders created through `orderd serve` at --rate/s for --duration with a 3 s pay timeout while others expire, orderd mode only; replicas: the burst with one `orderd listen`, then with --replicas of them, orderd mode only)")
+	flag.StringVar(&scenarios, "scenarios", "idle,steady,traffic,burst,replicas", "scenarios to run (idle: the Redis commands per second of an `orderd listen` with nothing to do; traffic: orders created through `orderd serve` at --rate/s for --duration with a 3 s pay timeout while others expire; replicas: the burst with one `orderd listen`, then with --replicas of them; idle, traffic and replicas in orderd mode only)")
 	flag.IntVar(&c.replicas, "replicas", 3, "listeners sharing the burst in the replicas scenario")
 	var extra string
 	flag.StringVar(&extra, "listen-flags", "", "more flags for `orderd listen` in orderd mode, space-separated (tuning experiments)")
@@ -100,7 +100,7 @@ func main() {
 		}
 	}
 	for _, s := range c.scenarios {
-		if s != "steady" && s != "traffic" && s != "burst" && s != "replicas" {
+		if s != "idle" && s != "steady" && s != "traffic" && s != "burst" && s != "replicas" {
 			fmt.Fprintf(os.Stderr, "orderd-bench: --scenarios: unknown scenario %q\n", s)
 			os.Exit(2)
 		}

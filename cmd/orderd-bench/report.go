@@ -25,7 +25,7 @@ func (r *report) print(w io.Writer) {
 	fmt.Fprintln(tw, "scenario\tmode\tlisteners\torders\thandled\tnot handled\tp50 late\tp99 late\tmax late\t>1 s late\tburst time\torders/s\tdaemon RSS\tmean batch\ttransactions\tunchanged\tbusiest\tdropped\tswept\treconnects\tCPU s daemon/redis/all\tstream\tstream done\tstock ok\t")
 	for _, x := range r.Results {
 		burst, rate := "", ""
-		if x.Scenario != "steady" && x.Scenario != "traffic" {
+		if x.Scenario == "burst" || x.Scenario == "replicas" {
 			burst, rate = fmt.Sprintf("%.2f s", x.ElapsedS), fmt.Sprintf("%.0f", x.PerSecond)
 		}
 		stream := "off"
@@ -38,6 +38,11 @@ func (r *report) print(w io.Writer) {
 			x.Dropped, x.Rescued, x.Reconnects, x.CPUDaemonS, x.CPURedisS, x.CPUMachineS, x.StreamEntries, stream, x.StockOK)
 	}
 	tw.Flush()
+	for _, x := range r.Results {
+		if x.Scenario == "idle" {
+			fmt.Fprintf(w, "\nidle: an `orderd listen` with nothing to do sends %.0f Redis commands per second\n", x.IdleCommandsPerS)
+		}
+	}
 	var one, many *result
 	for i, x := range r.Results {
 		if x.Scenario == "replicas" && x.Listeners == 1 {

@@ -215,3 +215,62 @@ func createOrders(ctx context.Context, base string, rate int, d time.Duration) (
 	wg.Wait()
 	return int(ok.Load()), int(bad.Load()), first, nil
 }
+
+// idleWindow is how long the idle scenario counts commands.
+const idleWindow = 10 * time.Second
+
+// runIdle starts `orderd listen` on an empty database and Redis, lets it
+// settle, and counts the commands Redis processes for idleWindow: the cost
+// of a listener with nothing to do, paid for as long as it runs. Redis
+// serves the benchmark alone; the two INFO calls are taken off.
+func runIdle(ctx context.Context, c config, rdb redis.UniversalClient) (result, error) {
+	res := result{Scenario: "idle", Mode: "orderd", Listeners: 1}
+	if err := flush(ctx, rdb); err != nil {
+		return res, err
+	}
+	store, err := freshDB(ctx, c.mysqlBase)
+	if err != nil {
+		return res, err
+	}
+	defer store.Close()
+	d, err := startDaemon(ctx, c, "orderd")
+	if err != nil {
+		return res, err
+	}
+	defer d.kill()
+	select { // its start-up: leases taken, catch-up sweep, first checks
+	case <-ctx.Done():
+		return res, ctx.Err()
+	case <-time.After(2 * time.Second):
+	}
+	commands := func() (float64, error) {
+		info, err := rdb.Info(ctx, "stats").Result()
+		if err != nil {
+			return 0, err
+		}
+		for _, line := range strings.Split(info, "\r\n") {
+			if v, ok := strings.CutPrefix(line, "total_commands_processed:"); ok {
+				return strconv.ParseFloat(v, 64)
+			}
+		}
+		return 0, fmt.Errorf("INFO stats has no total_commands_processed")
+	}
+	n0, err := commands()
+	if err != nil {
+		return res, err
+	}
+	start := time.Now()
+	select {
+	case <-ctx.Done():
+		return res, ctx.Err()
+	case <-time.After(idleWindow):
+	}
+	n1, err := commands()
+	if err != nil {
+		return res, err
+	}
+	res.IdleCommandsPerS = (n1 - n0 - 1) / time.Since(start).Seconds()
+	res.RSSMB = d.peakRSSMB()
+	res.StockOK = true
+	return res, d.stop()
+}
