@@ -196,10 +196,7 @@ func machine(ctx context.Context, rdb redis.UniversalClient, c config) map[strin
 
 func runOne(ctx context.Context, c config, rdb redis.UniversalClient, scenario, mode string, listeners int) (result, error) {
 	res := result{Scenario: scenario, Mode: mode, Listeners: listeners}
-	if err := flush(ctx, rdb); err != nil {
-		return res, err
-	}
-	store, err := freshDB(ctx, c.mysqlBase)
+	store, err := fresh(ctx, c, rdb)
 	if err != nil {
 		return res, err
 	}
@@ -432,6 +429,15 @@ func transactions(ctx context.Context, store *sqlstore.Store) (float64, error) {
 	return n, nil
 }
 
+// fresh empties Redis and recreates the database for one run.
+func fresh(ctx context.Context, c config, rdb redis.UniversalClient) (*sqlstore.Store, error) {
+	if err := flush(ctx, rdb); err != nil {
+		return nil, err
+	}
+	return freshDB(ctx, c.mysqlBase)
+}
+
+// freshDB drops and creates the benchmark's database and migrates it.
 func freshDB(ctx context.Context, base string) (*sqlstore.Store, error) {
 	admin, err := sqlstore.Open(ctx, base+"/mysql")
 	if err != nil {

@@ -39,10 +39,7 @@ const benchSecret = "orderd-bench-secret-of-32-bytes!"
 // runTraffic runs the traffic scenario, orderd mode only.
 func runTraffic(ctx context.Context, c config, rdb redis.UniversalClient) (result, error) {
 	res := result{Scenario: "traffic", Mode: "orderd", Listeners: 1}
-	if err := flush(ctx, rdb); err != nil {
-		return res, err
-	}
-	store, err := freshDB(ctx, c.mysqlBase)
+	store, err := fresh(ctx, c, rdb)
 	if err != nil {
 		return res, err
 	}
@@ -225,10 +222,7 @@ const idleWindow = 10 * time.Second
 // serves the benchmark alone; the two INFO calls are taken off.
 func runIdle(ctx context.Context, c config, rdb redis.UniversalClient) (result, error) {
 	res := result{Scenario: "idle", Mode: "orderd", Listeners: 1}
-	if err := flush(ctx, rdb); err != nil {
-		return res, err
-	}
-	store, err := freshDB(ctx, c.mysqlBase)
+	store, err := fresh(ctx, c, rdb)
 	if err != nil {
 		return res, err
 	}

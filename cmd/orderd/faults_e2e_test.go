@@ -28,20 +28,7 @@ const leaseTTL = 5 * time.Second
 func TestListenerFrozenMidBurst(t *testing.T) {
 	const orders, freeze = 20000, 10 * time.Second
 	rs := newReplicaSet(t, "frozen:", time.Hour) // no periodic sweep: the take-over does it
-	for i := range 3 {
-		rs.start(t, i)
-	}
-	rs.waitSpread(t, 20*time.Second, 0, 1, 2)
-	victim := -1
-	testkit.WaitFor(t, 20*time.Second, "a listener relaying the transitions stream", func() bool {
-		for i := range 3 {
-			if rs.metric(t, i, "orderd_transitions_relay_held") == 1 {
-				victim = i
-				return true
-			}
-		}
-		return false
-	})
+	victim := rs.startThree(t)
 
 	deadline := time.Now().Add(3 * time.Second)
 	ids := rs.seed(t, orders, func(int) time.Time { return deadline })

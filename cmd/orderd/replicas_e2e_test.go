@@ -63,6 +63,27 @@ func (rs *replicaSet) start(t *testing.T, i int, env ...string) {
 	waitHTTP(t, "http://"+addr+"/healthz")
 }
 
+// startThree starts three listeners, waits until they hold the shards
+// evenly, and returns the one relaying the transitions stream.
+func (rs *replicaSet) startThree(t *testing.T) (relay int) {
+	t.Helper()
+	for i := range 3 {
+		rs.start(t, i)
+	}
+	rs.waitSpread(t, 20*time.Second, 0, 1, 2)
+	relay = -1
+	testkit.WaitFor(t, 20*time.Second, "a listener relaying the transitions stream", func() bool {
+		for i := range 3 {
+			if rs.metric(t, i, "orderd_transitions_relay_held") == 1 {
+				relay = i
+				return true
+			}
+		}
+		return false
+	})
+	return relay
+}
+
 var metricLine = regexp.MustCompile(`(?m)^(orderd_[a-z_]+) ([0-9.e+-]+)$`)
 
 // metric reads a metric of listener i.
@@ -140,20 +161,7 @@ func (rs *replicaSet) maxLate(t *testing.T) time.Duration {
 func TestListenReplicasKillOneMidBurst(t *testing.T) {
 	const sweep, orders = 10 * time.Second, 20000
 	rs := newReplicaSet(t, "kill9:", sweep)
-	for i := range 3 {
-		rs.start(t, i)
-	}
-	rs.waitSpread(t, 20*time.Second, 0, 1, 2)
-	victim := -1
-	testkit.WaitFor(t, 20*time.Second, "a listener relaying the transitions stream", func() bool {
-		for i := range 3 {
-			if rs.metric(t, i, "orderd_transitions_relay_held") == 1 {
-				victim = i
-				return true
-			}
-		}
-		return false
-	})
+	victim := rs.startThree(t)
 	var rest []int
 	for i := range 3 {
 		if i != victim {
