@@ -581,6 +581,9 @@ func (l *Listener) enqueue(ctx context.Context, queue chan Event, m *redis.Messa
 		return
 	}
 	if l.cfg.Scheduler != nil {
+		if l.cfg.Scheduler.owns(ev.RawKey) {
+			return // a lease of a listener that died: the library's own, never a handler's
+		}
 		if !l.Handles(ev.RawKey) {
 			l.skipped.Add(1) // another listener holds its shard
 			return

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -247,4 +248,38 @@ func TestListenerInterval(t *testing.T) {
 	})
 	run(t, l)
 	testkit.WaitFor(t, 5*time.Second, "three ticks", func() bool { return ticks.Load() >= 3 })
+}
+
+// The library's own keys (a lease left by a listener that died) expire under
+// the application's prefix; they never reach the handler, even one that
+// takes every key.
+func TestListenerOwnKeysNeverReachTheHandler(t *testing.T) {
+	rdb := setup(t)
+	var mu sync.Mutex
+	var got []string
+	all := expiry.HandlerFunc(func(_ context.Context, ev expiry.Event) error {
+		mu.Lock()
+		defer mu.Unlock()
+		got = append(got, ev.RawKey)
+		return nil
+	})
+	sched := expiry.NewScheduler(rdb, expiry.SchedulerConfig{KeyPrefix: "own:"})
+	l := expiry.NewListener(rdb, all, expiry.ListenerConfig{Scheduler: sched, Logger: zaptest.NewLogger(t)})
+	run(t, l)
+	waitSubscribed(t, l, 1)
+	ctx := context.Background()
+	rdb.Set(ctx, "own:expiry:due:{7}:lease", "a-listener-that-died", 20*time.Millisecond)
+	rdb.Set(ctx, "own:expiry:due:sweep", "a-listener-that-died", 20*time.Millisecond)
+	rdb.Set(ctx, "own:coupon:1", "1", 200*time.Millisecond) // written without the Scheduler: still a timer
+	testkit.WaitFor(t, 10*time.Second, "the plain key handled", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Contains(got, "own:coupon:1")
+	})
+	testkit.WaitFor(t, 10*time.Second, "the three expirations heard", func() bool { return l.Stats().Received >= 3 })
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(got, []string{"own:coupon:1"}) {
+		t.Fatalf("the handler got %v, want only own:coupon:1", got)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -82,6 +83,13 @@ func (s *Scheduler) Index() string { return s.index }
 
 func (s *Scheduler) shard(key string) string { return s.shards[s.shardOf(key)] }
 
+// owns reports whether key is one of the due index's own (a shard, a lease,
+// the heartbeat set): the library's bookkeeping, never a timer.
+func (s *Scheduler) owns(key string) bool {
+	rest, ok := strings.CutPrefix(key, s.index)
+	return ok && (rest == "" || strings.HasPrefix(rest, ":"))
+}
+
 // shardOf returns the number of the shard that indexes key. Keys written by
 // other programs, never indexed, have a shard all the same: the listener that
 // holds it handles their events.
@@ -89,11 +97,18 @@ func (s *Scheduler) shardOf(key string) int {
 	return int(crc32.ChecksumIEEE([]byte(key)) % uint32(len(s.shards)))
 }
 
+// ErrOutsidePrefix is wrapped by the error Schedule and ScheduleMany return
+// for a key that does not start with the Scheduler's KeyPrefix (or is one of
+// the due index's own keys): its Listener would ignore its expiry, so it would
+// never fire.
+var ErrOutsidePrefix = errors.New("expiry: key outside the scheduler's KeyPrefix")
+
 // Schedule sets key (value "1") to expire at deadline and records it in the
 // due index, in one round trip. The TTL is rounded up to the next millisecond,
 // so the key never expires before deadline by our clock. A deadline already
 // past fires at once: the key gets a TTL of 1 ms, so Redis still announces it
-// as expired.
+// as expired. Scheduling a key again moves its timer, earlier or later. A
+// key outside KeyPrefix is refused (ErrOutsidePrefix), and nothing is set.
 func (s *Scheduler) Schedule(ctx context.Context, key string, deadline time.Time) error {
 	return s.ScheduleMany(ctx, Timer{Key: key, Deadline: deadline})
 }
@@ -104,8 +119,14 @@ type Timer struct {
 	Deadline time.Time
 }
 
-// ScheduleMany sets many timers, as Schedule does, in one round trip.
+// ScheduleMany sets many timers, as Schedule does, in one round trip. When
+// any key is outside KeyPrefix, none is set.
 func (s *Scheduler) ScheduleMany(ctx context.Context, timers ...Timer) error {
+	for _, t := range timers {
+		if !strings.HasPrefix(t.Key, s.prefix) || s.owns(t.Key) {
+			return fmt.Errorf("%w: %q (KeyPrefix %q)", ErrOutsidePrefix, t.Key, s.prefix)
+		}
+	}
 	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, t := range timers {
 			// A relative TTL, not PXAT: Redis's clock may differ from ours,

@@ -2,9 +2,11 @@ package expiry_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -247,5 +249,27 @@ func TestReaperFiresAtTheIndexDeadline(t *testing.T) {
 	case ev := <-got:
 		t.Fatalf("handled %q too", ev.Key)
 	default:
+	}
+}
+
+// A key outside the Scheduler's KeyPrefix, or one of the index's own keys,
+// is refused, and nothing of the call is set: its listener would never fire
+// it.
+func TestScheduleRefusesKeysOutsideThePrefix(t *testing.T) {
+	rdb := setup(t)
+	ctx := context.Background()
+	s := expiry.NewScheduler(rdb, expiry.SchedulerConfig{KeyPrefix: "app:"})
+	for _, key := range []string{"other:order_pay:1", "order_pay:1", "app:expiry:due:{3}:lease", "app:expiry:due:sweep"} {
+		err := s.ScheduleMany(ctx, expiry.Timer{Key: "app:ok:1", Deadline: time.Now().Add(time.Hour)},
+			expiry.Timer{Key: key, Deadline: time.Now().Add(time.Hour)})
+		if !errors.Is(err, expiry.ErrOutsidePrefix) || !strings.Contains(err.Error(), key) {
+			t.Errorf("ScheduleMany with %q: %v, want ErrOutsidePrefix naming it", key, err)
+		}
+	}
+	if n := rdb.Exists(ctx, "app:ok:1").Val(); n != 0 {
+		t.Error("a refused call set its other timers")
+	}
+	if err := s.Schedule(ctx, "app:ok:1", time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
 	}
 }
