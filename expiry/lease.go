@@ -94,7 +94,7 @@ type leaseKeeper struct {
 	mu        sync.Mutex
 	holders   []string    // per item, as last seen; "" when free
 	heldUntil []time.Time // per item: until when our lease surely holds
-	released  []bool      // per item: we gave our lease up (not lost it); cleared when we take it again
+	released  []bool      // per item: we gave our lease up (not lost it) in the last round, or at stop
 	seen      time.Time   // when holders was read
 	live      int
 	changed   chan struct{} // closed when what we hold changes
@@ -277,6 +277,9 @@ func (k *leaseKeeper) round(ctx context.Context) (moved bool, err error) {
 			if k.holders[i] != k.id {
 				k.heldUntil[i] = time.Time{}
 			}
+			// A lease handed over a round ago: what was queued then is done
+			// or dropped by now (the new holder sweeps what it took over).
+			k.released[i] = false
 			continue
 		}
 		n, _ := c.Int()
