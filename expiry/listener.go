@@ -1,6 +1,7 @@
 package expiry
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -213,56 +214,86 @@ type Listener struct {
 	leases                                                               atomic.Pointer[leaseKeeper] // while Run runs, with a Scheduler
 	takeovers                                                            atomic.Uint64               // of past runs
 	handedOver                                                           recent
+	cfgErr                                                               error // from validate: Run returns it
+}
+
+// Defaults of ListenerConfig, used where a field is zero.
+const (
+	defaultWorkers          = 64
+	defaultQueueSize        = 100000
+	defaultReapInterval     = 10 * time.Millisecond
+	defaultShutdownTimeout  = 10 * time.Second
+	defaultNotifyInterval   = 10 * time.Second
+	defaultTopologyInterval = time.Second
+	defaultLeaseTTL         = 5 * time.Second
+)
+
+// ErrInvalidConfig is wrapped by the error Run returns for a Listener whose
+// configuration cannot work (a nil handler, a negative size or interval, a
+// KeyPrefix that differs from its Scheduler's, leases renewed less often
+// than they lapse). It is returned at once; nothing was started.
+var ErrInvalidConfig = errors.New("expiry: invalid listener configuration")
+
+// validate fills in the defaults of the zero fields and reports what cannot
+// work, wrapping ErrInvalidConfig.
+func (c *ListenerConfig) validate() error {
+	for _, f := range []struct {
+		name string
+		bad  bool
+	}{
+		{"Workers", c.Workers < 0}, {"QueueSize", c.QueueSize < 0}, {"QueueWait", c.QueueWait < 0},
+		{"ShutdownTimeout", c.ShutdownTimeout < 0}, {"NotifyInterval", c.NotifyInterval < 0},
+		{"TopologyInterval", c.TopologyInterval < 0}, {"LeaseTTL", c.LeaseTTL < 0},
+		{"LeaseInterval", c.LeaseInterval < 0}, {"Interval", c.Interval < 0},
+	} {
+		if f.bad {
+			return fmt.Errorf("%w: %s is negative", ErrInvalidConfig, f.name)
+		}
+	}
+	c.Workers = cmp.Or(c.Workers, defaultWorkers)
+	c.QueueSize = cmp.Or(c.QueueSize, defaultQueueSize)
+	if c.ReapInterval == 0 { // negative: no reaping
+		c.ReapInterval = defaultReapInterval
+	}
+	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, defaultShutdownTimeout)
+	c.NotifyInterval = cmp.Or(c.NotifyInterval, defaultNotifyInterval)
+	c.TopologyInterval = cmp.Or(c.TopologyInterval, defaultTopologyInterval)
+	c.LeaseTTL = cmp.Or(c.LeaseTTL, defaultLeaseTTL)
+	c.LeaseInterval = cmp.Or(c.LeaseInterval, c.LeaseTTL/5)
+	if c.LeaseInterval >= c.LeaseTTL {
+		return fmt.Errorf("%w: LeaseInterval %v is not shorter than LeaseTTL %v: leases would lapse between renewals",
+			ErrInvalidConfig, c.LeaseInterval, c.LeaseTTL)
+	}
+	if c.ID == "" {
+		c.ID = defaultID()
+	}
+	if s := c.Scheduler; s != nil {
+		switch {
+		case c.KeyPrefix == "":
+			c.KeyPrefix = s.prefix
+		case s.prefix != "" && s.prefix != c.KeyPrefix:
+			return fmt.Errorf("%w: the listener's KeyPrefix %q differs from its Scheduler's %q", ErrInvalidConfig, c.KeyPrefix, s.prefix)
+		}
+	}
+	return nil
 }
 
 // NewListener returns a Listener for the client's database (taken from the
 // options of a *redis.Client; 0 on Redis Cluster). The client may be a
 // single server's, a failover client's (set ListenerConfig.Sentinel) or a
-// *redis.ClusterClient: the listener subscribes on every master.
+// *redis.ClusterClient: the listener subscribes on every master. A
+// configuration that cannot work is not a panic: Run returns it, wrapping
+// ErrInvalidConfig.
 func NewListener(client redis.UniversalClient, h Handler, cfg ListenerConfig) *Listener {
-	if h == nil {
-		panic("expiry: nil handler")
-	}
-	if cfg.Workers <= 0 {
-		cfg.Workers = 64
-	}
-	if cfg.QueueSize <= 0 {
-		cfg.QueueSize = 100000
-	}
-	if cfg.ReapInterval <= 0 {
-		cfg.ReapInterval = 10 * time.Millisecond
-	}
-	if cfg.ShutdownTimeout <= 0 {
-		cfg.ShutdownTimeout = 10 * time.Second
-	}
-	if cfg.NotifyInterval <= 0 {
-		cfg.NotifyInterval = 10 * time.Second
-	}
-	if cfg.TopologyInterval <= 0 {
-		cfg.TopologyInterval = time.Second
-	}
-	if cfg.LeaseTTL <= 0 {
-		cfg.LeaseTTL = 5 * time.Second
-	}
-	if cfg.LeaseInterval <= 0 {
-		cfg.LeaseInterval = cfg.LeaseTTL / 5
-	}
-	if cfg.ID == "" {
-		cfg.ID = defaultID()
-	}
-	if s := cfg.Scheduler; s != nil {
-		switch {
-		case cfg.KeyPrefix == "":
-			cfg.KeyPrefix = s.prefix
-		case s.prefix != "" && s.prefix != cfg.KeyPrefix:
-			panic(fmt.Sprintf("expiry: the listener's KeyPrefix %q differs from its Scheduler's %q", cfg.KeyPrefix, s.prefix))
-		}
+	err := cfg.validate()
+	if err == nil && h == nil {
+		err = fmt.Errorf("%w: nil handler", ErrInvalidConfig)
 	}
 	log := cfg.Logger
 	if log == nil {
 		log = zap.NewNop()
 	}
-	l := &Listener{client: client, handler: h, cfg: cfg, log: log,
+	l := &Listener{client: client, handler: h, cfg: cfg, log: log, cfgErr: err,
 		dropLog: sometimes{period: time.Second}, malformedLog: sometimes{period: time.Second}, noRecordLog: sometimes{period: time.Second},
 		handedOver: recent{period: 30 * time.Second}}
 	if c, ok := client.(*redis.Client); ok {
@@ -381,6 +412,9 @@ var ErrShutdownTimeout = errors.New("expiry: shutdown timeout passed before hand
 // go-redis reconnects by itself after a lost connection; each resubscription
 // calls OnSubscribe and checks notify-keyspace-events again.
 func (l *Listener) Run(ctx context.Context) error {
+	if l.cfgErr != nil {
+		return l.cfgErr
+	}
 	if !l.running.CompareAndSwap(false, true) {
 		return ErrListenerRunning
 	}

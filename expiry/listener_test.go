@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -281,5 +282,33 @@ func TestListenerOwnKeysNeverReachTheHandler(t *testing.T) {
 	defer mu.Unlock()
 	if !slices.Equal(got, []string{"own:coupon:1"}) {
 		t.Fatalf("the handler got %v, want only own:coupon:1", got)
+	}
+}
+
+// A configuration that cannot work is an error Run returns at once, never a
+// panic, and it names what is wrong.
+func TestListenerConfigErrors(t *testing.T) {
+	rdb := setup(t)
+	mux := expiry.NewServeMux()
+	mux.HandleFunc("x:", func(context.Context, expiry.Event) error { return nil })
+	sched := expiry.NewScheduler(rdb, expiry.SchedulerConfig{KeyPrefix: "a:"})
+	for _, tc := range []struct {
+		name    string
+		h       expiry.Handler
+		cfg     expiry.ListenerConfig
+		mention string
+	}{
+		{"nil handler", nil, expiry.ListenerConfig{}, "nil handler"},
+		{"prefix differs from the scheduler's", mux, expiry.ListenerConfig{KeyPrefix: "b:", Scheduler: sched}, `"b:" differs from its Scheduler's "a:"`},
+		{"negative workers", mux, expiry.ListenerConfig{Workers: -1}, "Workers is negative"},
+		{"leases renewed less often than they lapse", mux, expiry.ListenerConfig{LeaseTTL: time.Second, LeaseInterval: 2 * time.Second}, "LeaseInterval"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := expiry.NewListener(rdb, tc.h, tc.cfg)
+			err := l.Run(context.Background())
+			if !errors.Is(err, expiry.ErrInvalidConfig) || !strings.Contains(err.Error(), tc.mention) {
+				t.Fatalf("Run: %v, want ErrInvalidConfig naming %q", err, tc.mention)
+			}
+		})
 	}
 }

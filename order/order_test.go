@@ -668,3 +668,15 @@ func TestExpiredKeyOfUnknownOrder(t *testing.T) {
 		t.Fatalf("the real order is %s", o.Status)
 	}
 }
+
+// A daemon whose Scheduler's KeyPrefix differs from the service's keys is a
+// configuration error that Run returns, not a panic.
+func TestDaemonConfigErrorIsReturned(t *testing.T) {
+	rdb := testkit.Redis(t, redisDB)
+	svc := order.NewService(ordertest.Open(t, ordertest.SQLiteURL(t)), nil, nil, order.Config{Keys: order.Keys{Prefix: "p:"}})
+	sched := expiry.NewScheduler(rdb, expiry.SchedulerConfig{KeyPrefix: "q:"})
+	err := daemon.New(svc, rdb, daemon.Config{Scheduler: sched}).Run(context.Background())
+	if !errors.Is(err, expiry.ErrInvalidConfig) {
+		t.Fatalf("Run: %v, want ErrInvalidConfig", err)
+	}
+}

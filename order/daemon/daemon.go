@@ -142,6 +142,9 @@ type Daemon struct {
 // timers (a fence checked just before the commit): a daemon that paused
 // past its leases rolls back, and the shard's new holder, which sweeps
 // what it took over, moves those orders instead.
+//
+// A configuration that cannot work (a Scheduler whose KeyPrefix differs from
+// the service's keys) is returned by Run, wrapping expiry.ErrInvalidConfig.
 func New(s *order.Service, client redis.UniversalClient, cfg Config) *Daemon {
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = defaultSweepInterval
@@ -161,9 +164,6 @@ func New(s *order.Service, client redis.UniversalClient, cfg Config) *Daemon {
 	log := cfg.Logger
 	if log == nil {
 		log = zap.NewNop()
-	}
-	if sc := cfg.Scheduler; sc != nil && sc.KeyPrefix() != "" && sc.KeyPrefix() != s.Keys().Prefix {
-		panic("daemon: the Scheduler's KeyPrefix differs from the service's key prefix")
 	}
 	d := &Daemon{svc: s, client: client, cfg: cfg, log: log, takenKick: make(chan struct{}, 1)}
 

@@ -72,6 +72,7 @@ type Relay struct {
 	token     string  // the lease's value while this relay holds it: a fencing token
 	lastID    string  // the ID of the last entry this relay appended
 	unDeleted []int64 // appended, but their deletion from the outbox failed
+	cfgErr    error   // a configuration that cannot work: Run returns it
 }
 
 // errFenced is a round's error when the lease was no longer this relay's at
@@ -81,8 +82,9 @@ var errFenced = errors.New("transitions relay: the lease passed to another relay
 
 // NewRelay returns a Relay from outbox to the stream cfg.Stream on rdb.
 func NewRelay(outbox order.Outbox, rdb redis.UniversalClient, cfg Config) *Relay {
+	var cfgErr error
 	if cfg.Stream == "" || cfg.LeaseKey == "" {
-		panic("transitions: Config.Stream and Config.LeaseKey are required")
+		cfgErr = errors.New("transitions: Config.Stream and Config.LeaseKey are required")
 	}
 	if cfg.MaxLen <= 0 {
 		cfg.MaxLen = 1_000_000
@@ -110,7 +112,7 @@ func NewRelay(outbox order.Outbox, rdb redis.UniversalClient, cfg Config) *Relay
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Relay{outbox: outbox, rdb: rdb, cfg: cfg, log: log.With(zap.String("stream", cfg.Stream)), wake: make(chan struct{}, 1),
+	return &Relay{outbox: outbox, rdb: rdb, cfg: cfg, log: log.With(zap.String("stream", cfg.Stream)), wake: make(chan struct{}, 1), cfgErr: cfgErr,
 		record: order.SameSlot(cfg.Stream, ":relayed"), lastKey: order.SameSlot(cfg.Stream, ":last")}
 }
 
@@ -147,8 +149,12 @@ return 0`)
 // stream and deletes them from the outbox. When ctx ends it relays what the
 // outbox still holds (for up to a Timeout), gives the lease up and returns
 // nil. Failures of Redis or the database are logged and retried; they never
-// end Run.
+// end Run. A Config without Stream or LeaseKey is an error Run returns at
+// once.
 func (r *Relay) Run(ctx context.Context) error {
+	if r.cfgErr != nil {
+		return r.cfgErr
+	}
 	interval := r.cfg.LeaseTTL / 5
 	var held bool
 	var renewAt, validUntil time.Time

@@ -444,3 +444,11 @@ func TestRelayPausedBetweenAppendAndDelete(t *testing.T) {
 		}
 	})
 }
+
+// A relay without its stream or lease key is an error Run returns.
+func TestRelayConfigError(t *testing.T) {
+	r := transitions.NewRelay(ordertest.Open(t, ordertest.SQLiteURL(t)), testkit.Redis(t, redisDB), transitions.Config{})
+	if err := r.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "Stream") {
+		t.Fatalf("Run: %v, want an error naming Stream", err)
+	}
+}
