@@ -72,15 +72,7 @@ func TestListenerFrozenMidBurst(t *testing.T) {
 	thaw()
 
 	rs.waitSpread(t, 20*time.Second, 0, 1, 2) // the resumed one takes a share again
-	if n := rs.count(t, order.Expired); n != orders {
-		t.Fatalf("%d orders expired, want %d", n, orders)
-	}
-	ordertest.CheckStock(t, rs.st, 1, replicaStock)
-	var expired map[int64]int
-	testkit.WaitFor(t, 30*time.Second, "every expiry in the transitions stream", func() bool {
-		expired = rs.streamCount(t, order.Expired)
-		return len(expired) == orders
-	})
+	expired := rs.allExpired(t, orders)
 	for _, id := range ids {
 		if expired[id] != 1 {
 			t.Fatalf("order %d: %d expiries in the stream, want 1", id, expired[id])

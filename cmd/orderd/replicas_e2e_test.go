@@ -187,17 +187,7 @@ func TestListenReplicasKillOneMidBurst(t *testing.T) {
 	if !containsLine(rs.procs[rest[0]].stderr.String(), `"msg":"shards held"`, `"listeners":2`) {
 		t.Errorf("listener %d did not log the shards it holds after the take-over:\n%s", rest[0], rs.procs[rest[0]].stderr)
 	}
-	if n := rs.count(t, order.Expired); n != orders {
-		t.Fatalf("%d orders expired, want %d", n, orders)
-	}
-	ordertest.CheckStock(t, rs.st, 1, replicaStock)
-
-	// Every expiry is in the stream, at least once.
-	var expired map[int64]int
-	testkit.WaitFor(t, 30*time.Second, "every expiry in the transitions stream", func() bool {
-		expired = rs.streamCount(t, order.Expired)
-		return len(expired) == orders
-	})
+	expired := rs.allExpired(t, orders)
 	dup := 0
 	for _, id := range ids {
 		dup += expired[id] - 1
@@ -211,6 +201,23 @@ func TestListenReplicasKillOneMidBurst(t *testing.T) {
 	if n, _, err := rs.st.ChangeBacklog(context.Background()); err != nil || n != 0 {
 		t.Fatalf("outbox holds %d (%v) after the listeners stopped, want 0", n, err)
 	}
+}
+
+// allExpired checks that all n orders expired, once each, with stock
+// conserved, waits until every expiry is in the transitions stream (at least
+// once) and returns, per order, its expiries there.
+func (rs *replicaSet) allExpired(t *testing.T, n int) map[int64]int {
+	t.Helper()
+	if got := rs.count(t, order.Expired); got != n {
+		t.Fatalf("%d orders expired, want %d", got, n)
+	}
+	ordertest.CheckStock(t, rs.st, 1, replicaStock)
+	var expired map[int64]int
+	testkit.WaitFor(t, 30*time.Second, "every expiry in the transitions stream", func() bool {
+		expired = rs.streamCount(t, order.Expired)
+		return len(expired) == n
+	})
+	return expired
 }
 
 // streamCount reads the transitions stream and counts, per order, its
