@@ -19,6 +19,15 @@ type Event struct {
 	DB int
 	// Received is when the listener read the event from Redis.
 	Received time.Time
+	// Deadline is when the timer was due, as its Scheduler's due index says,
+	// for a timer the reaper handed over; zero when the key's expiry came as
+	// an event (Redis does not say when a key was due).
+	Deadline time.Time
+	// Attempt is how many times a handler failed on this timer before (0 the
+	// first time). See ListenerConfig.MaxAttempts.
+	Attempt int
+
+	retry bool // it failed before, or was re-armed: its attempts are in Redis
 }
 
 // ErrForeignKey reports an expired key that does not carry the listener's key

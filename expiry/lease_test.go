@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/zap/zaptest"
 
 	"github.com/orderd/orderd/expiry"
 	"github.com/orderd/orderd/internal/testkit"
@@ -44,7 +43,7 @@ func (r *replicas) start(t *testing.T, client redis.UniversalClient, index strin
 	})
 	cfg.ID = id
 	cfg.Scheduler = expiry.NewScheduler(client, expiry.SchedulerConfig{KeyPrefix: "app:", Index: index})
-	cfg.Logger = zaptest.NewLogger(t)
+	cfg.Logger = testLogger(t)
 	cfg.OnShards = func([]string, bool) { r.onShard.Add(1) }
 	if cfg.Interval > 0 {
 		cfg.OnInterval = func(context.Context) { sweeps.Add(1) }

@@ -5,13 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/zap"
 )
 
 // ListenerConfig configures a Listener. The zero value is usable.
@@ -78,35 +77,48 @@ type ListenerConfig struct {
 	// besides the one after every subscription. If zero, 10 s is used.
 	NotifyInterval time.Duration
 
-	// Scheduler, when set, is reaped every ReapInterval, each shard of its due
-	// index on its own: keys whose deadline has passed are touched so that
-	// Redis expires them at once, however many other keys carry a TTL, and
-	// each expired timer the reaper removes from the index is handed to the
-	// handler directly (its event, which Redis broadcasts to every listener,
-	// is then not handled again).
+	// Scheduler, when set, makes the listener reap its due index: a reaper
+	// per shard sleeps until the shard's earliest deadline, touches the keys
+	// due so that Redis expires them at once, however many other keys carry
+	// a TTL, and hands each expired timer to the handler directly (its
+	// event, which Redis broadcasts to every listener, is then not handled
+	// again). A Scheduler that sets an earlier timer wakes it.
 	//
 	// Listeners given Schedulers of the same index share the work (see
 	// "Several listeners" in the package documentation): each shard is
 	// reaped by the one listener that holds its lease, an event is handled
-	// by the listener holding its key's shard (by whoever hears it when
-	// none does), and OnInterval runs on one listener at a time.
+	// by the listener holding its key's shard (parked in the index for the
+	// next holder when none does), and OnInterval runs on one listener at a
+	// time. With a Scheduler, a handler's failures are retried durably (see
+	// MaxAttempts).
 	Scheduler *Scheduler
 
-	// ReapInterval is the pause between reaper rounds. If zero, 10 ms is
-	// used; if negative, the listener does not reap (timers then fire when
-	// Redis notices their keys expired), but still shares the work.
+	// ReapInterval is the longest a reaper sleeps when nothing wakes it: a
+	// fallback for a wake lost with a broken subscription. If zero, 10 s is
+	// used; it may be at most 1 minute. If negative, the listener does not
+	// reap (timers then fire when Redis notices their keys expired), but
+	// still shares the work.
 	ReapInterval time.Duration
 
-	// LeaseTTL is how long a lease (on a shard of the due index, or on the
-	// periodic sweep) and a listener's heartbeat last without renewal: when
-	// a listener dies, the others take its shards within LeaseTTL plus
-	// LeaseInterval. If zero, 5 s is used.
+	// MaxAttempts bounds the attempts at a timer whose handler fails (with a
+	// Scheduler): after each failure the timer is set due again in the index
+	// after RetryDelay, and after MaxAttempts failures it is moved to the
+	// dead set (Scheduler.Dead, Scheduler.Rearm). If zero, 10 is used.
+	MaxAttempts int
+
+	// RetryDelay returns how long after its n-th failure (n ≥ 1) a timer is
+	// due again. If nil, 1 s doubled after each failure, up to 10 minutes.
+	RetryDelay func(n int) time.Duration
+
+	// LeaseTTL is how long a listener's heartbeat, and with it every lease
+	// it holds (on a shard of the due index, or on the periodic sweep),
+	// lasts without renewal: when a listener dies, the others take its
+	// shards within LeaseTTL plus LeaseInterval. If zero, 5 s is used.
 	LeaseTTL time.Duration
 
-	// LeaseInterval is the pause between lease rounds, each renewing the
-	// heartbeat and the leases held and taking free ones. A listener that
-	// joins or leaves, or releases a lease, announces it, and the others
-	// hold a round at once. If zero, a fifth of LeaseTTL is used.
+	// LeaseInterval is the pause between heartbeats. A listener that joins
+	// or leaves, or releases a lease, announces it, and the others read the
+	// leases at once. If zero, a third of LeaseTTL is used.
 	LeaseInterval time.Duration
 
 	// OnShards, if set, is called whenever what this listener holds changes,
@@ -135,7 +147,7 @@ type ListenerConfig struct {
 	ShutdownTimeout time.Duration
 
 	// Logger receives the listener's own log lines. If nil, nothing is logged.
-	Logger *zap.Logger
+	Logger *slog.Logger
 }
 
 // NotifyPolicy says what a Listener does about notify-keyspace-events.
@@ -153,41 +165,6 @@ const (
 	NotifyIgnore
 )
 
-// Health is what a Listener knows of its ability to hear expirations.
-type Health struct {
-	// Subscribed is true once Redis has confirmed the subscription, while
-	// Run runs.
-	Subscribed bool
-	// Notify, when not nil, says that Redis does not publish expired-key
-	// events (on which node) and what to set, as the last check found.
-	Notify error
-	// Eviction, when not nil, says that Redis may evict keys without a TTL
-	// (the due index, the leases): maxmemory-policy is allkeys-*, as the
-	// last check found (ErrEvictionUnsafe).
-	Eviction error
-}
-
-// Stats are a Listener's counters since it was created.
-type Stats struct {
-	Received      uint64 // expired-key events read from Redis
-	Handled       uint64 // handler calls that returned nil
-	Failed        uint64 // handler calls that returned an error
-	Ignored       uint64 // keys without the prefix or without a handler
-	Malformed     uint64 // keys a handler could not parse (ErrMalformedKey)
-	NoRecord      uint64 // keys whose record does not exist (ErrNoRecord)
-	Dropped       uint64 // events and reaped timers dropped because the queue stayed full
-	Subscriptions uint64 // (re)subscriptions confirmed by Redis
-	Reaped        uint64 // due entries the reaper removed: keys expired (handed to the handler) or left without a TTL
-	Skipped       uint64 // events for keys whose shard another listener holds
-	Repeated      uint64 // events for timers the reaper had handed to the handler already
-	Takeovers     uint64 // leases this listener took (at its start, on a rebalance, from a listener that left or died)
-	QueueDepth    int    // events waiting for a worker now
-	InFlight      int64  // handler calls running now
-	Shards        int    // shards of the due index this listener holds now
-	Sweeps        bool   // whether this listener holds the sweep lease now
-	Listeners     int    // live listeners sharing the due index, as last seen
-}
-
 // A Listener subscribes to Redis's expired-key events of one database (on
 // every master of a Cluster, on the current master behind Sentinel) and hands
 // each event to a Handler on a pool of workers.
@@ -200,28 +177,26 @@ type Listener struct {
 	handler Handler
 	cfg     ListenerConfig
 	db      int
-	log     *zap.Logger
+	log     *slog.Logger
+	cfgErr  error // from validate: Run returns it
 
-	received, handled, failed, ignored, malformed, dropped, subs, reaped atomic.Uint64
-	skipped, repeated, noRecord                                          atomic.Uint64
-	inFlight                                                             atomic.Int64
-	queue                                                                atomic.Pointer[chan Event]
-	running, configWarned                                                atomic.Bool
-	notifyErr, evictionErr                                               atomic.Pointer[error]
-	dropKick                                                             chan struct{}
-	dropLog, malformedLog, noRecordLog                                   sometimes
-	sub                                                                  atomic.Pointer[subscriber]  // while Run runs
-	leases                                                               atomic.Pointer[leaseKeeper] // while Run runs, with a Scheduler
-	takeovers                                                            atomic.Uint64               // of past runs
-	handedOver                                                           recent
-	cfgErr                                                               error // from validate: Run returns it
+	counters
+	queue                              atomic.Pointer[chan Event]
+	running, configWarned              atomic.Bool
+	notifyErr, evictionErr             atomic.Pointer[error]
+	dropKick                           chan struct{}
+	dropLog, malformedLog, noRecordLog sometimes
+	sub                                atomic.Pointer[subscriber]  // while Run runs
+	leases                             atomic.Pointer[leaseKeeper] // while Run runs, with a Scheduler
+	shards                             []*shardState               // with a Scheduler: one per shard of its index
+	parker                             *parker                     // with a Scheduler
 }
 
 // Defaults of ListenerConfig, used where a field is zero.
 const (
 	defaultWorkers          = 64
 	defaultQueueSize        = 100000
-	defaultReapInterval     = 10 * time.Millisecond
+	defaultReapInterval     = 10 * time.Second
 	defaultShutdownTimeout  = 10 * time.Second
 	defaultNotifyInterval   = 10 * time.Second
 	defaultTopologyInterval = time.Second
@@ -259,7 +234,17 @@ func (c *ListenerConfig) validate() error {
 	c.NotifyInterval = cmp.Or(c.NotifyInterval, defaultNotifyInterval)
 	c.TopologyInterval = cmp.Or(c.TopologyInterval, defaultTopologyInterval)
 	c.LeaseTTL = cmp.Or(c.LeaseTTL, defaultLeaseTTL)
-	c.LeaseInterval = cmp.Or(c.LeaseInterval, c.LeaseTTL/5)
+	c.LeaseInterval = cmp.Or(c.LeaseInterval, c.LeaseTTL/3)
+	if c.ReapInterval > wakeHorizon {
+		return fmt.Errorf("%w: ReapInterval %v is longer than %v", ErrInvalidConfig, c.ReapInterval, wakeHorizon)
+	}
+	if c.MaxAttempts < 0 {
+		return fmt.Errorf("%w: MaxAttempts is negative", ErrInvalidConfig)
+	}
+	c.MaxAttempts = cmp.Or(c.MaxAttempts, defaultMaxAttempts)
+	if c.RetryDelay == nil {
+		c.RetryDelay = defaultRetryDelay
+	}
 	if c.LeaseInterval >= c.LeaseTTL {
 		return fmt.Errorf("%w: LeaseInterval %v is not shorter than LeaseTTL %v: leases would lapse between renewals",
 			ErrInvalidConfig, c.LeaseInterval, c.LeaseTTL)
@@ -291,13 +276,16 @@ func NewListener(client redis.UniversalClient, h Handler, cfg ListenerConfig) *L
 	}
 	log := cfg.Logger
 	if log == nil {
-		log = zap.NewNop()
+		log = slog.New(slog.DiscardHandler)
 	}
 	l := &Listener{client: client, handler: h, cfg: cfg, log: log, cfgErr: err,
-		dropLog: sometimes{period: time.Second}, malformedLog: sometimes{period: time.Second}, noRecordLog: sometimes{period: time.Second},
-		handedOver: recent{period: 30 * time.Second}}
+		dropLog: sometimes{period: time.Second}, malformedLog: sometimes{period: time.Second}, noRecordLog: sometimes{period: time.Second}}
 	if c, ok := client.(*redis.Client); ok {
 		l.db = c.Options().DB
+	}
+	if s := cfg.Scheduler; s != nil && err == nil {
+		l.shards = newShardStates(len(s.shards), cfg.ReapInterval)
+		l.parker = &parker{l: l, s: s, reqs: make(chan parkReq, 100000)}
 	}
 	return l
 }
@@ -310,12 +298,12 @@ func (l *Listener) ID() string { return l.cfg.ID }
 
 // Handles reports whether the listener handles the expiry of key (the full
 // key, prefix included) now: it holds the key's shard, or as far as it knows
-// no listener does, or it shares no Scheduler. A catch-up after events were
-// lost (OnSubscribe, OnDrop) need take only such keys: the others' events
-// were not lost.
+// no live listener does (it parks the event for the next holder then), or
+// it shares no Scheduler. A catch-up after events were lost (OnSubscribe,
+// OnDrop) need take only such keys: the others' events were not lost.
 func (l *Listener) Handles(key string) bool {
 	s, k := l.cfg.Scheduler, l.leases.Load()
-	return s == nil || k == nil || k.mine(s.shardOf(key))
+	return s == nil || k == nil || k.route(s.shardOf(key)) != routeTheirs
 }
 
 // Surely reports whether the listener may act on key's timer now without
@@ -349,51 +337,9 @@ func (l *Listener) SetStandby(on bool) {
 	} else {
 		l.log.Info("back from standby: taking a share of the shards again")
 		k.announce.Store(true)
+		k.reread.Store(true)
 	}
 	trigger(k.kick)
-}
-
-// Stats returns the listener's counters.
-func (l *Listener) Stats() Stats {
-	s := Stats{
-		Received:      l.received.Load(),
-		Handled:       l.handled.Load(),
-		Failed:        l.failed.Load(),
-		Ignored:       l.ignored.Load(),
-		Malformed:     l.malformed.Load(),
-		NoRecord:      l.noRecord.Load(),
-		Dropped:       l.dropped.Load(),
-		Subscriptions: l.subs.Load(),
-		Reaped:        l.reaped.Load(),
-		Skipped:       l.skipped.Load(),
-		Repeated:      l.repeated.Load(),
-		Takeovers:     l.takeovers.Load(),
-		InFlight:      l.inFlight.Load(),
-	}
-	if k := l.leases.Load(); k != nil {
-		s.Takeovers += k.takeovers.Load()
-		shards, sweeps := k.held()
-		s.Shards, s.Sweeps, s.Listeners = len(shards), sweeps, k.liveListeners()
-	}
-	if q := l.queue.Load(); q != nil {
-		s.QueueDepth = len(*q)
-	}
-	return s
-}
-
-// Health returns what the listener knows of its ability to hear expirations.
-func (l *Listener) Health() Health {
-	var h Health
-	if sub := l.sub.Load(); sub != nil {
-		h.Subscribed = sub.subscribed()
-	}
-	if p := l.notifyErr.Load(); p != nil {
-		h.Notify = *p
-	}
-	if p := l.evictionErr.Load(); p != nil {
-		h.Eviction = *p
-	}
-	return h
 }
 
 // ErrListenerRunning is returned by Run when the Listener is already running.
@@ -451,50 +397,58 @@ func (l *Listener) Run(ctx context.Context) error {
 		}
 		l.checkEviction(ctx, topo)
 	})
-	// The reapers hand timers to the queue: they stop before it closes.
-	var reapers sync.WaitGroup
-	if s := l.cfg.Scheduler; s != nil && l.cfg.ReapInterval > 0 {
-		for i := range s.shards {
-			reapers.Go(func() { l.reap(ctx, s, keeper, i, w.queue) })
+	// The reapers and the parker hand timers to the queue: they stop before
+	// it closes.
+	var feeders sync.WaitGroup
+	var channels []string
+	wake := ""
+	if s := l.cfg.Scheduler; s != nil {
+		feeders.Go(func() { l.parker.run(ctx, w.queue) })
+		channels = append(channels, keeper.channel)
+		if l.cfg.ReapInterval > 0 {
+			wake = wakeChannel(s.index)
+			channels = append(channels, wake)
+			for i := range s.shards {
+				feeders.Go(func() { l.reap(ctx, s, keeper, i, w.queue) })
+			}
 		}
 	}
 
-	var channels []string
-	if keeper != nil {
-		channels = append(channels, keeper.channel)
-	}
 	sub := &subscriber{topo: topo, channel: l.Channel(), also: channels, interval: l.cfg.TopologyInterval, log: l.log,
 		subs: map[string]*nodeSub{}, errLog: sometimes{period: 10 * time.Second},
 		onMessage: func(m *redis.Message) {
-			if keeper != nil && m.Channel == keeper.channel {
+			switch {
+			case keeper != nil && m.Channel == keeper.channel:
 				if m.Payload != keeper.id {
-					trigger(keeper.kick) // another listener joined, left or handed over
+					keeper.heard() // another listener joined, left or handed over
 				}
-				return
+			case wake != "" && m.Channel == wake:
+				l.onWake(m.Payload)
+			default:
+				l.enqueue(ctx, w.queue, m)
 			}
-			l.enqueue(ctx, w.queue, m)
 		},
 		onSubscribed: func(node string) {
 			n := l.subs.Add(1)
-			l.log.Info("subscribed", zap.String("channel", l.Channel()), zap.String("node", node), zap.Uint64("subscriptions", n))
+			l.log.Info("subscribed", "channel", l.Channel(), "node", node, "subscriptions", n)
 			trigger(notifyKick)
 			trigger(subKick)
 			if keeper != nil {
 				keeper.joined()
+				l.wakeAll() // wakes sent meanwhile were missed
 			}
 		},
 	}
 	l.sub.Store(sub)
 	defer l.sub.Store(nil)
-	l.log.Info("listening for expired keys", zap.String("channel", l.Channel()),
-		zap.String("key_prefix", l.cfg.KeyPrefix), zap.Int("workers", l.cfg.Workers))
+	l.log.Info("listening for expired keys", "channel", l.Channel(), "key_prefix", l.cfg.KeyPrefix, "workers", l.cfg.Workers)
 	sub.run(ctx) // until ctx ends; after it no message is delivered any more
 
 	// Stop in reverse: no more events in; the queue drains; the hooks,
 	// whose context has ended, finish the step in hand (the lease keeper
 	// releases the leases at once, so the others take over while the
 	// queue drains).
-	reapers.Wait()
+	feeders.Wait()
 	w.shutdown()
 	return l.drain(ctx, w, &hooks)
 }
@@ -506,11 +460,11 @@ func (l *Listener) startLeases(ctx context.Context, hooks *hookRunner, sweepKick
 	if s == nil {
 		return nil
 	}
-	k := newLeaseKeeper(l.client, s, l.cfg.ID, l.cfg.LeaseTTL, l.cfg.LeaseInterval, l.log)
+	k := newLeaseKeeper(l.client, s, l.cfg.ID, l.cfg.LeaseTTL, l.cfg.LeaseInterval, l.log, l.shards)
+	k.onDead = l.parkSkipped
 	sweeping := false
 	k.onChange = func(held []string, sweeps bool) {
-		l.log.Info("shards held", zap.String("listener", l.cfg.ID), zap.Strings("shards", held),
-			zap.Bool("sweep", sweeps), zap.Int("listeners", k.liveListeners()))
+		l.log.Info("shards held", "listener", l.cfg.ID, "shards", held, "sweep", sweeps, "listeners", k.liveListeners())
 		if sweeps && !sweeping {
 			trigger(sweepKick) // its former holder may have died before its turn
 		}
@@ -537,11 +491,11 @@ func (l *Listener) drain(ctx context.Context, w *workers, hooks *hookRunner) err
 	defer timer.Stop()
 	select {
 	case <-done:
-		l.log.Info("listener stopped", zap.Uint64("handled", l.handled.Load()))
+		l.log.Info("listener stopped", "handled", l.handled.Load())
 		return nil
 	case <-timer.C:
 		l.log.Warn("listener stopped before its handlers finished: they were cancelled",
-			zap.Duration("shutdown_timeout", l.cfg.ShutdownTimeout), zap.Int64("in_flight", l.inFlight.Load()))
+			"shutdown_timeout", l.cfg.ShutdownTimeout, "in_flight", l.inFlight.Load())
 		return errors.Join(ErrShutdownTimeout, ctx.Err())
 	}
 }
@@ -570,14 +524,14 @@ func (l *Listener) checkNotify(ctx context.Context, topo topology) {
 		}
 		l.notifyErr.Store(nil)
 	case errors.Is(err, ErrNotifyDisabled):
-		l.log.Error("Redis does not publish expired-key events: orders wait for the sweep", zap.Error(err))
+		l.log.Error("Redis does not publish expired-key events: timers wait until Redis notices their keys, or a sweep", "error", err)
 		l.notifyErr.Store(&err)
 	case errors.Is(err, ErrConfigUnavailable):
 		if ctx.Err() == nil && l.configWarned.CompareAndSwap(false, true) { // once: it will not change
-			l.log.Warn("cannot check that Redis publishes expired-key events", zap.Error(err))
+			l.log.Warn("cannot check that Redis publishes expired-key events", "error", err)
 		}
 	default: // Redis does not answer: the subscription and the health check say so
-		l.log.Debug("notify-keyspace-events not read", zap.Error(err))
+		l.log.Debug("notify-keyspace-events not read", "error", err)
 	}
 }
 
@@ -598,11 +552,11 @@ func (l *Listener) checkEviction(ctx context.Context, topo topology) {
 		l.evictionErr.Store(nil)
 	case errors.Is(err, ErrEvictionUnsafe):
 		if prev == nil || (*prev).Error() != err.Error() {
-			l.log.Error("Redis may evict keys without a TTL: timers, leases and other state can vanish silently", zap.Error(err))
+			l.log.Error("Redis may evict keys without a TTL: timers, leases and other state can vanish silently", "error", err)
 		}
 		l.evictionErr.Store(&err)
 	default: // CONFIG refused (said once by the notify check) or Redis does not answer
-		l.log.Debug("maxmemory-policy not read", zap.Error(err))
+		l.log.Debug("maxmemory-policy not read", "error", err)
 	}
 }
 
@@ -611,20 +565,39 @@ func (l *Listener) enqueue(ctx context.Context, queue chan Event, m *redis.Messa
 	ev, err := NewEvent(m.Channel, m.Payload, l.cfg.KeyPrefix, time.Now())
 	if err != nil {
 		l.ignored.Add(1)
-		l.log.Debug("expired key ignored: not ours", KeyField(m.Payload))
+		l.log.Debug("expired key ignored: not ours", KeyAttr(m.Payload))
 		return
 	}
-	if l.cfg.Scheduler != nil {
-		if l.cfg.Scheduler.owns(ev.RawKey) {
-			return // a lease of a listener that died: the library's own, never a handler's
+	if s := l.cfg.Scheduler; s != nil {
+		if s.owns(ev.RawKey) {
+			return // the library's own keys, never a handler's
 		}
-		if !l.Handles(ev.RawKey) {
-			l.skipped.Add(1) // another listener holds its shard
-			return
-		}
-		if !l.handedOver.first(ev.RawKey) {
-			l.repeated.Add(1) // the reaper handed it over already
-			return
+		if k := l.leases.Load(); k != nil {
+			i := s.shardOf(ev.RawKey)
+			sh := l.shards[i]
+			sh.mu.Lock()
+			switch k.route(i) {
+			case routeTheirs: // its holder hears it too; kept in case that holder died with it
+				sh.skipped.add(ev.RawKey, ev.Received)
+				sh.mu.Unlock()
+				l.skipped.Add(1)
+				return
+			case routePark: // nobody holds the shard now: its next holder reaps it
+				seen := sh.notes.has(ev.RawKey)
+				sh.mu.Unlock()
+				if seen {
+					l.repeated.Add(1) // handled here before the shard was handed over
+				} else {
+					l.parker.park(ctx, queue, i, ev)
+				}
+				return
+			}
+			first := sh.notes.first(ev.RawKey)
+			sh.mu.Unlock()
+			if !first {
+				l.repeated.Add(1) // the reaper handed it over already
+				return
+			}
 		}
 	}
 	l.offer(ctx, queue, ev)
@@ -651,13 +624,13 @@ func (l *Listener) offer(ctx context.Context, queue chan<- Event, ev Event) bool
 		}
 	}
 	n := l.dropped.Add(1)
-	if l.cfg.Scheduler != nil {
-		l.handedOver.forget(ev.RawKey)
+	if s := l.cfg.Scheduler; s != nil {
+		l.shards[s.shardOf(ev.RawKey)].notes.forget(ev.RawKey)
 	}
 	trigger(l.dropKick)
 	if ok, _ := l.dropLog.allow(time.Now()); ok { // one line a second, not one per event
 		l.log.Warn("queue full: dropping expired timers; a catch-up sweep handles them",
-			zap.Uint64("dropped", n), zap.Int("queue_size", cap(queue)))
+			"dropped", n, "queue_size", cap(queue))
 	}
 	return false
 }
@@ -677,86 +650,63 @@ func (l *Listener) handle(ctx context.Context, ev Event) {
 	switch {
 	case err == nil:
 		l.handled.Add(1)
+		if ev.retry {
+			l.forgetFailures(ctx, ev)
+		}
 	case errors.Is(err, ErrHandlerNotFound):
 		l.ignored.Add(1)
-		l.log.Debug("expired key ignored: no handler", KeyField(ev.RawKey))
+		l.log.Debug("expired key ignored: no handler", KeyAttr(ev.RawKey))
 	case errors.Is(err, ErrMalformedKey):
 		l.malformed.Add(1)
 		if ok, suppressed := l.malformedLog.allow(time.Now()); ok {
-			l.log.Warn("expired key ignored: malformed", KeyField(ev.RawKey), zap.Uint64("suppressed", suppressed))
+			l.log.Warn("expired key ignored: malformed", KeyAttr(ev.RawKey), "suppressed", suppressed)
 		}
 	case errors.Is(err, ErrNoRecord):
 		l.noRecord.Add(1)
 		if ok, suppressed := l.noRecordLog.allow(time.Now()); ok {
-			l.log.Warn("expired key ignored: no such record", KeyField(ev.RawKey), zap.Uint64("suppressed", suppressed))
+			l.log.Warn("expired key ignored: no such record", KeyAttr(ev.RawKey), "suppressed", suppressed)
+		}
+		if ev.retry {
+			l.forgetFailures(ctx, ev)
 		}
 	default:
 		l.failed.Add(1)
-		l.log.Error("expired key not handled", KeyField(ev.RawKey), zap.Error(err))
+		l.retryLater(ctx, ev, err)
 	}
 }
 
-// reap runs the reaper of shard i of s's due index until ctx ends, while
-// this listener holds the shard's lease. Each shard has a loop of its own, so
-// a shard whose node fails or fails over (on Cluster the shards live on
-// different masters) stalls no other.
-func (l *Listener) reap(ctx context.Context, s *Scheduler, k *leaseKeeper, i int, queue chan<- Event) {
-	shard := s.shards[i]
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	for {
-		if !k.holds(i) {
-			select { // until what this listener holds changes
-			case <-ctx.Done():
-				return
-			case <-k.changes():
-				continue
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-timer.C:
-		}
-		res, fired, err := s.reapShard(ctx, shard, reapSlack)
-		l.reaped.Add(uint64(res.Gone))
-		l.handOver(ctx, s, fired, queue)
-		wait := l.cfg.ReapInterval
-		switch {
-		case err != nil && ctx.Err() == nil:
-			l.log.Warn("reaper round failed", zap.String("shard", shard), zap.Error(err))
-			wait = time.Second
-		case res.More:
-			wait = 0
-		}
-		timer.Reset(wait)
+// retryLater sets a failed timer due again after RetryDelay, or moves it to
+// the dead set after MaxAttempts (with a Scheduler; without one the failure
+// is only logged).
+func (l *Listener) retryLater(ctx context.Context, ev Event, cause error) {
+	s := l.cfg.Scheduler
+	if s == nil {
+		l.log.Error("expired key not handled", KeyAttr(ev.RawKey), "error", cause)
+		return
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	n, dead, err := s.retryLater(rctx, ev, cause, l.cfg.RetryDelay(ev.Attempt+1), l.cfg.MaxAttempts)
+	switch {
+	case err != nil:
+		l.log.Error("expired key not handled, and not set due again: Redis did not answer", KeyAttr(ev.RawKey),
+			"error", cause, "retry_error", err)
+	case dead:
+		l.dead.Add(1)
+		l.log.Error("expired key not handled: moved to the dead set after the last attempt", KeyAttr(ev.RawKey),
+			"attempts", n, "error", cause)
+	default:
+		l.retried.Add(1)
+		l.log.Warn("expired key not handled: set due again", KeyAttr(ev.RawKey), "attempts", n,
+			"retry_in", l.cfg.RetryDelay(ev.Attempt+1), "error", cause)
 	}
 }
 
-// handOver queues the timers a reaper round removed from the index, those
-// whose event was not handled first, as their events would be: when the
-// queue stays full they are dropped and OnDrop is triggered (a burst bigger
-// than the queue is the catch-up sweep's). When ctx ends first, the rest go
-// back to the index for whichever listener reaps the shard next.
-func (l *Listener) handOver(ctx context.Context, s *Scheduler, fired []string, queue chan<- Event) {
-	for j, raw := range fired {
-		if ctx.Err() != nil {
-			bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-			if err := s.putBack(bctx, fired[j:]); err != nil {
-				l.log.Warn("reaped timers not put back in the due index: the catch-up sweep of the next start takes them",
-					zap.Int("timers", len(fired)-j), zap.Error(err))
-			}
-			cancel()
-			return
-		}
-		if !l.handedOver.first(raw) {
-			continue // its event came first
-		}
-		key, ok := strings.CutPrefix(raw, l.cfg.KeyPrefix)
-		if !ok {
-			l.ignored.Add(1)
-			continue
-		}
-		l.offer(ctx, queue, Event{Key: key, RawKey: raw, DB: l.db, Received: time.Now()})
+// forgetFailures clears the failed attempts of a timer handled at last.
+func (l *Listener) forgetFailures(ctx context.Context, ev Event) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if err := l.cfg.Scheduler.succeeded(rctx, ev.RawKey); err != nil {
+		l.log.Warn("failed attempts of a handled timer not cleared", KeyAttr(ev.RawKey), "error", err)
 	}
 }

@@ -4,15 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/orderd/orderd/expiry"
 	"github.com/orderd/orderd/internal/testkit"
@@ -93,12 +90,12 @@ func TestListenerHookContextEndsOnStop(t *testing.T) {
 // bounded prefix of the key: junk in Redis cannot flood the log.
 func TestListenerMalformedKeysCountedAndLogBounded(t *testing.T) {
 	rdb := setup(t)
-	core, logs := observer.New(zapcore.WarnLevel)
+	logs := &logRecorder{Min: slog.LevelWarn}
 	mux := expiry.NewServeMux()
 	mux.HandleFunc("order_pay:", func(context.Context, expiry.Event) error {
 		return expiry.ErrMalformedKey
 	})
-	l := expiry.NewListener(rdb, mux, expiry.ListenerConfig{Logger: zap.New(core)})
+	l := expiry.NewListener(rdb, mux, expiry.ListenerConfig{Logger: slog.New(logs)})
 	run(t, l)
 	waitSubscribed(t, l, 1)
 	ctx := context.Background()
@@ -113,17 +110,17 @@ func TestListenerMalformedKeysCountedAndLogBounded(t *testing.T) {
 		rdb.Exists(ctx, huge, "order_pay:junk199") // make Redis expire them now
 		return l.Stats().Malformed == 201
 	})
-	entries := logs.FilterMessageSnippet("malformed").All()
+	entries := logs.records("malformed")
 	if len(entries) == 0 || len(entries) > 3 {
 		t.Fatalf("%d log lines for 201 malformed keys, want 1 to 3 (one a second)", len(entries))
 	}
-	for _, e := range logs.All() {
-		key, _ := e.ContextMap()["key"].(string)
+	for _, e := range logs.records("") {
+		key, _ := e.Attrs["key"].(string)
 		if len(key) > 128 {
 			t.Fatalf("logged a key of %d bytes: %q…", len(key), key[:40])
 		}
 		if strings.HasPrefix(key, "order_pay:ü") {
-			if n := e.ContextMap()["key_bytes"]; fmt.Sprint(n) != strconv.Itoa(len(huge)) {
+			if n := e.Attrs["key_bytes"]; fmt.Sprint(n) != strconv.Itoa(len(huge)) {
 				t.Fatalf("key_bytes %v, want %d", n, len(huge))
 			}
 			if !strings.HasSuffix(key, "ü") {
@@ -149,7 +146,7 @@ func TestListenerNotifyCheckedAfterRedisRestart(t *testing.T) {
 			}
 			got := make(chan string, 10)
 			h := expiry.HandlerFunc(func(_ context.Context, ev expiry.Event) error { got <- ev.Key; return nil })
-			l := expiry.NewListener(srv.Client, h, expiry.ListenerConfig{Notify: policy, NotifyInterval: time.Hour, Logger: zap.NewNop()})
+			l := expiry.NewListener(srv.Client, h, expiry.ListenerConfig{Notify: policy, NotifyInterval: time.Hour, Logger: nil})
 			run(t, l)
 			waitSubscribed(t, l, 1)
 			testkit.WaitFor(t, 5*time.Second, "healthy", func() bool { h := l.Health(); return h.Subscribed && h.Notify == nil })

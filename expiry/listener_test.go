@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/zap/zaptest"
 
 	"github.com/orderd/orderd/expiry"
 	"github.com/orderd/orderd/internal/testkit"
@@ -46,7 +45,7 @@ func TestListenerHandlesExpiredKey(t *testing.T) {
 	got := make(chan expiry.Event, 10)
 	mux := expiry.NewServeMux()
 	mux.HandleFunc("order_pay:", func(_ context.Context, ev expiry.Event) error { got <- ev; return nil })
-	l := expiry.NewListener(rdb, mux, expiry.ListenerConfig{KeyPrefix: "app:", Logger: zaptest.NewLogger(t)})
+	l := expiry.NewListener(rdb, mux, expiry.ListenerConfig{KeyPrefix: "app:", Logger: testLogger(t)})
 	run(t, l)
 	waitSubscribed(t, l, 1)
 
@@ -155,7 +154,7 @@ func TestListenerResubscribesAfterKill(t *testing.T) {
 	h := expiry.HandlerFunc(func(_ context.Context, ev expiry.Event) error { got <- ev.Key; return nil })
 	l := expiry.NewListener(rdb, h, expiry.ListenerConfig{
 		OnSubscribe: func(context.Context) { hooks.Add(1) },
-		Logger:      zaptest.NewLogger(t),
+		Logger:      testLogger(t),
 	})
 	run(t, l)
 	waitSubscribed(t, l, 1)
@@ -265,12 +264,13 @@ func TestListenerOwnKeysNeverReachTheHandler(t *testing.T) {
 		return nil
 	})
 	sched := expiry.NewScheduler(rdb, expiry.SchedulerConfig{KeyPrefix: "own:"})
-	l := expiry.NewListener(rdb, all, expiry.ListenerConfig{Scheduler: sched, Logger: zaptest.NewLogger(t)})
+	l := expiry.NewListener(rdb, all, expiry.ListenerConfig{Scheduler: sched, Logger: testLogger(t)})
 	run(t, l)
 	waitSubscribed(t, l, 1)
 	ctx := context.Background()
-	rdb.Set(ctx, "own:expiry:due:{7}:lease", "a-listener-that-died", 20*time.Millisecond)
-	rdb.Set(ctx, "own:expiry:due:sweep", "a-listener-that-died", 20*time.Millisecond)
+	testkit.WaitFor(t, 10*time.Second, "the shards held", func() bool { return l.Stats().Shards == 16 })
+	rdb.Set(ctx, "own:expiry:due:{7}:handed", "a handover record", 20*time.Millisecond)
+	rdb.Set(ctx, "own:expiry:due:{3}:attempts", "failed attempts", 20*time.Millisecond)
 	rdb.Set(ctx, "own:coupon:1", "1", 200*time.Millisecond) // written without the Scheduler: still a timer
 	testkit.WaitFor(t, 10*time.Second, "the plain key handled", func() bool {
 		mu.Lock()

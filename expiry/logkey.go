@@ -1,37 +1,28 @@
 package expiry
 
 import (
+	"log/slog"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
-
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 )
 
 // maxLoggedKey bounds the bytes of a key written to a log line: keys come
 // from anyone who can write to Redis, and one key may be megabytes long.
 const maxLoggedKey = 128
 
-// KeyField returns a zap field that logs key as "key", cut to its first
-// 128 bytes (at a rune boundary), adding "key_bytes", the full length, when it
-// was cut.
-func KeyField(key string) zap.Field { return zap.Inline(loggedKey(key)) }
-
-type loggedKey string
-
-func (k loggedKey) MarshalLogObject(enc zapcore.ObjectEncoder) error {
-	if len(k) <= maxLoggedKey {
-		enc.AddString("key", string(k))
-		return nil
+// KeyAttr returns a log attribute "key" holding key cut to its first 128
+// bytes (at a rune boundary), and "key_bytes", the full length, when it was
+// cut: a key comes from whoever writes to Redis, and may be megabytes long.
+func KeyAttr(key string) slog.Attr {
+	if len(key) <= maxLoggedKey {
+		return slog.String("key", key)
 	}
 	cut := maxLoggedKey
-	for cut > 0 && !utf8.RuneStart(k[cut]) {
+	for cut > 0 && !utf8.RuneStart(key[cut]) {
 		cut--
 	}
-	enc.AddString("key", string(k[:cut]))
-	enc.AddInt("key_bytes", len(k))
-	return nil
+	return slog.Group("", slog.String("key", key[:cut]), slog.Int("key_bytes", len(key)))
 }
 
 // sometimes lets one call a period through and counts the others, so a flood

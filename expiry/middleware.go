@@ -4,11 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"runtime"
 	"time"
-
-	"go.uber.org/zap"
 )
 
 // ErrPanic is wrapped by the error Recover returns for a handler that panicked.
@@ -17,7 +16,7 @@ var ErrPanic = errors.New("expiry: handler panicked")
 // Recover turns a panic in the next handler into an error wrapping ErrPanic,
 // so one bad key never takes the listener down. The panic value and the stack
 // are logged to logger (if non-nil), not returned.
-func Recover(logger *zap.Logger) Middleware {
+func Recover(logger *slog.Logger) Middleware {
 	return func(next Handler) Handler {
 		return HandlerFunc(func(ctx context.Context, ev Event) (err error) {
 			defer func() {
@@ -25,8 +24,7 @@ func Recover(logger *zap.Logger) Middleware {
 					if logger != nil {
 						buf := make([]byte, 8<<10)
 						buf = buf[:runtime.Stack(buf, false)]
-						logger.Error("handler panicked", zap.String("key", ev.Key),
-							zap.Any("panic", v), zap.ByteString("stack", buf))
+						logger.Error("handler panicked", KeyAttr(ev.Key), "panic", v, "stack", string(buf))
 					}
 					err = fmt.Errorf("%w: %v", ErrPanic, v)
 				}
@@ -97,18 +95,18 @@ func Retry(p RetryPolicy) Middleware {
 
 // Logging logs every handled event at debug level and every failure at error
 // level, with the key and the duration.
-func Logging(logger *zap.Logger) Middleware {
+func Logging(logger *slog.Logger) Middleware {
 	return func(next Handler) Handler {
 		return HandlerFunc(func(ctx context.Context, ev Event) error {
 			start := time.Now()
 			err := next.HandleExpired(ctx, ev)
 			switch {
 			case err == nil:
-				logger.Debug("expired key handled", zap.String("key", ev.Key), zap.Duration("took", time.Since(start)))
+				logger.Debug("expired key handled", KeyAttr(ev.Key), "took", time.Since(start))
 			case errors.Is(err, ErrHandlerNotFound):
-				logger.Debug("expired key ignored: no handler", zap.String("key", ev.Key))
+				logger.Debug("expired key ignored: no handler", KeyAttr(ev.Key))
 			default:
-				logger.Error("expired key failed", zap.String("key", ev.Key), zap.Duration("took", time.Since(start)), zap.Error(err))
+				logger.Error("expired key failed", KeyAttr(ev.Key), "took", time.Since(start), "error", err)
 			}
 			return err
 		})

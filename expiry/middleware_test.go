@@ -4,12 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"testing"
 	"time"
-
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/orderd/orderd/expiry"
 )
@@ -17,8 +14,8 @@ import (
 var ev1 = expiry.Event{Key: "k:1", RawKey: "k:1"}
 
 func TestRecover(t *testing.T) {
-	core, logs := observer.New(zapcore.ErrorLevel)
-	h := expiry.Recover(zap.New(core))(expiry.HandlerFunc(func(context.Context, expiry.Event) error {
+	logs := &logRecorder{Min: slog.LevelError}
+	h := expiry.Recover(slog.New(logs))(expiry.HandlerFunc(func(context.Context, expiry.Event) error {
 		var m map[string]int
 		m["boom"] = 1 // nil map write panics
 		return nil
@@ -27,8 +24,8 @@ func TestRecover(t *testing.T) {
 	if !errors.Is(err, expiry.ErrPanic) {
 		t.Fatalf("err = %v, want ErrPanic", err)
 	}
-	if logs.Len() != 1 || logs.All()[0].ContextMap()["key"] != "k:1" {
-		t.Fatalf("want one error log with the key, got %v", logs.All())
+	if all := logs.records(""); len(all) != 1 || all[0].Attrs["key"] != "k:1" {
+		t.Fatalf("want one error log with the key, got %v", all)
 	}
 }
 
@@ -90,9 +87,9 @@ func TestRetryStopsWhenContextEnds(t *testing.T) {
 }
 
 func TestLogging(t *testing.T) {
-	core, logs := observer.New(zapcore.DebugLevel)
+	logs := &logRecorder{Min: slog.LevelDebug}
 	boom := errors.New("boom")
-	h := expiry.Logging(zap.New(core))(expiry.HandlerFunc(func(_ context.Context, ev expiry.Event) error {
+	h := expiry.Logging(slog.New(logs))(expiry.HandlerFunc(func(_ context.Context, ev expiry.Event) error {
 		if ev.Key == "bad" {
 			return boom
 		}
@@ -102,9 +99,9 @@ func TestLogging(t *testing.T) {
 	if err := h.HandleExpired(context.Background(), expiry.Event{Key: "bad"}); !errors.Is(err, boom) {
 		t.Fatalf("err = %v, want the handler's error", err)
 	}
-	all := logs.All()
-	if len(all) != 2 || all[0].Level != zapcore.DebugLevel || all[1].Level != zapcore.ErrorLevel ||
-		all[1].ContextMap()["key"] != "bad" || all[1].ContextMap()["error"] != "boom" {
+	all := logs.records("")
+	if len(all) != 2 || all[0].Level != slog.LevelDebug || all[1].Level != slog.LevelError ||
+		all[1].Attrs["key"] != "bad" || fmt.Sprint(all[1].Attrs["error"]) != "boom" {
 		t.Fatalf("unexpected logs: %+v", all)
 	}
 }

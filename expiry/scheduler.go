@@ -81,8 +81,6 @@ func (s *Scheduler) KeyPrefix() string { return s.prefix }
 // Index returns the name of the due index.
 func (s *Scheduler) Index() string { return s.index }
 
-func (s *Scheduler) shard(key string) string { return s.shards[s.shardOf(key)] }
-
 // owns reports whether key is one of the due index's own (a shard, a lease,
 // the heartbeat set): the library's bookkeeping, never a timer.
 func (s *Scheduler) owns(key string) bool {
@@ -128,12 +126,18 @@ func (s *Scheduler) ScheduleMany(ctx context.Context, timers ...Timer) error {
 		}
 	}
 	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		wakes := make([]shardWake, 0, len(timers))
 		for _, t := range timers {
 			// A relative TTL, not PXAT: Redis's clock may differ from ours,
 			// and a PXAT that Redis deems past deletes the key without an event.
 			ttl := max(time.Until(t.Deadline).Truncate(time.Millisecond)+time.Millisecond, time.Millisecond)
+			i := s.shardOf(t.Key)
 			p.Set(ctx, t.Key, "1", ttl)
-			p.ZAdd(ctx, s.shard(t.Key), redis.Z{Score: float64(t.Deadline.UnixMilli()), Member: t.Key})
+			p.ZAdd(ctx, s.shards[i], redis.Z{Score: float64(t.Deadline.UnixMilli()), Member: t.Key})
+			wakes = append(wakes, shardWake{i, t.Deadline.UnixMilli()})
+		}
+		if m := wakeMessage(wakes); m != "" { // the reapers sleep until their next deadline
+			p.Publish(ctx, wakeChannel(s.index), m)
 		}
 		return nil
 	})
@@ -143,12 +147,17 @@ func (s *Scheduler) ScheduleMany(ctx context.Context, timers ...Timer) error {
 	return nil
 }
 
-// Cancel deletes key and its index entry. Cancelling a timer that does not
+// Cancel deletes key and its index entry, and its failed attempts or its
+// place in the dead set if it has them. Cancelling a timer that does not
 // exist is not an error.
 func (s *Scheduler) Cancel(ctx context.Context, key string) error {
+	_, keys := s.failureKeys(key)
 	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.Del(ctx, key)
-		p.ZRem(ctx, s.shard(key), key)
+		p.ZRem(ctx, keys[0], key)
+		p.HDel(ctx, keys[1], key)
+		p.HDel(ctx, keys[2], key)
+		p.ZRem(ctx, keys[3], key)
 		return nil
 	})
 	if err != nil {
@@ -163,21 +172,6 @@ type ReapResult struct {
 	Gone int  // of those, keys found gone and removed from the index
 	More bool // a shard had more due entries than one round looks at
 }
-
-// zremDue removes members whose score is still at or before ARGV[1], so an
-// entry written again for a later deadline in the meantime survives, and
-// returns those it removed: of two reapers racing over a shard, one gets
-// each entry.
-var zremDue = redis.NewScript(`
-local out = {}
-for i = 2, #ARGV do
-  local s = redis.call('ZSCORE', KEYS[1], ARGV[i])
-  if s and tonumber(s) <= tonumber(ARGV[1]) then
-    redis.call('ZREM', KEYS[1], ARGV[i])
-    out[#out + 1] = ARGV[i]
-  end
-end
-return out`)
 
 // Reap runs one reaper round: for every shard it reads up to ReapBatch due
 // entries and touches their keys (PTTL), which makes Redis expire a key whose
@@ -196,7 +190,7 @@ func (s *Scheduler) Reap(ctx context.Context) (ReapResult, error) {
 	var res ReapResult
 	var errs []error
 	for _, shard := range s.shards {
-		r, _, err := s.reapShard(ctx, shard, 0) // the keys must expire: rescore the late ones
+		r, _, _, err := s.reapShard(ctx, shard, 0) // the keys must expire: rescore the late ones
 		res.Due += r.Due
 		res.Gone += r.Gone
 		res.More = res.More || r.More
@@ -205,96 +199,4 @@ func (s *Scheduler) Reap(ctx context.Context) (ReapResult, error) {
 		}
 	}
 	return res, errors.Join(errs...)
-}
-
-// reapSlack is how long after its deadline in the index a key may still
-// live and count as expired to a Listener's reaper. A TTL is relative (see
-// ScheduleMany), so a key's expiry lands after the deadline it was computed
-// for by the time its command took to reach Redis: milliseconds, and tens of
-// them at the end of a pipeline of thousands. The reaper hands such a timer
-// to its handler at the deadline rather than a round after the key's own
-// expiry; the key's event that follows is a repeat, and skipped.
-const reapSlack = 100 * time.Millisecond
-
-// reapShard runs a reaper round over one shard, and returns besides the keys
-// that expired (not those left without a TTL) whose entries this round
-// removed. A key whose TTL ends within slack of now counts as expired.
-func (s *Scheduler) reapShard(ctx context.Context, shard string, slack time.Duration) (ReapResult, []string, error) {
-	now := time.Now().UnixMilli()
-	keys, err := s.client.ZRangeArgs(ctx, redis.ZRangeArgs{
-		Key: shard, Start: "-inf", Stop: strconv.FormatInt(now, 10),
-		ByScore: true, Count: int64(s.batch),
-	}).Result()
-	if err != nil || len(keys) == 0 {
-		return ReapResult{}, nil, err
-	}
-	res := ReapResult{Due: len(keys), More: len(keys) == s.batch}
-
-	ttls := make([]*redis.DurationCmd, len(keys))
-	if _, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, k := range keys {
-			ttls[i] = p.PTTL(ctx, k)
-		}
-		return nil
-	}); err != nil && !errors.Is(err, redis.Nil) {
-		return res, nil, fmt.Errorf("expiry: reap %s: %w", shard, err)
-	}
-
-	gone := []any{now}
-	expired := map[string]bool{}
-	var rescore []redis.Z
-	for i, c := range ttls {
-		switch d := c.Val(); {
-		case d == -2: // gone: expired (by this touch or before)
-			gone = append(gone, keys[i])
-			expired[keys[i]] = true
-		case d == -1: // no TTL any more: no timer
-			gone = append(gone, keys[i])
-		case d >= 0 && slack > 0 && d <= slack: // due by the index; its TTL ends a moment later
-			gone = append(gone, keys[i])
-			expired[keys[i]] = true
-		case d >= 0:
-			rescore = append(rescore, redis.Z{Score: float64(now + max(d.Milliseconds(), 1)), Member: keys[i]})
-		}
-	}
-	var removed *redis.Cmd
-	_, err = s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		if len(gone) > 1 {
-			removed = zremDue.Eval(ctx, p, []string{shard}, gone...) // EVAL: a pipeline cannot fall back from EVALSHA
-		}
-		if len(rescore) > 0 {
-			p.ZAddXX(ctx, shard, rescore...)
-		}
-		return nil
-	})
-	if err != nil {
-		return res, nil, fmt.Errorf("expiry: reap %s: %w", shard, err)
-	}
-	var fired []string
-	if removed != nil {
-		out, _ := removed.StringSlice()
-		res.Gone = len(out)
-		for _, k := range out {
-			if expired[k] {
-				fired = append(fired, k)
-			}
-		}
-	}
-	return res, fired, nil
-}
-
-// putBack returns entries a reaper removed but could not hand over (the
-// listener stopped) to the index, due now, for the next reaper.
-func (s *Scheduler) putBack(ctx context.Context, keys []string) error {
-	if len(keys) == 0 {
-		return nil
-	}
-	now := float64(time.Now().UnixMilli())
-	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, k := range keys {
-			p.ZAdd(ctx, s.shard(k), redis.Z{Score: now, Member: k})
-		}
-		return nil
-	})
-	return err
 }

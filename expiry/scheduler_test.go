@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/zap/zaptest"
 
 	"github.com/orderd/orderd/expiry"
 	"github.com/orderd/orderd/internal/testkit"
@@ -167,7 +166,7 @@ func TestTimerWrittenByAnotherProgramIsReaped(t *testing.T) {
 	got := make(chan expiry.Event, 10)
 	sched := expiry.NewScheduler(rdb, expiry.SchedulerConfig{KeyPrefix: "shop:", Index: "shop:orderd:due"})
 	l := expiry.NewListener(rdb, expiry.HandlerFunc(func(_ context.Context, ev expiry.Event) error { got <- ev; return nil }),
-		expiry.ListenerConfig{Scheduler: sched, Logger: zaptest.NewLogger(t)})
+		expiry.ListenerConfig{Scheduler: sched, Logger: testLogger(t)})
 	run(t, l)
 	waitSubscribed(t, l, 1)
 	testkit.WaitFor(t, 10*time.Second, "the shards held", func() bool { return l.Stats().Shards == 16 })
@@ -217,7 +216,7 @@ func TestReaperFiresAtTheIndexDeadline(t *testing.T) {
 		aliveWhenHandled.Store(rdb.Exists(ctx, ev.Key).Val())
 		got <- ev
 		return nil
-	}), expiry.ListenerConfig{Scheduler: sched, Logger: zaptest.NewLogger(t)})
+	}), expiry.ListenerConfig{Scheduler: sched, Logger: testLogger(t)})
 	run(t, l)
 	waitSubscribed(t, l, 1)
 	testkit.WaitFor(t, 10*time.Second, "the shards held", func() bool { return l.Stats().Shards == 16 })
@@ -225,10 +224,10 @@ func TestReaperFiresAtTheIndexDeadline(t *testing.T) {
 	deadline := time.Now().Add(200 * time.Millisecond)
 	index := func(key string) string { return fmt.Sprintf("t:due:{%d}", crc32.ChecksumIEEE([]byte(key))%16) }
 	for key, ttl := range map[string]time.Duration{"late-ttl": 60 * time.Millisecond, "re-armed": time.Hour} {
-		if err := rdb.Set(ctx, key, "1", time.Until(deadline)+ttl).Err(); err != nil {
+		if err := sched.Schedule(ctx, key, deadline); err != nil { // wakes the reaper for the deadline
 			t.Fatal(err)
 		}
-		if err := rdb.ZAdd(ctx, index(key), redis.Z{Score: float64(deadline.UnixMilli()), Member: key}).Err(); err != nil {
+		if err := rdb.PExpire(ctx, key, time.Until(deadline)+ttl).Err(); err != nil {
 			t.Fatal(err)
 		}
 	}

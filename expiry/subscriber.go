@@ -2,12 +2,12 @@ package expiry
 
 import (
 	"context"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/zap"
 )
 
 // subscriber is the part of a Listener that holds a subscription to the
@@ -21,7 +21,7 @@ type subscriber struct {
 	channel      string   // the expired-key channel
 	also         []string // more channels to hear on the same subscription
 	interval     time.Duration
-	log          *zap.Logger
+	log          *slog.Logger
 	onMessage    func(*redis.Message)
 	onSubscribed func(addr string)
 
@@ -70,7 +70,7 @@ func (s *subscriber) follow(ctx context.Context) {
 	if err != nil {
 		if ok, suppressed := s.errLog.allow(time.Now()); ok && ctx.Err() == nil {
 			s.log.Warn("cannot read which nodes are masters; subscriptions stay as they are",
-				zap.Error(err), zap.Uint64("suppressed", suppressed))
+				"error", err, "suppressed", suppressed)
 		}
 		return
 	}
@@ -79,7 +79,7 @@ func (s *subscriber) follow(ctx context.Context) {
 		if _, ok := masters[addr]; !ok {
 			_ = sub.ps.Close()
 			delete(s.subs, addr)
-			s.log.Info("unsubscribed from a node that is no longer a master", zap.String("node", addr))
+			s.log.Info("unsubscribed from a node that is no longer a master", "node", addr)
 		}
 	}
 	for addr := range s.subs {

@@ -8,6 +8,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"sync"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+	"go.uber.org/zap/exp/zapslog"
 
 	"github.com/orderd/orderd/expiry"
 	"github.com/orderd/orderd/order"
@@ -181,7 +183,8 @@ func New(s *order.Service, client redis.UniversalClient, cfg Config) *Daemon {
 	// A batch skips orders another transaction holds (order.ErrBusy) and
 	// asks again, for longer than the server takes to end a frozen
 	// transaction (2 s).
-	mux.Use(expiry.Recover(log), expiry.Retry(expiry.RetryPolicy{Attempts: 8, Max: time.Second}), d.leaveTheirs)
+	slogger := slog.New(zapslog.NewHandler(log.Core())) // the library logs through log/slog
+	mux.Use(expiry.Recover(slogger), expiry.Retry(expiry.RetryPolicy{Attempts: 8, Max: time.Second}), d.leaveTheirs)
 	register(mux, s, cfg.Batch, d.fence)
 
 	var mu sync.Mutex // sweeps never overlap
@@ -249,7 +252,7 @@ func New(s *order.Service, client redis.UniversalClient, cfg Config) *Daemon {
 		Notify:          cfg.Notify,
 		Sentinel:        cfg.Sentinel,
 		ShutdownTimeout: cfg.ShutdownTimeout,
-		Logger:          log,
+		Logger:          slogger,
 	})
 	return d
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/orderd/orderd/expiry"
 	"github.com/orderd/orderd/order"
 )
 
@@ -128,22 +129,6 @@ func (r *Relay) Wake() {
 	}
 }
 
-// takeLease takes the lease, or renews it when this relay holds it.
-var takeLease = redis.NewScript(`
-local v = redis.call('GET', KEYS[1])
-if v == false or v == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0`)
-
-// dropLease gives the lease up if this relay holds it.
-var dropLease = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0`)
-
 // Run relays until ctx ends: it bids for the lease every LeaseTTL/5 (plus
 // jitter), and while it holds it, appends the outbox's changes to the
 // stream and deletes them from the outbox. When ctx ends it relays what the
@@ -235,6 +220,9 @@ func (r *Relay) sleep(ctx context.Context, d time.Duration, wakeable bool) {
 	}
 }
 
+// lease is the relay's lease: the same kind as the listeners' (expiry.Lease).
+func (r *Relay) lease() expiry.Lease { return expiry.Lease{Key: r.cfg.LeaseKey, TTL: r.cfg.LeaseTTL} }
+
 // bid takes or renews the lease. Each take holds it under a new token
 // (the relay's ID and a random part), which the append checks: a relay that
 // paused past its lease's end appends nothing once another took it, even if
@@ -245,11 +233,11 @@ func (r *Relay) bid(ctx context.Context) (bool, error) {
 	if r.token == "" {
 		r.token = r.cfg.ID + "#" + rand.Text()[:8]
 	}
-	n, err := takeLease.Run(ctx, r.rdb, []string{r.cfg.LeaseKey}, r.token, r.cfg.LeaseTTL.Milliseconds()).Int()
-	if err == nil && n != 1 {
+	held, err := r.lease().Take(ctx, r.rdb, r.token)
+	if err == nil && !held {
 		r.token = "" // another holds it; the next take is a new one
 	}
-	return n == 1, err
+	return held, err
 }
 
 // finish relays what the outbox holds (when the lease is still good),
@@ -270,7 +258,7 @@ func (r *Relay) finish(valid bool) {
 	}
 	token := r.token
 	r.token = ""
-	if err := dropLease.Run(ctx, r.rdb, []string{r.cfg.LeaseKey}, token).Err(); err != nil {
+	if _, err := r.lease().Release(ctx, r.rdb, token); err != nil {
 		r.log.Warn("transitions relay lease not given up; another process takes it when it expires", zap.Error(err))
 	}
 }

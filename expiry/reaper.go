@@ -1,0 +1,364 @@
+package expiry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// The reaper of a shard sleeps until the shard's earliest deadline, reaps
+// what is due, and sleeps again. A Scheduler that sets a timer due sooner
+// than the reaper would look (within wakeHorizon) says so on the channel
+// "<Index>:wake", and the reaper's plan moves earlier; without a wake it
+// looks at least every ReapInterval (a wake lost with a broken subscription
+// costs that much lateness at most, and every resubscription wakes every
+// reaper). An idle shard costs Redis two commands per ReapInterval.
+
+// wakeHorizon is how far ahead a Scheduler announces its timers' deadlines:
+// a reaper looks at its shard at least this often (ReapInterval is at most
+// wakeHorizon), so a later deadline is found by looking.
+const wakeHorizon = time.Minute
+
+func wakeChannel(index string) string { return index + ":wake" }
+
+// wakePlan is when the reaper of a shard looks next.
+type wakePlan struct {
+	every time.Duration // the longest pause (ReapInterval)
+	kick  chan struct{}
+
+	mu sync.Mutex
+	at time.Time // zero: at once
+}
+
+// wake moves the next look to t, if that is earlier.
+func (p *wakePlan) wake(t time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if t.Before(p.at) {
+		p.at = t
+		trigger(p.kick)
+	}
+}
+
+func (p *wakePlan) next() time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.at
+}
+
+// begin starts a round: until it ends (plan), wakes count from the longest
+// pause.
+func (p *wakePlan) begin(now time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.at = now.Add(p.every)
+}
+
+// plan sets the next look to t, unless a wake during the round asked for
+// earlier.
+func (p *wakePlan) plan(t time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if t.Before(p.at) {
+		p.at = t
+	}
+}
+
+// onWake reads a wake message ("<shard>:<Unix ms>,...") and moves the plans
+// of the shards it names.
+func (l *Listener) onWake(payload string) {
+	for part := range strings.SplitSeq(payload, ",") {
+		a, b, ok := strings.Cut(part, ":")
+		i, err1 := strconv.Atoi(a)
+		ms, err2 := strconv.ParseInt(b, 10, 64)
+		if !ok || err1 != nil || err2 != nil || i < 0 || i >= len(l.shards) {
+			continue
+		}
+		l.shards[i].plan.wake(time.UnixMilli(ms))
+	}
+}
+
+// wakeAll makes every reaper look at once (after a resubscription: wakes
+// may have been missed).
+func (l *Listener) wakeAll() {
+	for _, sh := range l.shards {
+		sh.plan.wake(time.Time{}.Add(1))
+	}
+}
+
+// reap runs the reaper of shard i of s's due index until ctx ends, while
+// this listener holds the shard's lease. Each shard has a loop of its own, so
+// a shard whose node fails or fails over (on Cluster the shards live on
+// different masters) stalls no other.
+func (l *Listener) reap(ctx context.Context, s *Scheduler, k *leaseKeeper, i int, queue chan<- Event) {
+	sh := l.shards[i]
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		if !k.holds(i) {
+			select { // until what this listener holds changes
+			case <-ctx.Done():
+				return
+			case <-k.changes():
+				sh.plan.wake(time.Time{}.Add(1)) // taken: look at once
+				continue
+			}
+		}
+		if d := time.Until(sh.plan.next()); d > 0 {
+			timer.Reset(d)
+			select {
+			case <-ctx.Done():
+				return
+			case <-timer.C:
+			case <-sh.plan.kick:
+			case <-k.changes():
+			}
+			continue
+		}
+		start := time.Now()
+		sh.plan.begin(start)
+		sh.mu.Lock()
+		if !k.holds(i) { // released while we waited for the lock
+			sh.mu.Unlock()
+			continue
+		}
+		res, fired, next, err := s.reapShard(ctx, s.shards[i], reapSlack)
+		l.reaped.Add(uint64(res.Gone))
+		l.handOver(ctx, s, sh, fired, queue)
+		sh.mu.Unlock()
+		switch {
+		case err != nil && ctx.Err() == nil:
+			l.log.Warn("reaper round failed", "shard", s.shards[i], "error", err)
+			sh.plan.plan(time.Now().Add(time.Second))
+		case res.More:
+			sh.plan.plan(start)
+		case !next.IsZero():
+			sh.plan.plan(next)
+		}
+	}
+}
+
+// handOver queues the timers a reaper round removed from the index, those
+// whose event was not handled first, as their events would be: when the
+// queue stays full they are dropped and OnDrop is triggered (a burst bigger
+// than the queue is the catch-up sweep's). When ctx ends first, the rest go
+// back to the index for whichever listener reaps the shard next. Timers
+// that failed before (retries) are handled whatever the notes say.
+func (l *Listener) handOver(ctx context.Context, s *Scheduler, sh *shardState, fired []firedTimer, queue chan<- Event) {
+	for j, t := range fired {
+		if ctx.Err() != nil {
+			var keys []string
+			for _, f := range fired[j:] {
+				keys = append(keys, f.key)
+			}
+			bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			if err := s.putBack(bctx, keys); err != nil {
+				l.log.Warn("reaped timers not put back in the due index: the catch-up sweep of the next start takes them",
+					"timers", len(keys), "error", err)
+			}
+			cancel()
+			return
+		}
+		if !t.retry && !sh.notes.first(t.key) {
+			continue // its event came first
+		}
+		key, ok := strings.CutPrefix(t.key, l.cfg.KeyPrefix)
+		if !ok {
+			l.ignored.Add(1)
+			continue
+		}
+		ev := Event{Key: key, RawKey: t.key, DB: l.db, Received: time.Now(), Deadline: t.deadline, Attempt: t.attempts, retry: t.retry}
+		if !l.offer(ctx, queue, ev) && t.retry {
+			bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			_ = s.putBack(bctx, []string{t.key}) // a retry is not the sweep's: keep it
+			cancel()
+		}
+	}
+}
+
+// firedTimer is a timer a reaper round removed from the index because its
+// key expired.
+type firedTimer struct {
+	key      string
+	deadline time.Time
+	attempts int  // failed attempts so far
+	retry    bool // it failed before, or was re-armed: handle it whatever the notes say
+}
+
+// zremDue removes members whose score is still at or before ARGV[1], so an
+// entry written again for a later deadline in the meantime survives, and
+// returns those it removed, each with its failed attempts from the hash
+// KEYS[2] (false when it never failed): of two reapers racing over a shard,
+// one gets each entry.
+var zremDue = redis.NewScript(`
+local out = {}
+for i = 2, #ARGV do
+  local s = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if s and tonumber(s) <= tonumber(ARGV[1]) then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    out[#out + 1] = ARGV[i]
+    out[#out + 1] = redis.call('HGET', KEYS[2], ARGV[i])
+  end
+end
+return out`)
+
+// reapSlack is how long after its deadline in the index a key may still
+// live and count as expired to a Listener's reaper. A TTL is relative (see
+// ScheduleMany), so a key's expiry lands after the deadline it was computed
+// for by the time its command took to reach Redis: milliseconds, and tens of
+// them at the end of a pipeline of thousands. The reaper hands such a timer
+// to its handler at the deadline rather than a round after the key's own
+// expiry; the key's event that follows is a repeat, and skipped.
+const reapSlack = 100 * time.Millisecond
+
+// reapShard runs a reaper round over one shard, and returns besides the keys
+// that expired (not those left without a TTL) whose entries this round
+// removed, and the earliest deadline still ahead (zero when none). A key
+// whose TTL ends within slack of now counts as expired.
+func (s *Scheduler) reapShard(ctx context.Context, shard string, slack time.Duration) (ReapResult, []firedTimer, time.Time, error) {
+	now := time.Now().UnixMilli()
+	nowS := strconv.FormatInt(now, 10)
+	var due, ahead *redis.ZSliceCmd
+	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		due = p.ZRangeByScoreWithScores(ctx, shard, &redis.ZRangeBy{Min: "-inf", Max: nowS, Count: int64(s.batch)})
+		ahead = p.ZRangeByScoreWithScores(ctx, shard, &redis.ZRangeBy{Min: "(" + nowS, Max: "+inf", Count: 1})
+		return nil
+	})
+	if err != nil {
+		return ReapResult{}, nil, time.Time{}, fmt.Errorf("expiry: reap %s: %w", shard, err)
+	}
+	var next time.Time
+	if a := ahead.Val(); len(a) > 0 {
+		next = time.UnixMilli(int64(a[0].Score))
+	}
+	zs := due.Val()
+	if len(zs) == 0 {
+		return ReapResult{}, nil, next, nil
+	}
+	res := ReapResult{Due: len(zs), More: len(zs) == s.batch}
+	deadlines := make(map[string]time.Time, len(zs))
+	ttls := make([]*redis.DurationCmd, len(zs))
+	if _, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, z := range zs {
+			k, _ := z.Member.(string)
+			deadlines[k] = time.UnixMilli(int64(z.Score))
+			ttls[i] = p.PTTL(ctx, k)
+		}
+		return nil
+	}); err != nil && !errors.Is(err, redis.Nil) {
+		return res, nil, next, fmt.Errorf("expiry: reap %s: %w", shard, err)
+	}
+
+	gone := []any{now}
+	expired := map[string]bool{}
+	var rescore []redis.Z
+	for i, c := range ttls {
+		k, _ := zs[i].Member.(string)
+		switch d := c.Val(); {
+		case d == -2: // gone: expired (by this touch or before)
+			gone = append(gone, k)
+			expired[k] = true
+		case d == -1: // no TTL any more: no timer
+			gone = append(gone, k)
+		case d >= 0 && slack > 0 && d <= slack: // due by the index; its TTL ends a moment later
+			gone = append(gone, k)
+			expired[k] = true
+		case d >= 0:
+			at := now + max(d.Milliseconds(), 1)
+			rescore = append(rescore, redis.Z{Score: float64(at), Member: k})
+			if t := time.UnixMilli(at); next.IsZero() || t.Before(next) {
+				next = t
+			}
+		}
+	}
+	var removed *redis.Cmd
+	_, err = s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		if len(gone) > 1 {
+			removed = zremDue.Eval(ctx, p, []string{shard, attemptsKey(shard)}, gone...) // EVAL: a pipeline cannot fall back from EVALSHA
+		}
+		if len(rescore) > 0 {
+			p.ZAddXX(ctx, shard, rescore...)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return res, nil, next, fmt.Errorf("expiry: reap %s: %w", shard, err)
+	}
+	var fired []firedTimer
+	if removed != nil {
+		out, _ := removed.Slice()
+		for j := 0; j+1 < len(out); j += 2 {
+			k, _ := out[j].(string)
+			res.Gone++
+			if !expired[k] {
+				continue
+			}
+			t := firedTimer{key: k, deadline: deadlines[k]}
+			if a, ok := out[j+1].(string); ok {
+				t.retry = true
+				t.attempts, _ = strconv.Atoi(a)
+			}
+			fired = append(fired, t)
+		}
+	}
+	return res, fired, next, nil
+}
+
+// putBack returns entries a reaper removed but could not hand over (the
+// listener stopped) to the index, due now, for the next reaper.
+func (s *Scheduler) putBack(ctx context.Context, keys []string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	now := time.Now().UnixMilli()
+	var wakes []shardWake
+	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range keys {
+			i := s.shardOf(k)
+			p.ZAdd(ctx, s.shards[i], redis.Z{Score: float64(now), Member: k})
+			wakes = append(wakes, shardWake{i, now})
+		}
+		return nil
+	})
+	if err == nil {
+		s.publishWakes(ctx, wakes)
+	}
+	return err
+}
+
+// publishWakes tells the reapers of the shards named that a timer is due
+// there at the time given, when that is within wakeHorizon.
+func (s *Scheduler) publishWakes(ctx context.Context, ws []shardWake) {
+	if msg := wakeMessage(ws); msg != "" {
+		s.client.Publish(ctx, wakeChannel(s.index), msg)
+	}
+}
+
+// wakeMessage is the wake message for ws: each shard's earliest time, of
+// those within wakeHorizon; "" when none is.
+func wakeMessage(ws []shardWake) string {
+	limit := time.Now().Add(wakeHorizon).UnixMilli()
+	earliest := map[int]int64{}
+	for _, w := range ws {
+		if w.at > limit {
+			continue
+		}
+		if at, ok := earliest[w.shard]; !ok || w.at < at {
+			earliest[w.shard] = w.at
+		}
+	}
+	if len(earliest) == 0 {
+		return ""
+	}
+	out := make([]shardWake, 0, len(earliest))
+	for i, at := range earliest {
+		out = append(out, shardWake{i, at})
+	}
+	return formatWakes(out)
+}
