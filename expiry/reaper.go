@@ -18,7 +18,7 @@ import (
 // "<Index>:wake", and the reaper's plan moves earlier; without a wake it
 // looks at least every ReapInterval (a wake lost with a broken subscription
 // costs that much lateness at most, and every resubscription wakes every
-// reaper). An idle shard costs Redis two commands per ReapInterval.
+// reaper). An idle shard costs Redis one command per ReapInterval.
 
 // wakeHorizon is how far ahead a Scheduler announces its timers' deadlines:
 // a reaper looks at its shard at least this often (ReapInterval is at most
@@ -32,8 +32,9 @@ type wakePlan struct {
 	every time.Duration // the longest pause (ReapInterval)
 	kick  chan struct{}
 
-	mu sync.Mutex
-	at time.Time // zero: at once
+	mu       sync.Mutex
+	at       time.Time // zero: at once
+	fallback bool      // at is the longest pause, not a deadline or a wake
 }
 
 // wake moves the next look to t, if that is earlier.
@@ -41,15 +42,17 @@ func (p *wakePlan) wake(t time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if t.Before(p.at) {
-		p.at = t
+		p.at, p.fallback = t, false
 		trigger(p.kick)
 	}
 }
 
-func (p *wakePlan) next() time.Time {
+// next returns when to look next, and whether that is only the longest
+// pause (no deadline is known to be due then).
+func (p *wakePlan) next() (time.Time, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.at
+	return p.at, p.fallback
 }
 
 // begin starts a round: until it ends (plan), wakes count from the longest
@@ -57,7 +60,7 @@ func (p *wakePlan) next() time.Time {
 func (p *wakePlan) begin(now time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.at = now.Add(p.every)
+	p.at, p.fallback = now.Add(p.every), true
 }
 
 // plan sets the next look to t, unless a wake during the round asked for
@@ -66,7 +69,7 @@ func (p *wakePlan) plan(t time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if t.Before(p.at) {
-		p.at = t
+		p.at, p.fallback = t, false
 	}
 }
 
@@ -110,7 +113,8 @@ func (l *Listener) reap(ctx context.Context, s *Scheduler, k *leaseKeeper, i int
 				continue
 			}
 		}
-		if d := time.Until(sh.plan.next()); d > 0 {
+		at, fallback := sh.plan.next()
+		if d := time.Until(at); d > 0 {
 			timer.Reset(d)
 			select {
 			case <-ctx.Done():
@@ -123,6 +127,15 @@ func (l *Listener) reap(ctx context.Context, s *Scheduler, k *leaseKeeper, i int
 		}
 		start := time.Now()
 		sh.plan.begin(start)
+		if fallback { // no deadline known: one look at the earliest entry first
+			head, err := s.head(ctx, s.shards[i])
+			if err == nil && (head.IsZero() || head.After(start)) {
+				if !head.IsZero() {
+					sh.plan.plan(head)
+				}
+				continue
+			}
+		}
 		sh.mu.Lock()
 		if !k.holds(i) { // released while we waited for the lock
 			sh.mu.Unlock()
@@ -180,6 +193,15 @@ func (l *Listener) handOver(ctx context.Context, s *Scheduler, sh *shardState, f
 			cancel()
 		}
 	}
+}
+
+// head returns the earliest deadline of shard (zero when it is empty).
+func (s *Scheduler) head(ctx context.Context, shard string) (time.Time, error) {
+	zs, err := s.client.ZRangeWithScores(ctx, shard, 0, 0).Result()
+	if err != nil || len(zs) == 0 {
+		return time.Time{}, err
+	}
+	return time.UnixMilli(int64(zs[0].Score)), nil
 }
 
 // firedTimer is a timer a reaper round removed from the index because its

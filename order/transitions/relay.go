@@ -34,7 +34,7 @@ type Config struct {
 	ID string
 	// LeaseTTL is how long the lease outlives its holder's last renewal: a
 	// relay that dies is replaced after at most LeaseTTL plus one renewal
-	// interval (LeaseTTL/5). If zero, 5 s is used.
+	// interval (LeaseTTL/3). If zero, 5 s is used.
 	LeaseTTL time.Duration
 	// Batch is the most outbox records one round reads and appends (a
 	// record holds one transition, or the batch of up to 1,000 that one
@@ -129,7 +129,7 @@ func (r *Relay) Wake() {
 	}
 }
 
-// Run relays until ctx ends: it bids for the lease every LeaseTTL/5 (plus
+// Run relays until ctx ends: it bids for the lease every LeaseTTL/3 (plus
 // jitter), and while it holds it, appends the outbox's changes to the
 // stream and deletes them from the outbox. When ctx ends it relays what the
 // outbox still holds (for up to a Timeout), gives the lease up and returns
@@ -140,7 +140,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	if r.cfgErr != nil {
 		return r.cfgErr
 	}
-	interval := r.cfg.LeaseTTL / 5
+	interval := r.cfg.LeaseTTL / 3
 	var held bool
 	var renewAt, validUntil time.Time
 	defer func() {
