@@ -15,10 +15,11 @@ import (
 // (shardState.notes) and skips the second sighting. When the shard changes
 // hands cleanly (a stop, a rebalance) the notes go with it: the release
 // writes them beside the shard (its handover record) and the next holder
-// reads them when it takes the shard. Events of a shard that nobody holds,
-// or whose holder's heartbeat lapsed, are parked in the shard's due index,
-// due now, unless the handover record names them: whoever takes the shard
-// reaps them. And every listener keeps the events it skipped because a live
+// reads them when it takes the shard. The listener that released a shard
+// keeps hearing its events until another has taken it, and parks them in
+// the shard's due index, due now, unless the handover record names them:
+// whoever takes the shard reaps them. Events of a shard whose holder's
+// heartbeat lapsed are parked by whoever hears them. And every listener keeps the events it skipped because a live
 // listener held their shard for a while: when that holder's heartbeat lapses
 // (it died, or froze), they are parked too, so that an event heard by some
 // live listener is handled even when its holder died with it in hand.
@@ -44,14 +45,28 @@ func newShardStates(n int, reapEvery time.Duration) []*shardState {
 
 // recent remembers which timers a listener handed to its handler, so that a
 // timer both reaped and announced is handled once: whichever comes first is
-// handled and noted; the second forgets the note. Notes older than two
-// periods are forgotten.
+// handled and noted; the second forgets the note (a key set again later is a
+// new timer). While its shard settles after changing hands, a note is kept
+// through any number of sightings: a timer may then also come back parked by
+// the listener that released the shard. Notes older than two periods are
+// forgotten.
 type recent struct {
 	period time.Duration
 
-	mu       sync.Mutex
-	cur, old map[string]int64 // key → when noted (Unix ms)
-	rotated  time.Time
+	mu          sync.Mutex
+	cur, old    map[string]int64 // key → when noted (Unix ms)
+	rotated     time.Time
+	settleUntil time.Time
+}
+
+// settleFor is how long a shard settles after changing hands.
+const settleFor = 10 * time.Second
+
+// settle keeps notes through repeated sightings for settleFor.
+func (r *recent) settle() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.settleUntil = time.Now().Add(settleFor)
 }
 
 func (r *recent) rotate(now time.Time) {
@@ -67,12 +82,17 @@ func (r *recent) first(key string) bool {
 	defer r.mu.Unlock()
 	now := time.Now()
 	r.rotate(now)
+	keep := now.Before(r.settleUntil)
 	if _, ok := r.cur[key]; ok {
-		delete(r.cur, key)
+		if !keep {
+			delete(r.cur, key)
+		}
 		return false
 	}
 	if _, ok := r.old[key]; ok {
-		delete(r.old, key)
+		if !keep {
+			delete(r.old, key)
+		}
 		return false
 	}
 	r.cur[key] = now.UnixMilli()
@@ -192,12 +212,14 @@ func (p *parker) park(ctx context.Context, queue chan<- Event, shard int, ev Eve
 	}
 }
 
-// run parks what is asked until ctx ends, in batches.
+// run parks what is asked until ctx ends, in batches, and then what was
+// asked before.
 func (p *parker) run(ctx context.Context, queue chan<- Event) {
 	for {
 		var batch []parkReq
 		select {
 		case <-ctx.Done():
+			p.drain(ctx, queue)
 			return
 		case r := <-p.reqs:
 			batch = append(batch, r)
@@ -212,6 +234,25 @@ func (p *parker) run(ctx context.Context, queue chan<- Event) {
 			}
 		}
 		p.parkBatch(ctx, queue, batch)
+	}
+}
+
+// drain parks what is left once nothing asks any more.
+func (p *parker) drain(ctx context.Context, queue chan<- Event) {
+	var batch []parkReq
+	for {
+		select {
+		case r := <-p.reqs:
+			batch = append(batch, r)
+			continue
+		default:
+		}
+		break
+	}
+	if len(batch) > 0 {
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		p.parkBatch(bctx, queue, batch)
 	}
 }
 

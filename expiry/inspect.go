@@ -26,6 +26,8 @@ type ShardState struct {
 	Timers  int64  // entries
 	Overdue int64  // entries whose deadline has passed: a reaper will take them
 	Holder  string // the listener holding its lease; "" when none
+	Retries int64  // timers whose handler failed, waiting for another attempt
+	Dead    int64  // timers whose handler failed MaxAttempts times (Scheduler.Dead)
 }
 
 // ListenerState is a live listener: its heartbeat has not lapsed.
@@ -44,6 +46,14 @@ func (st IndexState) Timers() (timers, overdue int64) {
 	return timers, overdue
 }
 
+// Dead returns the dead timers of every shard.
+func (st IndexState) Dead() (dead int64) {
+	for _, sh := range st.Shards {
+		dead += sh.Dead
+	}
+	return dead
+}
+
 // Inspect reads the due index: each shard's timers and overdue timers and
 // the holder of its lease, and the live listeners sharing it. It writes
 // nothing.
@@ -52,6 +62,7 @@ func (s *Scheduler) Inspect(ctx context.Context) (IndexState, error) {
 	nowMS := strconv.FormatInt(now.UnixMilli(), 10)
 	n := len(s.shards)
 	cards, overdue, holders := make([]*redis.IntCmd, n), make([]*redis.IntCmd, n), make([]*redis.StringCmd, n)
+	failing, dead := make([]*redis.IntCmd, n), make([]*redis.IntCmd, n)
 	var sweeper *redis.StringCmd
 	var members *redis.ZSliceCmd
 	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -59,6 +70,8 @@ func (s *Scheduler) Inspect(ctx context.Context) (IndexState, error) {
 			cards[i] = p.ZCard(ctx, sh)
 			overdue[i] = p.ZCount(ctx, sh, "-inf", nowMS)
 			holders[i] = p.Get(ctx, leaseKey(sh))
+			failing[i] = p.HLen(ctx, attemptsKey(sh))
+			dead[i] = p.ZCard(ctx, deadKey(sh))
 		}
 		sweeper = p.Get(ctx, sweepLeaseKey(s.index))
 		members = p.ZRangeByScoreWithScores(ctx, membersKey(s.index), &redis.ZRangeBy{Min: nowMS, Max: "+inf"})
@@ -79,7 +92,8 @@ func (s *Scheduler) Inspect(ctx context.Context) (IndexState, error) {
 	}
 	for i, sh := range s.shards {
 		h := holders[i].Val()
-		st.Shards = append(st.Shards, ShardState{Name: sh, Timers: cards[i].Val(), Overdue: overdue[i].Val(), Holder: h})
+		st.Shards = append(st.Shards, ShardState{Name: sh, Timers: cards[i].Val(), Overdue: overdue[i].Val(), Holder: h,
+			Retries: failing[i].Val() - dead[i].Val(), Dead: dead[i].Val()})
 		if l := byID[h]; l != nil {
 			l.Shards = append(l.Shards, sh)
 		}

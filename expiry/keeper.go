@@ -105,6 +105,9 @@ type leaseKeeper struct {
 	onDead func(holder string, shards []int)
 
 	kick      chan struct{}
+	handedOff chan struct{} // closed when, stopped, it released its leases and others took them
+	ready     chan struct{} // closed after the first round that read the leases
+	readyOnce sync.Once
 	announce  atomic.Bool // tell the others after the next round
 	reread    atomic.Bool // read every lease in the next round (an announcement was heard)
 	standby   atomic.Bool // hold nothing and stay out of the assignment (SetStandby)
@@ -127,6 +130,7 @@ type leaseKeeper struct {
 func newLeaseKeeper(client redis.UniversalClient, s *Scheduler, id string, ttl, interval time.Duration, log *slog.Logger, shards []*shardState) *leaseKeeper {
 	k := &leaseKeeper{client: client, id: id, members: membersKey(s.index), channel: leaseChannel(s.index),
 		ttl: ttl, interval: interval, log: log, shards: shards, kick: make(chan struct{}, 1), changed: make(chan struct{}),
+		handedOff: make(chan struct{}), ready: make(chan struct{}),
 		dead: map[string]bool{}, liveSet: map[string]bool{}}
 	for _, sh := range s.shards {
 		k.items = append(k.items, leaseItem{name: sh, lease: Lease{Key: leaseKey(sh)}, record: recordKey(sh)})
@@ -155,10 +159,12 @@ func (k *leaseKeeper) route(i int) route {
 	switch h := k.holders[i]; {
 	case now.Before(k.heldUntil[i]), now.Sub(k.seen) > k.ttl: // ours, or no view to go by: handle rather than lose
 		return routeMine
-	case h != "" && h != k.id && k.liveSet[h]:
-		return routeTheirs
-	default: // free, its holder gone, or ours by a heartbeat that lapsed (being read again)
+	case h == "" && k.released[i]: // we released it and it is not taken yet: we still hear for it
 		return routePark
+	case h == k.id, k.dead[h]: // its holder's heartbeat lapsed (ours too: being read again)
+		return routePark
+	default: // a live holder hears it; a shard released by another is that one's to park
+		return routeTheirs
 	}
 }
 
@@ -243,6 +249,9 @@ func (k *leaseKeeper) run(ctx context.Context) {
 		}
 		if err == nil && (k.announce.Swap(false) || moved) {
 			k.client.Publish(ctx, k.channel, k.id)
+		}
+		if err == nil {
+			k.readyOnce.Do(func() { close(k.ready) })
 		}
 		k.report()
 		t.Reset(k.interval)
@@ -390,7 +399,9 @@ func (k *leaseKeeper) claim(ctx context.Context, start time.Time, live []string)
 		default:
 			k.heldUntil[i] = time.Time{}
 		}
-		k.released[i] = false // a lease handed over before: what was queued then is done or dropped by now
+		if h != "" {
+			k.released[i] = false // a lease handed over and taken: what was queued then is done or dropped by now
+		}
 	}
 	k.mu.Unlock()
 
@@ -426,6 +437,7 @@ func (k *leaseKeeper) claim(ctx context.Context, start time.Time, live []string)
 		}
 		if i < k.sweepItem() {
 			k.shards[i].notes.load(rec) // what its last holder handled: not again
+			k.shards[i].notes.settle()
 		}
 		k.mu.Lock()
 		k.holders[i], k.heldUntil[i], k.released[i] = k.id, start.Add(k.ttl), false
@@ -474,6 +486,9 @@ func (k *leaseKeeper) release(ctx context.Context, items []int) (bool, error) {
 		n, _ := cmds[j].Int()
 		k.released[i] = n == 1
 		released = released || n == 1
+		if i < k.sweepItem() {
+			k.shards[i].notes.settle()
+		}
 	}
 	k.mu.Unlock()
 	return released, nil
@@ -512,16 +527,31 @@ func (k *leaseKeeper) report() {
 	}
 }
 
-// stop releases every lease held and the heartbeat, and tells the others.
+// stop releases every lease held and the heartbeat, tells the others, and
+// waits (briefly) until they took what it released: until then this
+// listener still hears the events of those shards and parks them.
 func (k *leaseKeeper) stop() {
+	defer close(k.handedOff)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
+	k.mu.Lock()
+	var held []int
+	for i := range k.items {
+		if k.holders[i] == k.id || !k.heldUntil[i].IsZero() {
+			held = append(held, i)
+		}
+	}
+	others := len(k.live) > 1
+	k.mu.Unlock()
 	_, err := k.releaseAll(ctx)
 	if err == nil {
 		err = k.client.ZRem(ctx, k.members, k.id).Err()
 	}
 	if err == nil {
 		k.client.Publish(ctx, k.channel, k.id)
+		if others {
+			k.waitTaken(held, min(2*k.interval, 2*time.Second))
+		}
 	} else {
 		k.log.Warn("leases not released: the others take them when the heartbeat lapses", "error", err, "lease_ttl", k.ttl)
 	}
@@ -534,6 +564,38 @@ func (k *leaseKeeper) stop() {
 	}
 	k.mu.Unlock()
 	k.report()
+}
+
+// waitTaken polls the leases of items until each is held by another
+// listener, for at most d.
+func (k *leaseKeeper) waitTaken(items []int, d time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	for {
+		gets := make([]*redis.StringCmd, len(items))
+		_, err := k.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for j, i := range items {
+				gets[j] = p.Get(ctx, k.items[i].lease.Key)
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return
+		}
+		taken := true
+		for _, g := range gets {
+			taken = taken && g.Val() != "" && g.Val() != k.id
+		}
+		if taken {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			k.log.Warn("stopping before every shard released was taken by another listener", "waited", d)
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // assign returns the live listener that should hold each item: the shards

@@ -384,6 +384,14 @@ func (l *Listener) Run(ctx context.Context) error {
 		hooks.onTrigger(ctx, l.dropKick, f)
 	}
 	keeper := l.startLeases(ctx, &hooks, sweepKick)
+	if keeper != nil {
+		// Subscribe once the leases were read: until then this listener
+		// could not tell which events are its own.
+		select {
+		case <-keeper.ready:
+		case <-ctx.Done():
+		}
+	}
 	if l.cfg.Interval > 0 && l.cfg.OnInterval != nil {
 		hooks.every(ctx, l.cfg.Interval, sweepKick, func(ctx context.Context) {
 			if keeper == nil || keeper.holds(keeper.sweepItem()) {
@@ -397,13 +405,29 @@ func (l *Listener) Run(ctx context.Context) error {
 		}
 		l.checkEviction(ctx, topo)
 	})
+	// On a stop the subscription outlives the leases: until the shards this
+	// listener released have been taken, it still hears their events (and
+	// parks them for their next holder); the others skip them meanwhile.
+	subCtx, cancelSub := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelSub()
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-subCtx.Done():
+			return
+		}
+		if keeper != nil {
+			<-keeper.handedOff
+		}
+		cancelSub()
+	}()
 	// The reapers and the parker hand timers to the queue: they stop before
 	// it closes.
 	var feeders sync.WaitGroup
 	var channels []string
 	wake := ""
 	if s := l.cfg.Scheduler; s != nil {
-		feeders.Go(func() { l.parker.run(ctx, w.queue) })
+		feeders.Go(func() { l.parker.run(subCtx, w.queue) })
 		channels = append(channels, keeper.channel)
 		if l.cfg.ReapInterval > 0 {
 			wake = wakeChannel(s.index)
@@ -442,13 +466,14 @@ func (l *Listener) Run(ctx context.Context) error {
 	l.sub.Store(sub)
 	defer l.sub.Store(nil)
 	l.log.Info("listening for expired keys", "channel", l.Channel(), "key_prefix", l.cfg.KeyPrefix, "workers", l.cfg.Workers)
-	sub.run(ctx) // until ctx ends; after it no message is delivered any more
+	sub.run(subCtx) // until the leases are handed off; after it no message is delivered any more
 
 	// Stop in reverse: no more events in; the queue drains; the hooks,
 	// whose context has ended, finish the step in hand (the lease keeper
 	// releases the leases at once, so the others take over while the
 	// queue drains).
 	feeders.Wait()
+	l.leases.Store(nil)
 	w.shutdown()
 	return l.drain(ctx, w, &hooks)
 }
@@ -476,7 +501,6 @@ func (l *Listener) startLeases(ctx context.Context, hooks *hookRunner, sweepKick
 	l.leases.Store(k)
 	hooks.run(ctx, func(ctx context.Context) {
 		k.run(ctx)
-		l.leases.Store(nil)
 		l.takeovers.Add(k.takeovers.Load())
 	})
 	return k

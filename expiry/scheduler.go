@@ -88,6 +88,10 @@ func (s *Scheduler) owns(key string) bool {
 	return ok && (rest == "" || strings.HasPrefix(rest, ":"))
 }
 
+// ShardOf returns the number of the shard (0 to Shards-1) that indexes key,
+// as Timers takes it.
+func (s *Scheduler) ShardOf(key string) int { return s.shardOf(key) }
+
 // shardOf returns the number of the shard that indexes key. Keys written by
 // other programs, never indexed, have a shard all the same: the listener that
 // holds it handles their events.

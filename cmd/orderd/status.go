@@ -111,6 +111,8 @@ type indexStatus struct {
 	Shards    []shardStatus    `json:"shards"`
 	Listeners []listenerStatus `json:"listeners"`
 	Sweeper   string           `json:"sweeper"`
+	Retries   int64            `json:"retries"`
+	Dead      []deadTimer      `json:"dead"`
 }
 
 type shardStatus struct {
@@ -118,6 +120,16 @@ type shardStatus struct {
 	Timers  int64  `json:"timers"`
 	Overdue int64  `json:"overdue"`
 	Holder  string `json:"holder"`
+	Retries int64  `json:"retries"`
+	Dead    int64  `json:"dead"`
+}
+
+// deadTimer is a timer whose handling failed every attempt.
+type deadTimer struct {
+	Key       string    `json:"key"`
+	Attempts  int       `json:"attempts"`
+	Died      time.Time `json:"died"`
+	LastError string    `json:"last_error"`
 }
 
 type listenerStatus struct {
@@ -192,10 +204,21 @@ func runStatus(ctx context.Context, o *statusOptions, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	r.Index = indexStatus{Name: d.sched.Index(), Shards: []shardStatus{}, Listeners: []listenerStatus{}, Sweeper: idx.Sweeper}
+	r.Index = indexStatus{Name: d.sched.Index(), Shards: []shardStatus{}, Listeners: []listenerStatus{}, Sweeper: idx.Sweeper, Dead: []deadTimer{}}
 	r.Index.Timers, r.Index.Overdue = idx.Timers()
 	for _, sh := range idx.Shards {
 		r.Index.Shards = append(r.Index.Shards, shardStatus(sh))
+		r.Index.Retries += sh.Retries
+	}
+	if n := idx.Dead(); n > 0 {
+		dead, err := d.sched.Dead(ctx, 20)
+		if err != nil {
+			return fmt.Errorf("read the dead timers: %w", err)
+		}
+		for _, t := range dead {
+			r.Index.Dead = append(r.Index.Dead, deadTimer{Key: t.Key, Attempts: t.Attempts, Died: t.Deadline, LastError: t.LastError})
+		}
+		r.Problems = append(r.Problems, fmt.Sprintf("%d timer(s) failed every attempt and wait in the dead set: fix the cause, then re-arm them", n))
 	}
 	for _, l := range idx.Listeners {
 		r.Index.Listeners = append(r.Index.Listeners, listenerStatus{ID: l.ID, Shards: append([]string{}, l.Shards...), Sweeps: l.Sweeps})
@@ -271,6 +294,7 @@ func (r *statusReport) print(w io.Writer, now time.Time) {
 		fmt.Fprintf(tw, "overdue %s\t%s\n", o.Status, line)
 	}
 	fmt.Fprintf(tw, "due index\t%s: %d timer(s), %d overdue, in %d shards\n", r.Index.Name, r.Index.Timers, r.Index.Overdue, len(r.Index.Shards))
+	fmt.Fprintf(tw, "failing timers\t%d retrying, %d dead\n", r.Index.Retries, len(r.Index.Dead))
 	fmt.Fprintf(tw, "listeners\t%d live\n", len(r.Index.Listeners))
 	stream := fmt.Sprintf("%s: %d entries", r.Stream.Name, r.Stream.Entries)
 	if !r.Stream.On {
@@ -316,6 +340,15 @@ func (r *statusReport) print(w io.Writer, now time.Time) {
 		fmt.Fprintf(tw2, "  %s\t%d\t%d\t%s\n", s.Name, s.Timers, s.Overdue, holder)
 	}
 	tw2.Flush()
+	if len(r.Index.Dead) > 0 {
+		fmt.Fprintln(w, "\ndead timers:")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  key\tattempts\tdied\tlast error")
+		for _, t := range r.Index.Dead {
+			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\n", t.Key, t.Attempts, t.Died.UTC().Format(time.RFC3339), t.LastError)
+		}
+		tw.Flush()
+	}
 	if len(r.Problems) > 0 {
 		fmt.Fprintln(w, "\nneeds attention:")
 		for _, p := range r.Problems {
