@@ -36,11 +36,37 @@
 // publishes expired-key events; Health reports it, and with NotifyEnable it
 // turns them on again. A handler returns an error wrapping ErrMalformedKey for
 // a key it cannot parse: the listener counts it (Stats.Malformed) and logs at
-// most one such key a second, cut to 128 bytes (KeyField).
+// most one such key a second, cut to 128 bytes (KeyAttr). The library logs
+// through log/slog (ListenerConfig.Logger), and only what it knows: keys,
+// shards, listeners.
+//
+// # The Scheduler: on time, and retried from Redis
 //
 // A Scheduler fixes the lateness: it writes the TTL key together with an entry
-// in a due index, and a Listener given the Scheduler touches every key whose
-// deadline has passed, so Redis expires and announces it within milliseconds.
+// in a due index (sharded sorted sets), and a Listener given the Scheduler
+// reaps the index: a reaper per shard sleeps until the shard's earliest
+// deadline, touches the keys due so that Redis expires and announces them at
+// once, and hands each to the handler itself (Event.Deadline says when it was
+// due). Scheduling a timer sooner than a reaper would look wakes it (a message
+// on "<Index>:wake"); without one it looks every ReapInterval (10 s), so an
+// idle listener costs Redis a few commands a second in all.
+//
+// Schedule again to move a timer, earlier or later: the key's TTL and its
+// entry are both replaced. Cancel removes both. A key outside the Scheduler's
+// KeyPrefix is refused (ErrOutsidePrefix): its listener would never fire it.
+// Keys written by other programs with a plain SET … EX under the prefix are
+// timers too: their events are handled, they are just not reaped early.
+//
+// With a Scheduler, a handler that fails (any error but ErrHandlerNotFound,
+// ErrMalformedKey and ErrNoRecord) does not lose its timer: the listener sets
+// it due again after RetryDelay (1 s, doubling, up to 10 minutes), counting the
+// attempts beside its shard in Redis, so a retry survives a restart of every
+// listener and moves with its shard; Event.Attempt counts the failures before.
+// After MaxAttempts (10) it is moved to a dead set: Scheduler.Dead lists the
+// dead timers with their last error, Inspect counts them (and the retrying
+// ones), and Scheduler.Rearm sets one due again. Scheduler.Timers lists a
+// shard's timers by deadline. Retry, the middleware, retries in memory first,
+// for failures that pass in milliseconds.
 //
 // CheckNotify tells whether Redis publishes expired events, and what to set if
 // it does not; EnableNotify sets it when the operator asks for it.
@@ -77,38 +103,63 @@
 // the shard's own hash tag ("<Index>:{n}:lease", the same Cluster node as the
 // shard). The holder reaps the shard and hands each expired timer to its
 // handler itself; an event is handled by the listener that holds its key's
-// shard (keys written by other programs have a shard too: a hash of the key)
-// and by whoever hears it when no one holds it; the others count it in
-// Stats.Skipped. A timer both reaped and announced is handled once. OnInterval
-// (the periodic sweep) runs on the one listener that holds the sweep lease
-// ("<Index>:sweep"); OnSubscribe and OnDrop stay with the listener that may
-// have missed events.
+// shard (keys written by other programs have a shard too: a hash of the key);
+// the others count it in Stats.Skipped. OnInterval (the periodic sweep) runs
+// on the one listener that holds the sweep lease ("<Index>:sweep");
+// OnSubscribe and OnDrop stay with the listener that may have missed events.
 //
 // Each listener beats a heartbeat in "<Index>:listeners" every LeaseInterval
-// (1 s) and computes from the live ones the same even assignment as every
-// other (rendezvous hashing with a bound on the load). A listener that joins
-// or stops cleanly says so on the channel "<Index>:leases", and the shards
-// move within milliseconds; one that dies keeps its shards until its leases
-// lapse (LeaseTTL, 5 s). OnShards tells a listener what it holds whenever that
-// changes; Stats has Shards, Sweeps, Listeners and Takeovers.
+// (a third of LeaseTTL, 5 s), and its leases hold as long as its heartbeat
+// does. From the live listeners each computes the same even assignment
+// (rendezvous hashing with a bound on the load). A listener that joins or
+// stops cleanly says so on the channel "<Index>:leases", and the shards move
+// within milliseconds; one that dies keeps its shards until its heartbeat
+// lapses (LeaseTTL). OnShards tells a listener what it holds whenever that
+// changes; Stats has Shards, Sweeps, Listeners and Takeovers; Inspect shows
+// every shard's holder.
 //
-// Leases save work; they are not what makes the work correct. During a
-// failover or a partition two listeners may briefly act on one shard, so
-// handlers must stay idempotent (a conditional update, as always with
-// events).
+// What is once and what is at least once:
+//
+//   - Once: a timer is handled once while listeners stop cleanly (SIGTERM,
+//     a rolling restart) and while shards move because a listener joined or
+//     left. The reaper hands a timer over at its deadline and the key's own
+//     event follows; the holder notes what it handled, and a listener that
+//     releases a shard writes its notes beside it ("<Index>:{n}:handed") for
+//     the next holder. A stopping listener keeps hearing until its shards
+//     are taken, and parks the events it hears meanwhile in the index for
+//     their next holder; it finishes what it had queued (ShutdownTimeout).
+//   - At least once, never zero, after a listener dies (kill -9, a lost
+//     host): what it had in hand may be handled again by the next holder.
+//     Every listener keeps, for 20 s, the events it skipped because another
+//     held their shard; when that holder's heartbeat lapses they are parked
+//     in its shards' index, so an expiry heard by any live listener is
+//     handled, keys written without the Scheduler included.
+//   - A timer whose handler fails is retried from Redis, then dead (above).
+//   - Nothing is heard while no listener is subscribed (all stopped, or Redis
+//     unreachable): timers in the index are reaped when one comes back, but
+//     events of plain keys are gone. That is what a sweep of your database is
+//     for.
+//
+// So a handler must still be idempotent (a conditional update: "close the
+// order if it is still unpaid"), and an app that cannot lose a timer keeps
+// its deadline in its database and sweeps for it (OnSubscribe, OnInterval).
+// A key that expires again within 10 s of its previous expiry, while its
+// shard is changing hands, may be taken for a repeat.
 //
 // A listener that was frozen (a GC pause, a VM freeze, SIGSTOP) or cut off
-// from Redis past its leases' end believes, when it resumes, what it
+// from Redis past its heartbeat's end believes, when it resumes, what it
 // believed before. A handler that must not commit work for a shard the
 // listener no longer holds checks Listener.Surely(key) just before it
 // commits (a fence): it says yes while the lease holds by the listener's own
 // clock, or was handed over cleanly (a stop, a rebalance: what was queued
 // then is finished), or a view of the leases read moments ago says nobody
-// holds it; a lease that lapsed unrenewed says no until the listener has read
-// the leases again. A listener that cannot do its share's work for a while
-// (its database does not answer) calls SetStandby(true): it gives every lease
-// up and leaves the live listeners, so that the others take its share at
-// once, until SetStandby(false).
+// holds it; a lease whose heartbeat lapsed says no until the listener has
+// read the leases again. A listener that cannot do its share's work for a
+// while (its database does not answer) calls SetStandby(true): it gives every
+// lease up and leaves the live listeners, so that the others take its share
+// at once, until SetStandby(false).
+//
+// Lease is the same primitive for an app's own one-at-a-time work.
 //
 // The index, its leases and the key prefix are one namespace per
 // application: give the Scheduler a KeyPrefix (its index is then named

@@ -302,6 +302,8 @@ func TestListenerConfigErrors(t *testing.T) {
 		{"prefix differs from the scheduler's", mux, expiry.ListenerConfig{KeyPrefix: "b:", Scheduler: sched}, `"b:" differs from its Scheduler's "a:"`},
 		{"negative workers", mux, expiry.ListenerConfig{Workers: -1}, "Workers is negative"},
 		{"leases renewed less often than they lapse", mux, expiry.ListenerConfig{LeaseTTL: time.Second, LeaseInterval: 2 * time.Second}, "LeaseInterval"},
+		{"a reaper that would sleep too long", mux, expiry.ListenerConfig{ReapInterval: 2 * time.Minute}, "ReapInterval"},
+		{"negative attempts", mux, expiry.ListenerConfig{MaxAttempts: -1}, "MaxAttempts"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			l := expiry.NewListener(rdb, tc.h, tc.cfg)

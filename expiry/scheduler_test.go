@@ -158,9 +158,10 @@ func TestListenerWithSchedulerFiresEveryTimer(t *testing.T) {
 }
 
 // Another program (PHP, say) writes a timer into the due index itself, as
-// the README's integration guide says: SET the key with its TTL and ZADD
-// it to shard crc32(key) % 16 scored by its deadline in Unix ms. The
-// listener's reaper finds it there and hands it to the handler, once.
+// the README's integration guide says: SET the key with its TTL, ZADD it to
+// shard crc32(key) % 16 scored by its deadline in Unix ms, and PUBLISH the
+// shard and deadline on the index's wake channel. The listener's reaper
+// hands it to the handler at its deadline (Event.Deadline), once.
 func TestTimerWrittenByAnotherProgramIsReaped(t *testing.T) {
 	rdb := setup(t)
 	got := make(chan expiry.Event, 10)
@@ -181,10 +182,15 @@ func TestTimerWrittenByAnotherProgramIsReaped(t *testing.T) {
 	if err := rdb.ZAdd(ctx, shard, redis.Z{Score: float64(deadline.UnixMilli()), Member: key}).Err(); err != nil {
 		t.Fatal(err)
 	}
+	// The reapers sleep until the deadlines they know of: wake them.
+	wake := fmt.Sprintf("%d:%d", crc32.ChecksumIEEE([]byte(key))%16, deadline.UnixMilli())
+	if err := rdb.Publish(ctx, "shop:orderd:due:wake", wake).Err(); err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case ev := <-got:
-		if ev.Key != "order_pay:77" {
-			t.Fatalf("handled %+v", ev)
+		if ev.Key != "order_pay:77" || ev.Deadline.UnixMilli() != deadline.UnixMilli() {
+			t.Fatalf("handled %+v, want order_pay:77 reaped at its deadline %v", ev, deadline)
 		}
 	case <-time.After(testkit.Scale(10 * time.Second)):
 		t.Fatal("the timer written by another program never fired")

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/orderd/orderd/expiry"
 	"github.com/orderd/orderd/internal/testkit"
 	"github.com/orderd/orderd/order"
 	"github.com/orderd/orderd/order/daemon"
@@ -115,7 +116,7 @@ func TestShutdownDuringLongSweep(t *testing.T) {
 		const n, total = 3000, 3000
 		insertOverdue(t, e, 1, n, total)
 
-		l := daemon.New(e.svc, e.rdb, daemon.Config{Scheduler: e.sched, SweepInterval: time.Hour, ShutdownTimeout: 5 * time.Second})
+		l := daemon.New(e.svc, e.rdb, daemon.Config{SweepInterval: time.Hour, Listener: expiry.ListenerConfig{Scheduler: e.sched, ShutdownTimeout: 5 * time.Second}})
 		ctx, cancel := context.WithCancel(context.Background())
 		errc := make(chan error, 1)
 		go func() { errc <- l.Run(ctx) }()
@@ -185,7 +186,7 @@ func TestStockCounterConvergesAfterLostGiveBack(t *testing.T) {
 		daemonSvc := order.NewService(cut, stock.NewCounter(prdb, ""), e.sched,
 			order.Config{StockSettle: 50 * time.Millisecond, Logger: zap.New(core)})
 		const interval = 500 * time.Millisecond
-		l := daemon.New(daemonSvc, e.rdb, daemon.Config{Scheduler: e.sched, SweepInterval: interval})
+		l := daemon.New(daemonSvc, e.rdb, daemon.Config{SweepInterval: interval, Listener: expiry.ListenerConfig{Scheduler: e.sched}})
 		dctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { defer close(done); l.Run(dctx) }()

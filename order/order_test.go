@@ -56,8 +56,8 @@ func newEnv(t *testing.T, st *sqlstore.Store, cfg order.Config) *env {
 // or at stopDaemons.
 func (e *env) daemon(t *testing.T, cfg daemon.Config) *daemon.Daemon {
 	t.Helper()
-	if cfg.Scheduler == nil {
-		cfg.Scheduler = e.sched
+	if cfg.Listener.Scheduler == nil {
+		cfg.Listener.Scheduler = e.sched
 	}
 	l := daemon.New(e.svc, e.rdb, cfg)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -675,7 +675,7 @@ func TestDaemonConfigErrorIsReturned(t *testing.T) {
 	rdb := testkit.Redis(t, redisDB)
 	svc := order.NewService(ordertest.Open(t, ordertest.SQLiteURL(t)), nil, nil, order.Config{Keys: order.Keys{Prefix: "p:"}})
 	sched := expiry.NewScheduler(rdb, expiry.SchedulerConfig{KeyPrefix: "q:"})
-	err := daemon.New(svc, rdb, daemon.Config{Scheduler: sched}).Run(context.Background())
+	err := daemon.New(svc, rdb, daemon.Config{Listener: expiry.ListenerConfig{Scheduler: sched}}).Run(context.Background())
 	if !errors.Is(err, expiry.ErrInvalidConfig) {
 		t.Fatalf("Run: %v, want ErrInvalidConfig", err)
 	}

@@ -87,14 +87,12 @@ func replicaBurst(t *testing.T, rdb redis.UniversalClient, sentinel *redis.Failo
 				last = time.Now()
 				mu.Unlock()
 			}})
-		ls[i] = daemon.New(svc, rdb, daemon.Config{Scheduler: sched, SweepInterval: time.Hour, ID: "replica-" + strconv.Itoa(i), Sentinel: sentinel,
-			Batch: daemon.BatchConfig{OnBatch: func(size, moved int) {
-				unchanged.Add(int64(size - moved))
-				mu.Lock()
-				res.batches++
-				mu.Unlock()
-			}},
-			Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))})
+		ls[i] = daemon.New(svc, rdb, daemon.Config{SweepInterval: time.Hour, Batch: daemon.BatchConfig{OnBatch: func(size, moved int) {
+			unchanged.Add(int64(size - moved))
+			mu.Lock()
+			res.batches++
+			mu.Unlock()
+		}}, Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), Listener: expiry.ListenerConfig{Scheduler: sched, ID: "replica-" + strconv.Itoa(i), Sentinel: sentinel}})
 		runCtx, cancel := context.WithCancel(ctx)
 		done := make(chan struct{})
 		go func() { defer close(done); ls[i].Run(runCtx) }()

@@ -49,8 +49,7 @@ func newScaleEnv(t *testing.T, rdb redis.UniversalClient, prefix string, payTime
 	if _, err := e.svc.PutSKU(context.Background(), order.SKU{SKU: 1, Name: "x", Available: 100000}); err != nil {
 		t.Fatal(err)
 	}
-	e.l = daemon.New(e.svc, rdb, daemon.Config{Scheduler: sched, SweepInterval: sweep,
-		Sentinel: sentinel, Logger: zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))})
+	e.l = daemon.New(e.svc, rdb, daemon.Config{SweepInterval: sweep, Logger: zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)), Listener: expiry.ListenerConfig{Scheduler: sched, Sentinel: sentinel}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); e.l.Run(ctx) }()
@@ -380,8 +379,7 @@ func TestClusterFailoverWithReplicas(t *testing.T) {
 	sched := expiry.NewScheduler(c, expiry.SchedulerConfig{KeyPrefix: prefix, Index: prefix + "orderd:due"})
 	ls := []*daemon.Daemon{e.l}
 	for i := range 2 {
-		l := daemon.New(e.svc, c, daemon.Config{Scheduler: sched, SweepInterval: sweep, ID: "replica-" + strconv.Itoa(i+1),
-			Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))})
+		l := daemon.New(e.svc, c, daemon.Config{SweepInterval: sweep, Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), Listener: expiry.ListenerConfig{Scheduler: sched, ID: "replica-" + strconv.Itoa(i+1)}})
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { defer close(done); l.Run(ctx) }()

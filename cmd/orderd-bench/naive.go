@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"log/slog"
 	"os/signal"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap/exp/zapslog"
 
 	"github.com/orderd/orderd/expiry"
 	orderdaemon "github.com/orderd/orderd/order/daemon"
@@ -25,7 +27,8 @@ func naiveListen(redisURL, dbURL string) error {
 		return err
 	}
 	defer p.close()
-	log, rdb, svc := p.log, p.rdb, p.svc
+	rdb, svc := p.rdb, p.svc
+	log := slog.New(zapslog.NewHandler(p.log.Core()))
 	mux := expiry.NewServeMux()
 	mux.Use(expiry.Recover(log), expiry.Retry(expiry.RetryPolicy{}))
 	orderdaemon.Register(mux, svc, orderdaemon.BatchConfig{Max: 1})
@@ -42,6 +45,6 @@ func naiveListen(redisURL, dbURL string) error {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: name},
 			func() float64 { return float64(f(l.Stats())) }))
 	}
-	go func() { _ = serveBenchMetrics(ctx, reg, log) }()
+	go func() { _ = serveBenchMetrics(ctx, reg, p.log) }()
 	return l.Run(ctx)
 }

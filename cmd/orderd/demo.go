@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/orderd/orderd/expiry"
 	"io"
 	"os"
 	"path/filepath"
@@ -128,8 +129,8 @@ func runDemo(ctx context.Context, out io.Writer, o *demoOptions) error {
 	stats := &demoStats{}
 	cfg := o.serviceConfig(stats.add)
 	svc := order.NewService(d.store, d.counter, d.sched, cfg)
-	l := daemon.New(svc, d.rdb, daemon.Config{SweepInterval: o.SweepInterval, Scheduler: d.sched,
-		Sentinel: o.redis.sentinel, Logger: o.log})
+	l := daemon.New(svc, d.rdb, daemon.Config{SweepInterval: o.SweepInterval, Logger: o.log,
+		Listener: expiry.ListenerConfig{Scheduler: d.sched, Sentinel: o.redis.sentinel}})
 	_, stopRelay := o.startRelay(d, l.ID(), prometheus.NewRegistry())
 	defer stopRelay()
 	lctx, stopListener := context.WithCancel(ctx)

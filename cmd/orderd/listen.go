@@ -110,23 +110,25 @@ func runListen(ctx context.Context, o *listenOptions) error {
 	}
 	var wakeRelay func()
 	l := daemon.New(svc, d.rdb, daemon.Config{
-		Notify:         notify,
-		Sentinel:       o.redis.sentinel,
 		OnStockRebuilt: m.onStockRebuilt,
 		SweepInterval:  o.SweepInterval,
-		Workers:        o.Workers,
 		Batch: daemon.BatchConfig{Max: o.BatchMax, OnBatch: func(size, moved int) {
 			m.onBatch(size, moved)
 			if moved > 0 {
 				wakeRelay()
 			}
 		}},
-		Scheduler:    d.sched,
-		ReapInterval: reap,
-		Logger:       o.log,
-		OnSweep:      m.onSweep,
-		PingDB:       d.store.Ping,
-		Leases:       d.store,
+		Logger:  o.log,
+		OnSweep: m.onSweep,
+		PingDB:  d.store.Ping,
+		Leases:  d.store,
+		Listener: expiry.ListenerConfig{
+			Scheduler:    d.sched,
+			Notify:       notify,
+			Sentinel:     o.redis.sentinel,
+			Workers:      o.Workers,
+			ReapInterval: reap,
+		},
 	})
 	m.watchListener(l.Listener)
 	wakeRelay, stopRelay := o.startRelay(d, l.ID(), m.reg)

@@ -33,30 +33,21 @@ type Config struct {
 	// after a resubscription or dropped events) take every overdue order. If
 	// zero, 1 s is used, or a quarter of SweepInterval when that is shorter.
 	SweepGrace time.Duration
-	// Workers is the number of concurrent handlers. A handler waits for its
-	// batch's transaction, so Workers bounds the orders in flight: a few
-	// times Batch.Max lets one batch fill while others commit.
-	// If zero, 2,048 are used.
-	Workers int
 	// Batch groups events into transactions.
 	Batch BatchConfig
-	// Scheduler, when set, is reaped so that timers fire on time, and daemons
-	// given Schedulers of the same due index share the work: each reaps its
-	// share of the shards and handles their events, and one at a time runs
-	// the periodic sweep (expiry.ListenerConfig.Scheduler).
-	Scheduler *expiry.Scheduler
-	// ReapInterval is passed to the listener: the pause between reaper
-	// rounds. If zero, the listener's default (10 ms) is used; if negative,
-	// timers are not reaped (they fire when Redis notices them expired).
-	ReapInterval time.Duration
-	// ID names this daemon among those sharing the due index. If empty, the
-	// listener makes one of the host name and the process id.
-	ID string
-	// LeaseTTL is passed to the listener: how long the leases of a daemon
-	// that died hold its shards and the sweep. If zero, 5 s is used.
-	LeaseTTL time.Duration
-	// OnShards, if set, is told what the daemon holds whenever it changes.
-	OnShards func(held []string, sweeps bool)
+	// Listener configures the expiry.Listener under the daemon: its
+	// Scheduler (reaped so that timers fire on time; daemons given
+	// Schedulers of the same due index share the work, each reaping its
+	// share of the shards and handling their events, one at a time running
+	// the periodic sweep), ID, Workers, QueueWait, ReapInterval, LeaseTTL,
+	// Sentinel, Notify, ShutdownTimeout, MaxAttempts, RetryDelay and
+	// OnShards (told what the daemon holds whenever it changes). The daemon
+	// sets KeyPrefix (the service's), the hooks (its sweeps) and, when
+	// Logger is nil, a bridge to its own logger. Workers, if zero, is 2,048
+	// here: a handler waits for its batch's transaction, so Workers bounds
+	// the orders in flight (a few times Batch.Max lets one batch fill while
+	// others commit).
+	Listener expiry.ListenerConfig
 	// Logger receives the daemon's log lines. If nil, nothing is logged.
 	Logger *zap.Logger
 	// OnSweep, if set, is told the outcome of every sweep.
@@ -64,18 +55,6 @@ type Config struct {
 	// OnStockRebuilt, if set, is told how many Redis stock counters each
 	// stock check (after every periodic sweep) rebuilt from the database.
 	OnStockRebuilt func(n int)
-	// Sentinel is passed to the listener: the failover client's options, when
-	// the client is one, so that the subscription follows the master.
-	Sentinel *redis.FailoverOptions
-	// ShutdownTimeout is passed to the listener: how long it waits, once
-	// stopped, for in-flight work. If zero, the listener's default is used.
-	ShutdownTimeout time.Duration
-	// Notify is passed to the listener: what it does about Redis's
-	// notify-keyspace-events after every subscription and periodically.
-	Notify expiry.NotifyPolicy
-	// QueueWait is passed to the listener: how long its reader may wait for
-	// room in a full queue. If zero, it drops at once (and a sweep catches up).
-	QueueWait time.Duration
 	// PingDB, if set, is how the daemon checks its database every
 	// DBCheckInterval: when it has not answered for DBDownAfter, the daemon
 	// gives its shards to the other daemons (expiry.Listener.SetStandby)
@@ -151,8 +130,8 @@ func New(s *order.Service, client redis.UniversalClient, cfg Config) *Daemon {
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = defaultSweepInterval
 	}
-	if cfg.Workers <= 0 {
-		cfg.Workers = defaultWorkers
+	if cfg.Listener.Workers == 0 {
+		cfg.Listener.Workers = defaultWorkers
 	}
 	if cfg.SweepGrace <= 0 {
 		cfg.SweepGrace = min(time.Second, cfg.SweepInterval/4)
@@ -232,28 +211,19 @@ func New(s *order.Service, client redis.UniversalClient, cfg Config) *Daemon {
 			}
 		}
 		held = now
-		if cfg.OnShards != nil {
-			cfg.OnShards(now, sweeps)
+		if f := cfg.Listener.OnShards; f != nil {
+			f(now, sweeps)
 		}
 	}
-	d.Listener = expiry.NewListener(client, mux, expiry.ListenerConfig{
-		KeyPrefix:       s.Keys().Prefix,
-		Workers:         cfg.Workers,
-		QueueWait:       cfg.QueueWait,
-		OnSubscribe:     catchUp("subscribed"),
-		OnDrop:          catchUp("events dropped"),
-		Interval:        cfg.SweepInterval,
-		OnInterval:      periodic,
-		Scheduler:       cfg.Scheduler,
-		ReapInterval:    cfg.ReapInterval,
-		ID:              cfg.ID,
-		LeaseTTL:        cfg.LeaseTTL,
-		OnShards:        onShards,
-		Notify:          cfg.Notify,
-		Sentinel:        cfg.Sentinel,
-		ShutdownTimeout: cfg.ShutdownTimeout,
-		Logger:          slogger,
-	})
+	lc := cfg.Listener
+	lc.KeyPrefix = s.Keys().Prefix
+	lc.OnSubscribe, lc.OnDrop = catchUp("subscribed"), catchUp("events dropped")
+	lc.Interval, lc.OnInterval = cfg.SweepInterval, periodic
+	lc.OnShards = onShards
+	if lc.Logger == nil {
+		lc.Logger = slogger
+	}
+	d.Listener = expiry.NewListener(client, mux, lc)
 	return d
 }
 
@@ -281,7 +251,7 @@ func (d *Daemon) leaveTheirs(next expiry.Handler) expiry.Handler {
 // with prefix and ids: it must surely hold their shards (a daemon that
 // paused past its leases must not).
 func (d *Daemon) fence(prefix string, ids []int64) error {
-	if d.cfg.Scheduler == nil {
+	if d.cfg.Listener.Scheduler == nil {
 		return nil
 	}
 	p := d.svc.Keys().Prefix + prefix

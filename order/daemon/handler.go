@@ -21,10 +21,13 @@ type BatchConfig struct {
 	// it is full, when no event joined it for Wait, or MaxWait after its
 	// first event, whichever comes first. A lone event waits Wait; a burst
 	// fills batches whatever the share of it each daemon gets.
-	// If zero, 2 ms is used.
+	// If zero, 1 ms is used.
 	Wait time.Duration
-	// MaxWait bounds how long the first event of a batch waits for others.
-	// If zero, 10 × Wait is used.
+	// MaxWait bounds how long the first event of a batch waits for others:
+	// a reaper hands timers over at their deadlines, so a steady stream
+	// (one a millisecond) never leaves a gap of Wait, and MaxWait is then
+	// what each batch waits. Under load batches grow anyway, while both
+	// slots (Concurrency) are busy. If zero, 5 × Wait is used.
 	MaxWait time.Duration
 	// Concurrency bounds the batches of one kind (expiries, completions)
 	// applied at once. A batch ready while all are busy waits for one to
@@ -111,10 +114,10 @@ func newBatcher(cfg BatchConfig, apply func(context.Context, []int64, string) (o
 		cfg.Max = 500
 	}
 	if cfg.Wait <= 0 {
-		cfg.Wait = 2 * time.Millisecond
+		cfg.Wait = time.Millisecond
 	}
 	if cfg.MaxWait <= 0 {
-		cfg.MaxWait = 10 * cfg.Wait
+		cfg.MaxWait = 5 * cfg.Wait
 	}
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 2

@@ -68,7 +68,7 @@ func newAPI(t testing.TB, st *sqlstore.Store, cfg order.Config) *api {
 	a := &api{t: t, srv: srv, svc: svc, store: st, counter: counter, client: &http.Client{Transport: validating{next: tr, tb: t}, Timeout: 30 * time.Second}}
 	if d, ok := t.(*testing.T); ok {
 		// The daemon, so that orders expire on their own.
-		l := daemon.New(svc, rdb, daemon.Config{Scheduler: sched, SweepInterval: time.Hour, Logger: zaptest.NewLogger(d, zaptest.Level(zapWarn))})
+		l := daemon.New(svc, rdb, daemon.Config{SweepInterval: time.Hour, Logger: zaptest.NewLogger(d, zaptest.Level(zapWarn)), Listener: expiry.ListenerConfig{Scheduler: sched}})
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { defer close(done); l.Run(ctx) }()

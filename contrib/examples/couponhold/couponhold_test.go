@@ -66,7 +66,7 @@ type app struct {
 }
 
 func newApp(t *testing.T, url string, rdb redis.UniversalClient, extra ...string) *app {
-	a := &app{t: t, bin: build(t), url: url, rdb: rdb, extra: extra, procs: map[string]*exec.Cmd{}, dir: "/tmp/chlogs",
+	a := &app{t: t, bin: build(t), url: url, rdb: rdb, extra: extra, procs: map[string]*exec.Cmd{}, dir: t.TempDir(),
 		sched: expiry.NewScheduler(rdb, expiry.SchedulerConfig{KeyPrefix: prefix})}
 	t.Cleanup(func() {
 		a.mu.Lock()

@@ -1,0 +1,134 @@
+package expiry_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/orderd/orderd/expiry"
+	"github.com/orderd/orderd/internal/testkit"
+)
+
+// A handler that fails has its timer set due again in the index after
+// RetryDelay, with Event.Attempt counting the failures before, and after
+// MaxAttempts it waits in the dead set with its last error; Rearm sets it due
+// again and, handled at last, its attempts are forgotten.
+func TestFailingTimerRetriedThenDeadThenRearmed(t *testing.T) {
+	rdb := setup(t)
+	ctx := context.Background()
+	sched := expiry.NewScheduler(rdb, expiry.SchedulerConfig{KeyPrefix: "r:"})
+	var mu sync.Mutex
+	var attempts []int
+	failing := true
+	h := expiry.HandlerFunc(func(_ context.Context, ev expiry.Event) error {
+		mu.Lock()
+		defer mu.Unlock()
+		attempts = append(attempts, ev.Attempt)
+		if failing {
+			return errors.New("downstream refused")
+		}
+		return nil
+	})
+	l := expiry.NewListener(rdb, h, expiry.ListenerConfig{Scheduler: sched, MaxAttempts: 3, Logger: testLogger(t),
+		RetryDelay: func(int) time.Duration { return 50 * time.Millisecond }})
+	run(t, l)
+	waitSubscribed(t, l, 1)
+	const key = "r:hold:1"
+	if err := sched.Schedule(ctx, key, time.Now().Add(50*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	var dead []expiry.TimerInfo
+	testkit.WaitFor(t, 10*time.Second, "the timer dead after 3 attempts", func() bool {
+		var err error
+		dead, err = sched.Dead(ctx, 0)
+		return err == nil && len(dead) == 1
+	})
+	if d := dead[0]; d.Key != key || d.Attempts != 3 || !d.Dead || !strings.Contains(d.LastError, "downstream refused") {
+		t.Fatalf("dead timer %+v", d)
+	}
+	mu.Lock()
+	if len(attempts) != 3 || attempts[0] != 0 || attempts[1] != 1 || attempts[2] != 2 {
+		t.Fatalf("Event.Attempt over the attempts: %v, want [0 1 2]", attempts)
+	}
+	failing = false
+	mu.Unlock()
+	if s := l.Stats(); s.Retried != 2 || s.Dead != 1 || s.Failed != 3 {
+		t.Fatalf("stats %+v: want 2 retried, 1 dead, 3 failed", s)
+	}
+	st, err := sched.Inspect(ctx)
+	if err != nil || st.Dead() != 1 {
+		t.Fatalf("Inspect: %d dead (%v)", st.Dead(), err)
+	}
+
+	if err := sched.Rearm(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "the re-armed timer handled", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(attempts) == 4
+	})
+	testkit.WaitFor(t, 5*time.Second, "its attempts forgotten", func() bool {
+		st, err := sched.Inspect(ctx)
+		return err == nil && st.Dead() == 0 && st.Shards[sched.ShardOf(key)].Retries == 0
+	})
+	if err := sched.Rearm(ctx, key); !errors.Is(err, expiry.ErrNotDead) {
+		t.Fatalf("Rearm of a timer that is not dead: %v, want ErrNotDead", err)
+	}
+}
+
+// Timers lists a shard's timers by deadline, within a range.
+func TestSchedulerTimersListsByDeadline(t *testing.T) {
+	rdb := setup(t)
+	ctx := context.Background()
+	sched := expiry.NewScheduler(rdb, expiry.SchedulerConfig{KeyPrefix: "l:", Shards: 1})
+	base := time.Now().Add(time.Hour).Truncate(time.Millisecond)
+	for i, k := range []string{"l:c", "l:a", "l:b"} {
+		if err := sched.Schedule(ctx, k, base.Add(time.Duration(i)*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all, err := sched.Timers(ctx, 0, time.Time{}, time.Time{}, 0)
+	if err != nil || len(all) != 3 || all[0].Key != "l:c" || !all[0].Deadline.Equal(base) || all[2].Key != "l:b" {
+		t.Fatalf("Timers: %+v (%v)", all, err)
+	}
+	some, err := sched.Timers(ctx, 0, base.Add(time.Second), base.Add(time.Second), 0)
+	if err != nil || len(some) != 1 || some[0].Key != "l:a" {
+		t.Fatalf("Timers in a range: %+v (%v)", some, err)
+	}
+	if _, err := sched.Timers(ctx, 1, time.Time{}, time.Time{}, 0); err == nil {
+		t.Fatal("Timers of a shard that does not exist: no error")
+	}
+}
+
+// A reaper sleeps until the next deadline it knows of, however long its
+// fallback pause: a timer scheduled meanwhile wakes it, and fires at its
+// deadline (the reaper hands it over, with Event.Deadline), not when Redis
+// happens to notice the key.
+func TestReaperWokenBySchedule(t *testing.T) {
+	rdb := setup(t)
+	ctx := context.Background()
+	sched := expiry.NewScheduler(rdb, expiry.SchedulerConfig{KeyPrefix: "w:"})
+	got := make(chan expiry.Event, 1)
+	l := expiry.NewListener(rdb, expiry.HandlerFunc(func(_ context.Context, ev expiry.Event) error { got <- ev; return nil }),
+		expiry.ListenerConfig{Scheduler: sched, ReapInterval: time.Minute, Logger: testLogger(t)})
+	run(t, l)
+	waitSubscribed(t, l, 1)
+	testkit.WaitFor(t, 10*time.Second, "the shards held", func() bool { return l.Stats().Shards == 16 })
+	deadline := time.Now().Add(300 * time.Millisecond)
+	if err := sched.Schedule(ctx, "w:1", deadline); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ev := <-got:
+		if ev.Key != "1" || ev.Deadline.UnixMilli() != deadline.UnixMilli() {
+			t.Fatalf("handled %+v, want w:1 handed over by the reaper at %v", ev, deadline)
+		}
+		t.Logf("handled %v after its deadline", ev.Received.Sub(deadline))
+	case <-time.After(testkit.Scale(20 * time.Second)):
+		t.Fatal("the timer never fired")
+	}
+}
