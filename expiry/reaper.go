@@ -136,14 +136,17 @@ func (l *Listener) reap(ctx context.Context, s *Scheduler, k *leaseKeeper, i int
 				continue
 			}
 		}
-		sh.mu.Lock()
-		if !k.holds(i) { // released while we waited for the lock
-			sh.mu.Unlock()
-			continue
-		}
 		res, fired, next, err := s.reapShard(ctx, s.shards[i], reapSlack)
 		l.reaped.Add(uint64(res.Gone))
-		l.handOver(ctx, s, sh, fired, queue)
+		// Noted and queued under the shard's lock, so that a release of the
+		// shard names them in its handover record, or comes first: then they
+		// go back to the index, for the next holder.
+		sh.mu.Lock()
+		if k.holds(i) {
+			l.handOver(ctx, s, sh, fired, queue)
+		} else if len(fired) > 0 {
+			l.putBackFired(ctx, s, fired)
+		}
 		sh.mu.Unlock()
 		switch {
 		case err != nil && ctx.Err() == nil:
@@ -166,16 +169,7 @@ func (l *Listener) reap(ctx context.Context, s *Scheduler, k *leaseKeeper, i int
 func (l *Listener) handOver(ctx context.Context, s *Scheduler, sh *shardState, fired []firedTimer, queue chan<- Event) {
 	for j, t := range fired {
 		if ctx.Err() != nil {
-			var keys []string
-			for _, f := range fired[j:] {
-				keys = append(keys, f.key)
-			}
-			bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-			if err := s.putBack(bctx, keys); err != nil {
-				l.log.Warn("reaped timers not put back in the due index: the catch-up sweep of the next start takes them",
-					"timers", len(keys), "error", err)
-			}
-			cancel()
+			l.putBackFired(ctx, s, fired[j:])
 			return
 		}
 		if !t.retry && !sh.notes.first(t.key) {
@@ -204,6 +198,22 @@ func (s *Scheduler) head(ctx context.Context, shard string) (time.Time, error) {
 	return time.UnixMilli(int64(zs[0].Score)), nil
 }
 
+// putBackFired returns timers a reaper round removed but did not hand over
+// (the listener stopped, or released the shard meanwhile) to the index, due
+// now, for whichever listener reaps the shard next.
+func (l *Listener) putBackFired(ctx context.Context, s *Scheduler, fired []firedTimer) {
+	keys := make([]string, len(fired))
+	for j, f := range fired {
+		keys[j] = f.key
+	}
+	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	if err := s.putBack(bctx, keys); err != nil {
+		l.log.Warn("reaped timers not put back in the due index: the catch-up sweep of the next start takes them",
+			"timers", len(keys), "error", err)
+	}
+}
+
 // firedTimer is a timer a reaper round removed from the index because its
 // key expired.
 type firedTimer struct {
@@ -220,12 +230,13 @@ type firedTimer struct {
 // one gets each entry.
 var zremDue = redis.NewScript(`
 local out = {}
+local failing = redis.call('EXISTS', KEYS[2]) == 1
 for i = 2, #ARGV do
   local s = redis.call('ZSCORE', KEYS[1], ARGV[i])
   if s and tonumber(s) <= tonumber(ARGV[1]) then
     redis.call('ZREM', KEYS[1], ARGV[i])
     out[#out + 1] = ARGV[i]
-    out[#out + 1] = redis.call('HGET', KEYS[2], ARGV[i])
+    out[#out + 1] = failing and redis.call('HGET', KEYS[2], ARGV[i])
   end
 end
 return out`)

@@ -45,6 +45,10 @@ type statusJSON struct {
 			Shards []string `json:"shards"`
 		} `json:"listeners"`
 		Sweeper string `json:"sweeper"`
+		Dead    []struct {
+			Key       string `json:"key"`
+			LastError string `json:"last_error"`
+		} `json:"dead"`
 	} `json:"due_index"`
 	Stream struct {
 		On            bool    `json:"on"`
@@ -185,6 +189,37 @@ func TestStatusTellsWhatIsTrue(t *testing.T) {
 	}
 	if code := listen.stop(t); code != 0 {
 		t.Fatalf("listen exit %d", code)
+	}
+
+	// A timer whose handling failed every attempt waits in the dead set:
+	// status lists it and exits 1 until it is re-armed.
+	failing := expiry.NewListener(rs.Client, expiry.HandlerFunc(func(context.Context, expiry.Event) error {
+		return errors.New("the database refused")
+	}), expiry.ListenerConfig{Scheduler: sched, MaxAttempts: 1})
+	lctx, stopFailing := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- failing.Run(lctx) }()
+	if err := sched.Schedule(ctx, "order_pay:999999", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "a dead timer", func() bool { return failing.Stats().Dead == 1 })
+	stopFailing()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	code, s, out = status(t, env)
+	if code != 1 || len(s.Index.Dead) != 1 || s.Index.Dead[0].Key != "order_pay:999999" ||
+		!strings.Contains(s.Index.Dead[0].LastError, "refused") || !strings.Contains(strings.Join(s.Problems, "\n"), "dead set") {
+		t.Fatalf("with a dead timer: exit %d, dead %+v, problems %q; want exit 1 listing it\n%s", code, s.Index.Dead, s.Problems, out)
+	}
+	if code, table := runCmd(t, env, "status"); code != 1 || !strings.Contains(table, "order_pay:999999") {
+		t.Fatalf("status table (exit %d) does not list the dead timer:\n%s", code, table)
+	}
+	if err := sched.Rearm(ctx, "order_pay:999999"); err != nil {
+		t.Fatal(err)
+	}
+	if code, s, _ = status(t, env); len(s.Index.Dead) != 0 {
+		t.Fatalf("re-armed, status still lists %+v", s.Index.Dead)
 	}
 }
 
