@@ -275,12 +275,10 @@ func (s *Scheduler) reapShard(ctx context.Context, shard string, slack time.Dura
 		return ReapResult{}, nil, next, nil
 	}
 	res := ReapResult{Due: len(zs), More: len(zs) == s.batch}
-	deadlines := make(map[string]time.Time, len(zs))
 	ttls := make([]*redis.DurationCmd, len(zs))
 	if _, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, z := range zs {
 			k, _ := z.Member.(string)
-			deadlines[k] = time.UnixMilli(int64(z.Score))
 			ttls[i] = p.PTTL(ctx, k)
 		}
 		return nil
@@ -288,20 +286,21 @@ func (s *Scheduler) reapShard(ctx context.Context, shard string, slack time.Dura
 		return res, nil, next, fmt.Errorf("expiry: reap %s: %w", shard, err)
 	}
 
-	gone := []any{now}
-	expired := map[string]bool{}
+	gone := make([]any, 1, len(zs)+1)
+	gone[0] = now
+	expired := make(map[string]float64, len(zs)) // key → its deadline (index score)
 	var rescore []redis.Z
 	for i, c := range ttls {
 		k, _ := zs[i].Member.(string)
 		switch d := c.Val(); {
 		case d == -2: // gone: expired (by this touch or before)
 			gone = append(gone, k)
-			expired[k] = true
+			expired[k] = zs[i].Score
 		case d == -1: // no TTL any more: no timer
 			gone = append(gone, k)
 		case d >= 0 && slack > 0 && d <= slack: // due by the index; its TTL ends a moment later
 			gone = append(gone, k)
-			expired[k] = true
+			expired[k] = zs[i].Score
 		case d >= 0:
 			at := now + max(d.Milliseconds(), 1)
 			rescore = append(rescore, redis.Z{Score: float64(at), Member: k})
@@ -329,10 +328,11 @@ func (s *Scheduler) reapShard(ctx context.Context, shard string, slack time.Dura
 		for j := 0; j+1 < len(out); j += 2 {
 			k, _ := out[j].(string)
 			res.Gone++
-			if !expired[k] {
+			score, ok := expired[k]
+			if !ok {
 				continue
 			}
-			t := firedTimer{key: k, deadline: deadlines[k]}
+			t := firedTimer{key: k, deadline: time.UnixMilli(int64(score))}
 			if a, ok := out[j+1].(string); ok {
 				t.retry = true
 				t.attempts, _ = strconv.Atoi(a)

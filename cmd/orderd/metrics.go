@@ -113,7 +113,10 @@ func (m *daemonMetrics) watchListener(l *expiry.Listener) {
 	counter("orderd_subscriptions_total", "(Re)subscriptions to Redis; each one runs a catch-up sweep.", func(s expiry.Stats) uint64 { return s.Subscriptions })
 	counter("orderd_reaped_total", "Due timers the reaper removed from the index: expired (each handed to its handler) or left without a TTL.", func(s expiry.Stats) uint64 { return s.Reaped })
 	counter("orderd_events_skipped_total", "Events for keys whose shard another listener holds: that one handles them.", func(s expiry.Stats) uint64 { return s.Skipped })
-	counter("orderd_events_repeated_total", "Events for timers this listener's reaper had handed to the handler already.", func(s expiry.Stats) uint64 { return s.Repeated })
+	counter("orderd_events_repeated_total", "Events for timers handled already (by this listener's reaper, or by the shard's last holder).", func(s expiry.Stats) uint64 { return s.Repeated })
+	counter("orderd_events_parked_total", "Events put in the due index for the next holder of their shard (released, or its holder died).", func(s expiry.Stats) uint64 { return s.Parked })
+	counter("orderd_timers_retried_total", "Timers whose handling failed, set due again in the due index after a delay.", func(s expiry.Stats) uint64 { return s.Retried })
+	counter("orderd_timers_dead_total", "Timers whose handling failed every attempt, moved to the dead set (orderd status lists them).", func(s expiry.Stats) uint64 { return s.Dead })
 	counter("orderd_lease_takeovers_total", "Leases (shards of the due index, the sweep) this listener took: at its start, on a rebalance, or from a listener that left or died.", func(s expiry.Stats) uint64 { return s.Takeovers })
 	gauge := func(name, help string, f func(expiry.Stats) float64) {
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help},
