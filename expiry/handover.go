@@ -57,6 +57,33 @@ type recent struct {
 	cur, old    map[string]int64 // key → when noted (Unix ms)
 	rotated     time.Time
 	settleUntil time.Time
+	// gone are the notes forgotten lately (seen twice), for goneKept: the
+	// handover record names them too, since another listener may read the
+	// same event later than this one did (its subscription lags), after it
+	// took the shard.
+	gone []goneNote
+}
+
+type goneNote struct {
+	key string
+	at  time.Time
+}
+
+// Bounds of the forgotten notes a handover record names.
+const (
+	goneKept = 5 * time.Second
+	goneMax  = 200000
+)
+
+// forgetSeen forgets the note of key, seen twice, keeping it for the
+// handover record a while.
+func (r *recent) forgetSeen(m map[string]int64, key string, now time.Time) {
+	delete(m, key)
+	drop := 0
+	for drop < len(r.gone) && (now.Sub(r.gone[drop].at) > goneKept || len(r.gone)-drop >= goneMax) {
+		drop++
+	}
+	r.gone = append(r.gone[drop:], goneNote{key, now})
 }
 
 // settleFor is how long a shard settles after changing hands.
@@ -85,13 +112,13 @@ func (r *recent) first(key string) bool {
 	keep := now.Before(r.settleUntil)
 	if _, ok := r.cur[key]; ok {
 		if !keep {
-			delete(r.cur, key)
+			r.forgetSeen(r.cur, key, now)
 		}
 		return false
 	}
 	if _, ok := r.old[key]; ok {
 		if !keep {
-			delete(r.old, key)
+			r.forgetSeen(r.old, key, now)
 		}
 		return false
 	}
@@ -131,13 +158,19 @@ func (r *recent) load(keys []string) {
 func (r *recent) recent() []any {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	since := time.Now().Add(-recordKept).UnixMilli()
+	now := time.Now()
+	since := now.Add(-recordKept).UnixMilli()
 	var out []any
 	for _, m := range []map[string]int64{r.cur, r.old} {
 		for k, at := range m {
 			if at >= since {
 				out = append(out, k)
 			}
+		}
+	}
+	for _, g := range r.gone {
+		if now.Sub(g.at) <= goneKept {
+			out = append(out, g.key)
 		}
 	}
 	return out
@@ -250,13 +283,14 @@ func (p *parker) drain(ctx context.Context, queue chan<- Event) {
 		break
 	}
 	if len(batch) > 0 {
-		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		defer cancel()
-		p.parkBatch(bctx, queue, batch)
+		p.parkBatch(ctx, queue, batch)
 	}
 }
 
 func (p *parker) parkBatch(ctx context.Context, queue chan<- Event, batch []parkReq) {
+	// What was asked is parked even when the listener stops meanwhile.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
 	byShard := map[int][]any{}
 	for _, r := range batch {
 		byShard[r.shard] = append(byShard[r.shard], r.key)

@@ -103,6 +103,10 @@ type leaseKeeper struct {
 	shards []*shardState
 	// onDead is told the shards a listener held when its heartbeat lapsed.
 	onDead func(holder string, shards []int)
+	// canJoin says whether this listener hears every node: until then it
+	// reads the leases (to route the events it hears) but takes no share,
+	// so that no shard is handed to a listener that cannot hear its events.
+	canJoin func() bool
 
 	kick      chan struct{}
 	handedOff chan struct{} // closed when, stopped, it released its leases and others took them
@@ -265,7 +269,7 @@ func (k *leaseKeeper) run(ctx context.Context) {
 // then read the leases again.
 func (k *leaseKeeper) round(ctx context.Context) (moved bool, err error) {
 	start := time.Now()
-	standby := k.standby.Load()
+	standby := k.standby.Load() || (k.canJoin != nil && !k.canJoin())
 	reread := k.reread.Swap(false)
 	ttl := strconv.FormatInt(k.ttl.Milliseconds(), 10)
 	if standby {
@@ -550,7 +554,7 @@ func (k *leaseKeeper) stop() {
 	if err == nil {
 		k.client.Publish(ctx, k.channel, k.id)
 		if others {
-			k.waitTaken(held, min(2*k.interval, 2*time.Second))
+			k.waitTaken(held, k.ttl)
 		}
 	} else {
 		k.log.Warn("leases not released: the others take them when the heartbeat lapses", "error", err, "lease_ttl", k.ttl)
@@ -565,6 +569,10 @@ func (k *leaseKeeper) stop() {
 	k.mu.Unlock()
 	k.report()
 }
+
+// takenGrace is how long a stopping listener still hears once its shards
+// were taken.
+const takenGrace = 200 * time.Millisecond
 
 // waitTaken polls the leases of items until each is held by another
 // listener, for at most d.
@@ -587,6 +595,13 @@ func (k *leaseKeeper) waitTaken(items []int, d time.Duration) {
 			taken = taken && g.Val() != "" && g.Val() != k.id
 		}
 		if taken {
+			// A taker holds by Redis a moment before it knows it: hear for
+			// that moment more. (What it handles meanwhile and this one
+			// parks, its notes tell apart.)
+			select {
+			case <-ctx.Done():
+			case <-time.After(takenGrace):
+			}
 			return
 		}
 		select {

@@ -487,6 +487,7 @@ func (l *Listener) startLeases(ctx context.Context, hooks *hookRunner, sweepKick
 	}
 	k := newLeaseKeeper(l.client, s, l.cfg.ID, l.cfg.LeaseTTL, l.cfg.LeaseInterval, l.log, l.shards)
 	k.onDead = l.parkSkipped
+	k.canJoin = func() bool { sub := l.sub.Load(); return sub != nil && sub.subscribed() }
 	sweeping := false
 	k.onChange = func(held []string, sweeps bool) {
 		l.log.Info("shards held", "listener", l.cfg.ID, "shards", held, "sweep", sweeps, "listeners", k.liveListeners())

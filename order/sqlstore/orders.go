@@ -109,50 +109,6 @@ func (s *Store) ListSKUs(ctx context.Context) ([]order.SKU, error) {
 	return out, nil
 }
 
-// Create takes the stock and inserts the order, in one transaction. The SKU
-// row, locked by the stock update, serialises buyers of one SKU, so the
-// per-user limit check cannot race.
-func (s *Store) Create(ctx context.Context, o *order.Order) error {
-	return s.tx(ctx, func(tx *sqlx.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE skus SET available = available - ? WHERE sku = ? AND available >= ?`, o.Qty, o.SKU, o.Qty)
-		if err != nil {
-			return fmt.Errorf("sqlstore: take stock: %w", err)
-		}
-		var k skuRow
-		if err := tx.GetContext(ctx, &k, `SELECT sku, name, price_cents, available, limit_per_user FROM skus WHERE sku = ?`, o.SKU); err != nil {
-			if errors.Is(err, sql.ErrNoRows) {
-				return order.Errorf(order.CodeNotFound, "sku %d not found", o.SKU)
-			}
-			return err
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return order.ErrSoldOut
-		}
-		if k.LimitPerUser > 0 {
-			var held int64
-			if err := tx.GetContext(ctx, &held, `SELECT COALESCE(SUM(qty), 0) FROM orders
-				WHERE user_id = ? AND sku = ? AND status IN ('pending', 'paid', 'shipped', 'completed')`, o.UserID, o.SKU); err != nil {
-				return err
-			}
-			if held+o.Qty > k.LimitPerUser {
-				return order.ErrLimitExceeded
-			}
-		}
-		o.AmountCents = k.PriceCents * o.Qty
-		res, err = tx.ExecContext(ctx, `INSERT INTO orders (user_id, sku, qty, amount_cents, status, created_at, pay_deadline, auto_confirmed)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, o.UserID, o.SKU, o.Qty, o.AmountCents, order.Pending, ms(o.CreatedAt), ms(o.PayDeadline), false)
-		if err != nil {
-			return fmt.Errorf("sqlstore: insert order: %w", err)
-		}
-		if o.ID, err = res.LastInsertId(); err != nil {
-			return err
-		}
-		o.Status = order.Pending
-		return s.recordChanges(ctx, tx, []orderRow{{ID: o.ID, UserID: o.UserID, SKU: o.SKU, Qty: o.Qty}},
-			"", order.Pending, ms(o.CreatedAt), order.SourceRequest)
-	})
-}
-
 // Get returns one order or order.ErrNotFound.
 func (s *Store) Get(ctx context.Context, id int64) (order.Order, error) {
 	return s.get(ctx, s.db, id)

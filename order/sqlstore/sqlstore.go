@@ -35,7 +35,8 @@ type Store struct {
 	// skipLocked: the server has SELECT … FOR UPDATE SKIP LOCKED
 	// (MariaDB 10.6+, MySQL 8).
 	skipLocked bool
-	server     string // VERSION(), on MySQL/MariaDB
+	server     string  // VERSION(), on MySQL/MariaDB
+	creates    creates // orders waiting for a creation of their SKU (create.go)
 }
 
 // Options tune a Store to the process that opens it.
