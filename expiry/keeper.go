@@ -117,13 +117,13 @@ type leaseKeeper struct {
 	standby   atomic.Bool // hold nothing and stay out of the assignment (SetStandby)
 	takeovers atomic.Uint64
 
-	mu        sync.Mutex
-	holders   []string    // per item, as last read; "" when free
-	heldUntil []time.Time // per item: until when our lease surely holds
-	released  []bool      // per item: we gave our lease up (not lost it) lately, or at stop
-	seen      time.Time   // when the last round succeeded
-	read      time.Time   // when the leases were last read
-	live      []string    // live listeners, sorted, as last seen
+	mu        sync.RWMutex // read by every event's routing and every fence check
+	holders   []string     // per item, as last read; "" when free
+	heldUntil []time.Time  // per item: until when our lease surely holds
+	released  []bool       // per item: we gave our lease up (not lost it) lately, or at stop
+	seen      time.Time    // when the last round succeeded
+	read      time.Time    // when the leases were last read
+	live      []string     // live listeners, sorted, as last seen
 	liveSet   map[string]bool
 	dead      map[string]bool // lapsed heartbeats seen, so that each is told once
 	changed   chan struct{}   // closed when what we hold changes
@@ -150,15 +150,15 @@ func (k *leaseKeeper) sweepItem() int { return len(k.items) - 1 }
 
 // holds reports whether this listener holds item i now.
 func (k *leaseKeeper) holds(i int) bool {
-	k.mu.Lock()
-	defer k.mu.Unlock()
+	k.mu.RLock()
+	defer k.mu.RUnlock()
 	return time.Now().Before(k.heldUntil[i])
 }
 
 // route says what to do with the event of a key of shard i.
 func (k *leaseKeeper) route(i int) route {
-	k.mu.Lock()
-	defer k.mu.Unlock()
+	k.mu.RLock()
+	defer k.mu.RUnlock()
 	now := time.Now()
 	switch h := k.holders[i]; {
 	case now.Before(k.heldUntil[i]), now.Sub(k.seen) > k.ttl: // ours, or no view to go by: handle rather than lose
@@ -180,8 +180,8 @@ func (k *leaseKeeper) route(i int) route {
 // heartbeat lapsed (a listener that was frozen, or cut off from Redis) and a
 // stale view say no.
 func (k *leaseKeeper) surely(i int) bool {
-	k.mu.Lock()
-	defer k.mu.Unlock()
+	k.mu.RLock()
+	defer k.mu.RUnlock()
 	now := time.Now()
 	if now.Before(k.heldUntil[i]) || k.released[i] {
 		return true
@@ -198,15 +198,15 @@ func (k *leaseKeeper) changes() <-chan struct{} {
 
 // liveListeners returns how many live listeners the last round saw.
 func (k *leaseKeeper) liveListeners() int {
-	k.mu.Lock()
-	defer k.mu.Unlock()
+	k.mu.RLock()
+	defer k.mu.RUnlock()
 	return len(k.live)
 }
 
 // held returns the shards this listener holds and whether it holds the sweep.
 func (k *leaseKeeper) held() (shards []string, sweeps bool) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
+	k.mu.RLock()
+	defer k.mu.RUnlock()
 	now := time.Now()
 	for i, it := range k.items[:k.sweepItem()] {
 		if now.Before(k.heldUntil[i]) {

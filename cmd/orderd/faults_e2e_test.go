@@ -3,6 +3,7 @@ package main_test
 import (
 	"context"
 	"net/url"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -49,15 +50,24 @@ func TestListenerFrozenMidBurst(t *testing.T) {
 	left := rs.count(t, order.Pending)
 
 	// The server ends a transaction the frozen listener left open (2 s idle).
-	testkit.WaitFor(t, freeze-time.Second, "no transaction on the test's database open for over 3 s", func() bool {
-		var n int
-		if err := rs.st.DB().Get(&n, `SELECT COUNT(*) FROM information_schema.innodb_trx t
+	var open []string // what the transactions open for over 3 s are doing, when the wait fails
+	for {
+		open = open[:0]
+		if err := rs.st.DB().Select(&open, `SELECT CONCAT(t.trx_state, ' since ', t.trx_started, ', ', p.host, ' ', p.command, ' ', p.time, ' s, ', t.trx_rows_locked, ' rows locked: ', COALESCE(p.info, ''))
+			FROM information_schema.innodb_trx t
 			JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id
 			WHERE p.db = DATABASE() AND t.trx_started < NOW() - INTERVAL 3 SECOND`); err != nil {
 			t.Fatal(err)
 		}
-		return n == 0 && time.Since(frozenAt) > 3*time.Second
-	})
+		if len(open) == 0 && time.Since(frozenAt) > 3*time.Second {
+			break
+		}
+		if time.Since(frozenAt) > testkit.Scale(freeze-time.Second) {
+			ss, _ := exec.Command("ss", "-tnp").Output()
+			t.Fatalf("transactions on the test's database still open for over 3 s, %v after the freeze: %q\n%s", time.Since(frozenAt), open, ss)
+		}
+		time.Sleep(5 * time.Millisecond) // polling
+	}
 	testkit.WaitFor(t, time.Until(frozenAt.Add(freeze)), "every order expired while the listener is frozen", func() bool {
 		return rs.count(t, order.Pending) == 0
 	})

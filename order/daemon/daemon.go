@@ -255,9 +255,15 @@ func (d *Daemon) fence(prefix string, ids []int64) error {
 		return nil
 	}
 	p := d.svc.Keys().Prefix + prefix
+	sched := d.cfg.Listener.Scheduler
+	checked := map[int]bool{} // one look per shard, not per order
 	for _, id := range ids {
-		if key := p + strconv.FormatInt(id, 10); !d.Surely(key) {
-			return fmt.Errorf("the shard of %s is no longer surely this daemon's", key)
+		key := p + strconv.FormatInt(id, 10)
+		if n := sched.ShardOf(key); !checked[n] {
+			if !d.Surely(key) {
+				return fmt.Errorf("the shard of %s is no longer surely this daemon's", key)
+			}
+			checked[n] = true
 		}
 	}
 	return nil
