@@ -105,9 +105,8 @@ func TestSchedulerTimersListsByDeadline(t *testing.T) {
 }
 
 // A reaper sleeps until the next deadline it knows of, however long its
-// fallback pause: a timer scheduled meanwhile wakes it, and fires at its
-// deadline (the reaper hands it over, with Event.Deadline), not when Redis
-// happens to notice the key.
+// fallback pause: a timer scheduled meanwhile wakes it, and it reaps the
+// timer at its deadline, not a fallback pause later.
 func TestReaperWokenBySchedule(t *testing.T) {
 	rdb := setup(t)
 	ctx := context.Background()
@@ -122,13 +121,26 @@ func TestReaperWokenBySchedule(t *testing.T) {
 	if err := sched.Schedule(ctx, "w:1", deadline); err != nil {
 		t.Fatal(err)
 	}
+	// The reaper wakes at the deadline, when the key has a millisecond or
+	// so of its TTL left: on a loaded machine its timer can fire after
+	// Redis expired the key, and then the key's event comes first. Either
+	// way the timer is handled once; what shows the wake is that the reaper
+	// looked long before its fallback minute.
 	select {
 	case ev := <-got:
-		if ev.Key != "1" || ev.Deadline.UnixMilli() != deadline.UnixMilli() {
-			t.Fatalf("handled %+v, want w:1 handed over by the reaper at %v", ev, deadline)
+		if ev.Key != "1" || (!ev.Deadline.IsZero() && ev.Deadline.UnixMilli() != deadline.UnixMilli()) {
+			t.Fatalf("handled %+v, want w:1 with deadline %v", ev, deadline)
 		}
-		t.Logf("handled %v after its deadline", ev.Received.Sub(deadline))
+		t.Logf("handled %v after its deadline (reaper: %v)", ev.Received.Sub(deadline), !ev.Deadline.IsZero())
 	case <-time.After(testkit.Scale(20 * time.Second)):
 		t.Fatal("the timer never fired")
+	}
+	testkit.WaitFor(t, 10*time.Second, "the reaper woken before its fallback minute", func() bool {
+		return l.Stats().Reaped == 1 && rdb.ZCard(ctx, sched.Shards()[sched.ShardOf("w:1")]).Val() == 0
+	})
+	select {
+	case ev := <-got:
+		t.Fatalf("handled twice: %+v", ev)
+	default:
 	}
 }
