@@ -12,8 +12,9 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// The reaper of a shard sleeps until the shard's earliest deadline, reaps
-// what is due, and sleeps again. A Scheduler that sets a timer due sooner
+// The reaper of a shard sleeps until just before the shard's earliest
+// deadline (reapLead), reads what is due, removes and hands it over at the
+// deadline, and sleeps again. A Scheduler that sets a timer due sooner
 // than the reaper would look (within wakeHorizon) says so on the channel
 // "<Index>:wake", and the reaper's plan moves earlier; without a wake it
 // looks at least every ReapInterval (a wake lost with a broken subscription
@@ -114,7 +115,11 @@ func (l *Listener) reap(ctx context.Context, s *Scheduler, k *leaseKeeper, i int
 			}
 		}
 		at, fallback := sh.plan.next()
-		if d := time.Until(at); d > 0 {
+		wakeAt := at
+		if !fallback { // a deadline: read ahead of it (see reapLead)
+			wakeAt = at.Add(-reapLead)
+		}
+		if d := time.Until(wakeAt); d > 0 {
 			timer.Reset(d)
 			select {
 			case <-ctx.Done():
@@ -136,7 +141,7 @@ func (l *Listener) reap(ctx context.Context, s *Scheduler, k *leaseKeeper, i int
 				continue
 			}
 		}
-		res, fired, next, err := s.reapShard(ctx, s.shards[i], reapSlack)
+		res, fired, next, err := s.reapShard(ctx, s.shards[i], reapSlack, at)
 		l.reaped.Add(uint64(res.Gone))
 		// Noted and queued under the shard's lock, so that a release of the
 		// shard names them in its handover record, or comes first: then they
@@ -250,13 +255,37 @@ return out`)
 // expiry; the key's event that follows is a repeat, and skipped.
 const reapSlack = 100 * time.Millisecond
 
+// reapLead is how long before a deadline it knows of a reaper starts its
+// round: it reads the entries due by then and their keys' TTLs ahead of time,
+// and at the deadline only removes them (one round trip, which also checks
+// that none was moved meanwhile) and hands them over. A round reads, touches
+// and removes (three round trips), and the reaper's own wake-up can be late
+// on a busy host: measured, both cost milliseconds at the tail
+// (BENCHMARKS.md, round 4), which the lead takes off a timer's lateness.
+const reapLead = 5 * time.Millisecond
+
+// testHookReadAhead, when set by a test, runs in a round ahead of its
+// deadline once the entries are read, before they are removed.
+var testHookReadAhead func()
+
 // reapShard runs a reaper round over one shard, and returns besides the keys
 // that expired (not those left without a TTL) whose entries this round
 // removed, and the earliest deadline still ahead (zero when none). A key
 // whose TTL ends within slack of now counts as expired.
-func (s *Scheduler) reapShard(ctx context.Context, shard string, slack time.Duration) (ReapResult, []firedTimer, time.Time, error) {
+//
+// With at in the future (a reaper ahead of a deadline, by up to reapLead), the
+// round reads the entries due by at and their keys' TTLs now, waits until
+// at, and only then removes them: a key whose TTL ends within slack of at
+// counts as expired at at. An entry moved later meanwhile (Schedule again)
+// is not removed, nor handed over: the removal checks its deadline.
+func (s *Scheduler) reapShard(ctx context.Context, shard string, slack time.Duration, at time.Time) (ReapResult, []firedTimer, time.Time, error) {
 	now := time.Now().UnixMilli()
-	nowS := strconv.FormatInt(now, 10)
+	var lead int64 // ms until at: the round's moment is now+lead
+	if !at.IsZero() {
+		lead = max(at.UnixMilli()-now, 0)
+	}
+	upTo := now + lead
+	nowS := strconv.FormatInt(upTo, 10)
 	var due, ahead *redis.ZSliceCmd
 	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		due = p.ZRangeByScoreWithScores(ctx, shard, &redis.ZRangeBy{Min: "-inf", Max: nowS, Count: int64(s.batch)})
@@ -287,7 +316,7 @@ func (s *Scheduler) reapShard(ctx context.Context, shard string, slack time.Dura
 	}
 
 	gone := make([]any, 1, len(zs)+1)
-	gone[0] = now
+	gone[0] = upTo
 	expired := make(map[string]float64, len(zs)) // key → its deadline (index score)
 	var rescore []redis.Z
 	for i, c := range ttls {
@@ -298,7 +327,7 @@ func (s *Scheduler) reapShard(ctx context.Context, shard string, slack time.Dura
 			expired[k] = zs[i].Score
 		case d == -1: // no TTL any more: no timer
 			gone = append(gone, k)
-		case d >= 0 && slack > 0 && d <= slack: // due by the index; its TTL ends a moment later
+		case d >= 0 && slack > 0 && d.Milliseconds() <= lead+slack.Milliseconds(): // due by the index; its TTL ends a moment later
 			gone = append(gone, k)
 			expired[k] = zs[i].Score
 		case d >= 0:
@@ -307,6 +336,18 @@ func (s *Scheduler) reapShard(ctx context.Context, shard string, slack time.Dura
 			if t := time.UnixMilli(at); next.IsZero() || t.Before(next) {
 				next = t
 			}
+		}
+	}
+	if lead > 0 && len(gone) > 1 { // the entries are read: remove them at at, not before
+		if testHookReadAhead != nil {
+			testHookReadAhead()
+		}
+		t := time.NewTimer(time.Until(time.UnixMilli(upTo)))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return res, nil, next, ctx.Err()
+		case <-t.C:
 		}
 	}
 	var removed *redis.Cmd

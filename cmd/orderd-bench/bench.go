@@ -75,6 +75,9 @@ type result struct {
 	// transition in the stream); 0 when the stream is off.
 	StreamEntries int64   `json:"stream_entries"`
 	StreamS       float64 `json:"stream_caught_up_s,omitempty"`
+	// Host is what the machine gave any program meanwhile (steady and
+	// traffic): Redis's answer to a PING, a 10 ms sleep's lateness.
+	Host *probeResult `json:"host,omitempty"`
 }
 
 type report struct {
@@ -266,6 +269,11 @@ func runOne(ctx context.Context, c config, rdb redis.UniversalClient, scenario, 
 	cpu0, cpuFrom := readCPU(ctx, rdb, pids), false // read again at the first deadline
 
 	// Wait until every order is handled, or the mode's time is up.
+	var probe func() probeResult
+	if scenario == "steady" {
+		probe = startProbe(ctx, rdb)
+		defer probe()
+	}
 	last := deadline(n - 1)
 	limit := last.Add(c.naiveWait)
 	if mode == "orderd" {
@@ -295,6 +303,10 @@ func runOne(ctx context.Context, c config, rdb redis.UniversalClient, scenario, 
 			return res, ctx.Err()
 		case <-time.After(100 * time.Millisecond):
 		}
+	}
+	if probe != nil {
+		h := probe()
+		res.Host = &h
 	}
 	if mode == "orderd" {
 		if res.StreamS, err = streamCaughtUp(ctx, store, start); err != nil {

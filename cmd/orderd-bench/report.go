@@ -39,6 +39,13 @@ func (r *report) print(w io.Writer) {
 	}
 	tw.Flush()
 	for _, x := range r.Results {
+		if h := x.Host; h != nil {
+			fmt.Fprintf(w, "\n%s: meanwhile Redis answered a PING in p50 %.1f / p99 %.1f / max %.1f ms, and a 10 ms sleep woke late by p99 %.1f / max %.1f ms",
+				x.Scenario, h.PingP50ms, h.PingP99ms, h.PingMaxMs, h.WakeP99ms, h.WakeMaxMs)
+		}
+	}
+	fmt.Fprintln(w)
+	for _, x := range r.Results {
 		if x.Scenario == "idle" {
 			fmt.Fprintf(w, "\nidle: an `orderd listen` with nothing to do sends %.0f Redis commands per second\n", x.IdleCommandsPerS)
 		}

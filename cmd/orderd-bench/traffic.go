@@ -71,6 +71,8 @@ func runTraffic(ctx context.Context, c config, rdb redis.UniversalClient) (resul
 		return res, err
 	}
 	cpu0 := readCPU(ctx, rdb, []int{d.cmd.Process.Pid})
+	probe := startProbe(ctx, rdb)
+	defer probe()
 	created, failed, first, err := createOrders(ctx, "http://"+addr, c.rate, c.duration)
 	if err != nil {
 		return res, err
@@ -91,6 +93,8 @@ func runTraffic(ctx context.Context, c config, rdb redis.UniversalClient) (resul
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+	h := probe()
+	res.Host = &h
 	tx1, err := transactions(ctx, store)
 	if err != nil {
 		return res, err

@@ -135,6 +135,9 @@ func (s *Store) createMany(batch []*createReq) error {
 			}
 			rows[i] = orderRow{ID: id, UserID: o.UserID, SKU: o.SKU, Qty: o.Qty}
 		}
+		if err := s.recordCreated(ctx, tx, batch, rows); err != nil { // before the stock too
+			return err
+		}
 		res, err := tx.ExecContext(ctx, `UPDATE skus SET available = available - ? WHERE sku = ? AND available >= ?`, total, sku, total)
 		if err != nil {
 			return fmt.Errorf("sqlstore: take stock: %w", err)
@@ -146,9 +149,6 @@ func (s *Store) createMany(batch []*createReq) error {
 			if err := s.checkLimits(ctx, tx, sku, k.LimitPerUser, batch); err != nil {
 				return err
 			}
-		}
-		if err := s.recordCreated(ctx, tx, batch, rows); err != nil {
-			return err
 		}
 		for i, r := range batch {
 			r.o.ID, r.o.Status = rows[i].ID, order.Pending

@@ -329,13 +329,13 @@ func (s *Store) moveDue(ctx context.Context, ids []int64, now time.Time, source 
 		if n, _ := res.RowsAffected(); n != int64(len(due)) { // they are locked: none may escape
 			return fmt.Errorf("sqlstore: moved %d of %d locked orders", n, len(due))
 		}
-		if m.after != nil {
+		if err := s.recordChanges(ctx, tx, due, m.from, m.to, nowMS, source); err != nil {
+			return err
+		}
+		if m.after != nil { // last: it may lock a hot row (a SKU's), held until the commit
 			if err := m.after(tx, due); err != nil {
 				return err
 			}
-		}
-		if err := s.recordChanges(ctx, tx, due, m.from, m.to, nowMS, source); err != nil {
-			return err
 		}
 		return order.CheckFence(ctx)
 	})
@@ -372,8 +372,10 @@ func (s *Store) busy(ctx context.Context, tx *sqlx.Tx, ids []int64, got []orderR
 
 // Expire expires the due pending orders of ids and gives their stock back,
 // set-based, in one transaction: the orders are locked, moved by one UPDATE,
-// and each SKU's stock is given back by one UPDATE, SKUs in ascending order
-// (so that concurrent batches never deadlock on them).
+// recorded, and last each SKU's stock is given back by one UPDATE, SKUs in
+// ascending order (so that concurrent batches never deadlock on them). Last,
+// because a flash sale's SKU row is what every creation and expiry of it
+// waits for: it is held only until the commit.
 func (s *Store) Expire(ctx context.Context, ids []int64, now time.Time, source string) (order.Moves, error) {
 	return s.moveDue(ctx, ids, now, source, deadlineMove{
 		from:     order.Pending,
