@@ -44,10 +44,10 @@
 //
 // A Scheduler fixes the lateness: it writes the TTL key together with an entry
 // in a due index (sharded sorted sets), and a Listener given the Scheduler
-// reaps the index: a reaper per shard sleeps until the shard's earliest
-// deadline, touches the keys due so that Redis expires and announces them at
-// once, and hands each to the handler itself (Event.Deadline says when it was
-// due). Scheduling a timer sooner than a reaper would look wakes it (a message
+// reaps the index: a reaper per shard sleeps until just before the shard's
+// earliest deadline, touches the keys due so that Redis expires and announces
+// them at once, and at the deadline hands each to the handler itself
+// (Event.Deadline says when it was due). Scheduling a timer sooner than a reaper would look wakes it (a message
 // on "<Index>:wake"); without one it looks every ReapInterval (10 s), so an
 // idle listener costs Redis a few commands a second in all.
 //
