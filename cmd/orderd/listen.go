@@ -47,6 +47,7 @@ sweep the database at start-up, after every reconnect and every
 	f.IntVar(&o.Workers, "workers", 2048, "concurrent expiry handlers (bounds the orders in flight)")
 	f.IntVar(&o.BatchMax, "batch-max", 500, "most orders applied in one transaction (1: one transaction per order)")
 	f.BoolVar(&o.Reaper, "reaper", true, "touch due timers so Redis announces them at once (false: wait for Redis to notice)")
+	addConfigFlag(cmd, g)
 	return cmd
 }
 
@@ -75,6 +76,9 @@ func checkNotify(ctx context.Context, o *listenOptions, d *deps) error {
 }
 
 func runListen(ctx context.Context, o *listenOptions) error {
+	if o.config != nil && len(o.config.timers) > 0 {
+		return usageErrorf("config %s: timers: this version of orderd runs the built-in pay-timeout and auto-confirm timers only, not timers on your own tables", o.config.path)
+	}
 	if o.Workers <= 0 {
 		return usageErrorf("--workers must be positive, not %d", o.Workers)
 	}

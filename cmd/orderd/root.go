@@ -34,9 +34,12 @@ type globalOptions struct {
 	JWTSecret         string
 	LogFormat         string
 	LogLevel          string
+	// Config is the configuration file (listen and status; config.go).
+	Config string
 
-	redis redisTarget
-	log   *zap.Logger
+	config *configFile // read from Config, when set
+	redis  redisTarget
+	log    *zap.Logger
 }
 
 // newRootCmd returns the command tree and the options it fills in (whose
@@ -82,7 +85,8 @@ on the command line wins.`,
 	return root, opts
 }
 
-// complete reads the environment for flags not given, then checks them.
+// complete reads the environment, then the configuration file, for flags
+// not given, then checks them.
 func (o *globalOptions) complete(cmd *cobra.Command) error {
 	var envErr error
 	cmd.Flags().VisitAll(func(f *pflag.Flag) {
@@ -98,6 +102,16 @@ func (o *globalOptions) complete(cmd *cobra.Command) error {
 	})
 	if envErr != nil {
 		return envErr
+	}
+	if o.Config != "" {
+		cf, err := loadConfig(o.Config, configKeys(cmd.Root()))
+		if err != nil {
+			return usageErrorf("%v", err)
+		}
+		if err := cf.apply(cmd); err != nil {
+			return usageErrorf("%v", err)
+		}
+		o.config = cf
 	}
 	var err error
 	if o.redis, err = parseRedisURL(o.RedisURL); err != nil {

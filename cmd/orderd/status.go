@@ -43,11 +43,15 @@ minute), so that it can serve as a check in scripts.`,
 			if o.Next < 0 {
 				return usageErrorf("--next must not be negative, not %d", o.Next)
 			}
+			if o.config != nil && len(o.config.timers) > 0 {
+				return usageErrorf("config %s: timers: this version of orderd shows the built-in timers only, not timers on your own tables", o.config.path)
+			}
 			return runtimeError(runStatus(cmd.Context(), o, cmd.OutOrStdout()))
 		},
 	}
 	cmd.Flags().BoolVar(&o.JSON, "json", false, "print JSON (for scripts) instead of a table")
 	cmd.Flags().IntVar(&o.Next, "next", 5, "how many of the next deadlines to show")
+	addConfigFlag(cmd, g)
 	return cmd
 }
 
