@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -122,5 +123,30 @@ func TestConfigFileErrors(t *testing.T) {
 func TestPlaceholdersInQuotes(t *testing.T) {
 	if err := checkPlaceholders("SELECT id FROM t WHERE id IN (:ids) AND at > '2026-01-01 10:00:00' AND `a:b` = 1", "ids"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The example file loads, with its secret from the environment, and every
+// commented-out setting is valid too.
+func TestConfigExample(t *testing.T) {
+	raw, err := os.ReadFile("../../systemd/orderd.yaml.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	setting := regexp.MustCompile(`^# ([a-z_]+: .*\n?)$`)
+	var text strings.Builder
+	for line := range strings.Lines(string(raw)) {
+		if m := setting.FindStringSubmatch(line); m != nil {
+			line = m[1] // a setting switched on
+		}
+		text.WriteString(line)
+	}
+	t.Setenv("ORDERD_DB_PASSWORD", "s3cret")
+	o, err := completeListen(t, "--config", writeConfig(t, text.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.DB != "mysql://orderd:s3cret@127.0.0.1:3306/orderd" || o.KeyPrefix != "laravel_database_laravel_cache_:" {
+		t.Fatalf("db %q, key prefix %q", o.DB, o.KeyPrefix)
 	}
 }
