@@ -121,6 +121,7 @@ type leaseKeeper struct {
 	holders   []string     // per item, as last read; "" when free
 	heldUntil []time.Time  // per item: until when our lease surely holds
 	released  []bool       // per item: we gave our lease up (not lost it) lately, or at stop
+	parkUntil []time.Time  // per item: released by us and seen taken; we still park its events until then (handoverOverlap)
 	seen      time.Time    // when the last round succeeded
 	read      time.Time    // when the leases were last read
 	live      []string     // live listeners, sorted, as last seen
@@ -143,8 +144,17 @@ func newLeaseKeeper(client redis.UniversalClient, s *Scheduler, id string, ttl, 
 	k.holders = make([]string, len(k.items))
 	k.heldUntil = make([]time.Time, len(k.items))
 	k.released = make([]bool, len(k.items))
+	k.parkUntil = make([]time.Time, len(k.items))
 	return k
 }
+
+// handoverOverlap is how long a listener that released a shard goes on
+// parking its events after it saw another take it. The taker routes the
+// shard's events to itself only once its own take has returned, and the
+// releaser may read the lease a moment before that: without the overlap an
+// event heard in between is skipped by both. A parked event the taker
+// handled too is noted there, and its reaper skips it.
+const handoverOverlap = 100 * time.Millisecond
 
 func (k *leaseKeeper) sweepItem() int { return len(k.items) - 1 }
 
@@ -166,6 +176,8 @@ func (k *leaseKeeper) route(i int) route {
 	case h == "" && k.released[i]: // we released it and it is not taken yet: we still hear for it
 		return routePark
 	case h == k.id, k.dead[h]: // its holder's heartbeat lapsed (ours too: being read again)
+		return routePark
+	case now.Before(k.parkUntil[i]): // we released it and it was just taken: its taker may not route it to itself yet
 		return routePark
 	default: // a live holder hears it; a shard released by another is that one's to park
 		return routeTheirs
@@ -404,6 +416,9 @@ func (k *leaseKeeper) claim(ctx context.Context, start time.Time, live []string)
 			k.heldUntil[i] = time.Time{}
 		}
 		if h != "" {
+			if k.released[i] && h != k.id {
+				k.parkUntil[i] = time.Now().Add(handoverOverlap)
+			}
 			k.released[i] = false // a lease handed over and taken: what was queued then is done or dropped by now
 		}
 	}

@@ -135,9 +135,12 @@ func TestReplicasShareTheWork(t *testing.T) {
 		s := l.Stats()
 		skipped, repeated, reaped = skipped+s.Skipped, repeated+s.Repeated, reaped+s.Reaped
 	}
-	if skipped != 2*(timers+plain) || reaped < timers-repeated {
-		t.Errorf("skipped %d events (want %d: two listeners of three skip each), reaped %d, repeated %d",
-			skipped, 2*(timers+plain), reaped, repeated)
+	// Two listeners of three skip each event, but a listener that released a
+	// shard moments before parks its events instead, for a moment
+	// (handoverOverlap): this burst falls due right after the spread.
+	if skipped > 2*(timers+plain) || skipped < timers+plain || reaped < timers-repeated {
+		t.Errorf("skipped %d events (want at most %d: two listeners of three skip each, and at least %d), reaped %d, repeated %d",
+			skipped, 2*(timers+plain), timers+plain, reaped, repeated)
 	}
 	t.Logf("by listener %v; events skipped %d, repeated after a reap %d; timers reaped %d", r.byID, skipped, repeated, reaped)
 }
