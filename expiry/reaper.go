@@ -285,11 +285,11 @@ func (s *Scheduler) reapShard(ctx context.Context, shard string, slack time.Dura
 		lead = max(at.UnixMilli()-now, 0)
 	}
 	upTo := now + lead
-	nowS := strconv.FormatInt(upTo, 10)
+	upToS := strconv.FormatInt(upTo, 10)
 	var due, ahead *redis.ZSliceCmd
 	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		due = p.ZRangeByScoreWithScores(ctx, shard, &redis.ZRangeBy{Min: "-inf", Max: nowS, Count: int64(s.batch)})
-		ahead = p.ZRangeByScoreWithScores(ctx, shard, &redis.ZRangeBy{Min: "(" + nowS, Max: "+inf", Count: 1})
+		due = p.ZRangeByScoreWithScores(ctx, shard, &redis.ZRangeBy{Min: "-inf", Max: upToS, Count: int64(s.batch)})
+		ahead = p.ZRangeByScoreWithScores(ctx, shard, &redis.ZRangeBy{Min: "(" + upToS, Max: "+inf", Count: 1})
 		return nil
 	})
 	if err != nil {
