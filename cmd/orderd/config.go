@@ -10,6 +10,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/orderd/orderd/sqltimer"
 )
 
 // The configuration file (--config, ORDERD_CONFIG) holds what the flags hold,
@@ -50,9 +52,8 @@ type webhookConfig struct {
 }
 
 var (
-	envRef         = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
-	timerName      = regexp.MustCompile(`^[a-z0-9_]+$`)
-	sqlPlaceholder = regexp.MustCompile(`:([A-Za-z_][A-Za-z0-9_]*)`)
+	envRef    = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
+	timerName = regexp.MustCompile(`^[a-z0-9_]+$`)
 )
 
 // loadConfig reads the configuration file at path. known tells whether a
@@ -207,44 +208,15 @@ func (t *timerConfig) check() error {
 	stmts := map[string][]string{"claim": {t.Claim}, "apply": t.Apply, "deadline": {t.Deadline}}
 	for what, list := range stmts {
 		for _, s := range list {
-			if err := checkPlaceholders(s, "ids"); err != nil {
+			if err := sqltimer.CheckPlaceholders(s, "ids"); err != nil {
 				return fmt.Errorf("%s: %v", what, err)
 			}
 		}
 	}
-	if err := checkPlaceholders(t.Sweep, "limit"); err != nil {
+	if err := sqltimer.CheckPlaceholders(t.Sweep, "limit"); err != nil {
 		return fmt.Errorf("sweep: %v", err)
 	}
 	return nil
-}
-
-// checkPlaceholders refuses a placeholder of stmt other than :allowed,
-// outside quoted strings.
-func checkPlaceholders(stmt, allowed string) error {
-	for _, m := range sqlPlaceholder.FindAllStringSubmatchIndex(unquoted(stmt), -1) {
-		if name := stmt[m[2]:m[3]]; name != allowed {
-			return fmt.Errorf("placeholder :%s: only :%s is bound here", name, allowed)
-		}
-	}
-	return nil
-}
-
-// unquoted is stmt with what is inside quotes ('…', "…", `…`) blanked, so
-// that a colon in a string or a name is not taken for a placeholder.
-func unquoted(stmt string) string {
-	b := []byte(stmt)
-	var quote byte
-	for i, c := range b {
-		switch {
-		case quote == 0 && (c == '\'' || c == '"' || c == '`'):
-			quote = c
-		case quote != 0 && c == quote:
-			quote = 0
-		case quote != 0:
-			b[i] = ' '
-		}
-	}
-	return string(b)
 }
 
 // apply sets, from the file, every flag of cmd not set on the command line

@@ -119,13 +119,6 @@ func TestConfigFileErrors(t *testing.T) {
 	}
 }
 
-// Quoted text is not searched for placeholders.
-func TestPlaceholdersInQuotes(t *testing.T) {
-	if err := checkPlaceholders("SELECT id FROM t WHERE id IN (:ids) AND at > '2026-01-01 10:00:00' AND `a:b` = 1", "ids"); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // The example file loads, with its secret from the environment, and every
 // commented-out setting is valid too.
 func TestConfigExample(t *testing.T) {

@@ -20,6 +20,7 @@ import (
 	"github.com/pressly/goose/v3"
 	"modernc.org/sqlite" // registers the "sqlite" driver
 
+	"github.com/orderd/orderd/internal/sqlretry"
 	"github.com/orderd/orderd/order"
 )
 
@@ -336,9 +337,8 @@ func (s *Store) tx(ctx context.Context, fn func(*sqlx.Tx) error) error {
 		} else {
 			_ = tx.Rollback()
 		}
-		var me *mysql.MySQLError
-		if attempt < 10 && errors.As(err, &me) && (me.Number == 1213 || me.Number == 1205) {
-			time.Sleep(time.Duration(attempt) * 5 * time.Millisecond)
+		if attempt < sqlretry.MaxAttempts && sqlretry.Transient(err) {
+			time.Sleep(sqlretry.Backoff(attempt + 1))
 			continue
 		}
 		return err
