@@ -248,7 +248,9 @@ func TestCheckNamesTheStatement(t *testing.T) {
 		edit func(*sqltimer.Config)
 		want string
 	}{
-		{func(c *sqltimer.Config) { c.Apply = []string{c.Apply[0], "UPDATE goods SET stok = stok + 1 WHERE id IN (:ids)"} }, "apply[1]"},
+		{func(c *sqltimer.Config) {
+			c.Apply = []string{c.Apply[0], "UPDATE goods SET stok = stok + 1 WHERE id IN (:ids)"}
+		}, "apply[1]"},
 		{func(c *sqltimer.Config) { c.Claim = "SELECT id FROM order WHERE id IN (:ids)" }, "claim"},
 		{func(c *sqltimer.Config) { c.Sweep = "SELECT id FROM orders ORDER BY LIMIT :limit" }, "sweep"},
 		{func(c *sqltimer.Config) { c.Deadline = "SELECT id, left FROM orders WHERE id IN (:ids)" }, "deadline"},
