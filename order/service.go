@@ -512,93 +512,105 @@ func (s *Service) Sweep(ctx context.Context, olderThan time.Duration) (int, erro
 // id: one of several daemons catching up on the events it missed takes the
 // orders whose events were its own.
 func (s *Service) SweepWhere(ctx context.Context, olderThan time.Duration, keep func(Status, int64) bool) (int, error) {
+	total := 0
+	for _, status := range []Status{Pending, Shipped} {
+		var k func(int64) bool
+		if keep != nil {
+			k = func(id int64) bool { return keep(status, id) }
+		}
+		n, err := s.SweepStatus(ctx, status, olderThan, k)
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// SweepStatus is SweepWhere over the orders waiting in status (Pending:
+// their pay timeout; Shipped: their auto-confirm) for which keep (when not
+// nil) returns true, given their id.
+func (s *Service) SweepStatus(ctx context.Context, status Status, olderThan time.Duration, keep func(int64) bool) (int, error) {
+	apply := s.ExpireOrders
+	if status == Shipped {
+		apply = s.CompleteOrders
+	}
 	// A batch in hand finishes even when ctx ends: stopping means taking no
 	// new page, not abandoning a transaction.
 	work := context.WithoutCancel(ctx)
 	var total atomic.Int64
-	for _, step := range []struct {
-		status Status
-		apply  func(context.Context, []int64, string) (Applied, error)
-	}{
-		{Pending, s.ExpireOrders},
-		{Shipped, s.CompleteOrders},
-	} {
-		before := s.now().Add(-olderThan)
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		var firstErr error
-		var busy []int64 // ids other transactions held: tried again at the end
-		fail := func(err error) {
-			mu.Lock()
-			firstErr = cmp.Or(firstErr, err)
-			mu.Unlock()
-		}
-		sem := make(chan struct{}, s.cfg.SweepWorkers)
-		// launch applies ids as one batch, SweepWorkers at a time, and
-		// reports whether to go on.
-		launch := func(ids []int64) bool {
-			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
-				fail(ctx.Err())
-				return false
-			}
-			wg.Go(func() {
-				defer func() { <-sem }()
-				a, err := step.apply(work, ids, SourceSweep)
-				total.Add(int64(a.Moved))
-				if err != nil {
-					fail(err)
-				}
-				mu.Lock()
-				busy = append(busy, a.Busy...)
-				mu.Unlock()
-			})
-			mu.Lock()
-			defer mu.Unlock()
-			return firstErr == nil
-		}
-		var cursor DueCursor
-		var held []int64 // kept, not applied yet: filtered pages fill a batch together
-	pages:
-		for {
-			if err := ctx.Err(); err != nil {
-				fail(err)
-				break
-			}
-			ids, next, err := s.store.Due(ctx, step.status, before, cursor, s.cfg.SweepBatch)
-			if err != nil {
-				fail(cmp.Or(ctx.Err(), err))
-				break
-			}
-			last := len(ids) < s.cfg.SweepBatch
-			if keep != nil {
-				ids = slices.DeleteFunc(ids, func(id int64) bool { return !keep(step.status, id) })
-			}
-			held = append(held, ids...)
-			for len(held) >= s.cfg.SweepBatch || (last && len(held) > 0) {
-				n := min(len(held), s.cfg.SweepBatch)
-				if !launch(held[:n:n]) {
-					break pages
-				}
-				held = held[n:]
-			}
-			if last {
-				break
-			}
-			cursor = next
-		}
-		wg.Wait()
-		if firstErr == nil && len(busy) > 0 {
-			n, err := s.retryBusy(ctx, step.apply, busy)
-			total.Add(int64(n))
-			firstErr = err
-		}
-		if firstErr != nil {
-			return int(total.Load()), firstErr
-		}
+	before := s.now().Add(-olderThan)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	var busy []int64 // ids other transactions held: tried again at the end
+	fail := func(err error) {
+		mu.Lock()
+		firstErr = cmp.Or(firstErr, err)
+		mu.Unlock()
 	}
-	return int(total.Load()), nil
+	sem := make(chan struct{}, s.cfg.SweepWorkers)
+	// launch applies ids as one batch, SweepWorkers at a time, and
+	// reports whether to go on.
+	launch := func(ids []int64) bool {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			fail(ctx.Err())
+			return false
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			a, err := apply(work, ids, SourceSweep)
+			total.Add(int64(a.Moved))
+			if err != nil {
+				fail(err)
+			}
+			mu.Lock()
+			busy = append(busy, a.Busy...)
+			mu.Unlock()
+		})
+		mu.Lock()
+		defer mu.Unlock()
+		return firstErr == nil
+	}
+	var cursor DueCursor
+	var held []int64 // kept, not applied yet: filtered pages fill a batch together
+pages:
+	for {
+		if err := ctx.Err(); err != nil {
+			fail(err)
+			break
+		}
+		ids, next, err := s.store.Due(ctx, status, before, cursor, s.cfg.SweepBatch)
+		if err != nil {
+			fail(cmp.Or(ctx.Err(), err))
+			break
+		}
+		last := len(ids) < s.cfg.SweepBatch
+		if keep != nil {
+			ids = slices.DeleteFunc(ids, func(id int64) bool { return !keep(id) })
+		}
+		held = append(held, ids...)
+		for len(held) >= s.cfg.SweepBatch || (last && len(held) > 0) {
+			n := min(len(held), s.cfg.SweepBatch)
+			if !launch(held[:n:n]) {
+				break pages
+			}
+			held = held[n:]
+		}
+		if last {
+			break
+		}
+		cursor = next
+	}
+	wg.Wait()
+	if firstErr == nil && len(busy) > 0 {
+		n, err := s.retryBusy(ctx, apply, busy)
+		total.Add(int64(n))
+		firstErr = err
+	}
+	return int(total.Load()), firstErr
 }
 
 // busyRetries are the waits before a sweep asks again for the orders

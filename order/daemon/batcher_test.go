@@ -3,19 +3,19 @@ package daemon
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/orderd/orderd/internal/testkit"
-	"github.com/orderd/orderd/order"
 )
 
 // When the leader's apply panics, every member of its batch is released (with
 // an error worth retrying) instead of waiting forever.
 func TestBatcherReleasesMembersWhenApplyPanics(t *testing.T) {
 	entered := make(chan struct{})
-	b := newBatcher(BatchConfig{Max: 100, Wait: 50 * time.Millisecond}, func(context.Context, []int64, string) (order.Applied, error) {
+	b := newBatcher(BatchConfig{Max: 100, Wait: 50 * time.Millisecond}, func(context.Context, []string, string) (Applied, error) {
 		close(entered)
 		panic("apply failed")
 	})
@@ -29,7 +29,7 @@ func TestBatcherReleasesMembersWhenApplyPanics(t *testing.T) {
 					errs <- errors.New("panicked")
 				}
 			}()
-			errs <- b.do(context.Background(), int64(i+1))
+			errs <- b.do(context.Background(), strconv.Itoa(i+1))
 		})
 	}
 	done := make(chan struct{})
@@ -61,13 +61,13 @@ func TestBatcherReleasesMembersWhenApplyPanics(t *testing.T) {
 func TestBatcherMemberWatchesContext(t *testing.T) {
 	release := make(chan struct{})
 	entered := make(chan struct{})
-	b := newBatcher(BatchConfig{Max: 2, Wait: time.Hour}, func(context.Context, []int64, string) (order.Applied, error) {
+	b := newBatcher(BatchConfig{Max: 2, Wait: time.Hour}, func(context.Context, []string, string) (Applied, error) {
 		close(entered)
 		<-release
-		return order.Applied{}, nil
+		return Applied{}, nil
 	})
 	var wg sync.WaitGroup
-	wg.Go(func() { b.do(context.Background(), 1) }) // the leader, stuck in apply
+	wg.Go(func() { b.do(context.Background(), "1") }) // the leader, stuck in apply
 	defer func() { close(release); wg.Wait() }()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
 		b.mu.Lock()
@@ -82,7 +82,7 @@ func TestBatcherMemberWatchesContext(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
-	go func() { errc <- b.do(ctx, 2) }() // fills the batch
+	go func() { errc <- b.do(ctx, "2") }() // fills the batch
 	<-entered
 	cancel()
 	select {
@@ -102,7 +102,7 @@ func TestBatcherFillsWhileSlotsAreBusy(t *testing.T) {
 	var mu sync.Mutex
 	var sizes []int
 	b := newBatcher(BatchConfig{Max: 500, Wait: time.Millisecond, MaxWait: 2 * time.Millisecond, Concurrency: 1},
-		func(_ context.Context, ids []int64, _ string) (order.Applied, error) {
+		func(_ context.Context, ids []string, _ string) (Applied, error) {
 			mu.Lock()
 			sizes = append(sizes, len(ids))
 			first := len(sizes) == 1
@@ -110,15 +110,15 @@ func TestBatcherFillsWhileSlotsAreBusy(t *testing.T) {
 			if first {
 				<-release // the one slot stays busy
 			}
-			return order.Applied{Moved: len(ids)}, nil
+			return Applied{Moved: len(ids)}, nil
 		})
 	var wg sync.WaitGroup
-	wg.Go(func() { b.do(context.Background(), 1) })
+	wg.Go(func() { b.do(context.Background(), "1") })
 	waitFor := func(what string, cond func() bool) { t.Helper(); testkit.WaitFor(t, 10*time.Second, what, cond) }
 	waitFor("the first batch applying", func() bool { mu.Lock(); defer mu.Unlock(); return len(sizes) == 1 })
 	const more = 300 // far past Wait and MaxWait apart, all waiting for the slot
 	for i := range more {
-		wg.Go(func() { b.do(context.Background(), int64(i+2)) })
+		wg.Go(func() { b.do(context.Background(), strconv.Itoa(i+2)) })
 	}
 	waitFor("the waiting batch to hold them all", func() bool {
 		b.mu.Lock()
@@ -135,8 +135,8 @@ func TestBatcherFillsWhileSlotsAreBusy(t *testing.T) {
 // BenchmarkBatcher is the cost of one member's way through a batch, with
 // members arriving from many goroutines and an apply that does nothing.
 func BenchmarkBatcher(b *testing.B) {
-	bt := newBatcher(BatchConfig{Max: 500, Wait: 100 * time.Microsecond}, func(_ context.Context, ids []int64, _ string) (order.Applied, error) {
-		return order.Applied{Moved: len(ids)}, nil
+	bt := newBatcher(BatchConfig{Max: 500, Wait: 100 * time.Microsecond}, func(_ context.Context, ids []string, _ string) (Applied, error) {
+		return Applied{Moved: len(ids)}, nil
 	})
 	b.SetParallelism(64)
 	b.ReportAllocs()
@@ -144,7 +144,7 @@ func BenchmarkBatcher(b *testing.B) {
 		var id int64
 		for pb.Next() {
 			id++
-			if err := bt.do(context.Background(), id); err != nil {
+			if err := bt.do(context.Background(), strconv.FormatInt(id, 10)); err != nil {
 				b.Fatal(err)
 			}
 		}

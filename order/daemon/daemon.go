@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
@@ -99,13 +98,14 @@ const (
 // Redis does not answer.
 type Daemon struct {
 	*expiry.Listener
-	svc    *order.Service
-	client redis.UniversalClient
-	cfg    Config
-	log    *zap.Logger
+	client    redis.UniversalClient
+	keyPrefix string
+	timers    []Timer
+	cfg       Config
+	log       *zap.Logger
 
-	sweep     func(ctx context.Context, reason string, olderThan time.Duration, keep func(order.Status, int64) bool)
-	mine      func(order.Status, int64) bool
+	sweep     func(ctx context.Context, reason string, olderThan time.Duration, keep func(Timer, string) bool)
+	mine      func(Timer, string) bool
 	takenKick chan struct{}
 }
 
@@ -127,6 +127,26 @@ type Daemon struct {
 // A configuration that cannot work (a Scheduler whose KeyPrefix differs from
 // the service's keys) is returned by Run, wrapping expiry.ErrInvalidConfig.
 func New(s *order.Service, client redis.UniversalClient, cfg Config) *Daemon {
+	log := cfg.Logger
+	return NewTimers(client, s.Keys().Prefix, BuiltIn(s), cfg, func(ctx context.Context) {
+		fixed, err := s.ReconcileStock(ctx)
+		if err != nil && ctx.Err() == nil && log != nil {
+			log.Error("stock check failed", zap.Error(err))
+		}
+		if cfg.OnStockRebuilt != nil {
+			cfg.OnStockRebuilt(fixed)
+		}
+	})
+}
+
+// NewTimers returns a daemon running timers, whose keys start with
+// keyPrefix and then each timer's Prefix, as New does the built-in ones:
+// batches, sweeps at start-up, after every resubscription, after shards
+// are taken over and every SweepInterval, fences. afterSweep, if not nil,
+// runs after every periodic sweep, on the daemon that ran it. Ids a batch
+// finds not due yet (Applied.NotDue) get their timers set again, through
+// the Scheduler when there is one.
+func NewTimers(client redis.UniversalClient, keyPrefix string, timers []Timer, cfg Config, afterSweep func(context.Context)) *Daemon {
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = defaultSweepInterval
 	}
@@ -146,32 +166,39 @@ func New(s *order.Service, client redis.UniversalClient, cfg Config) *Daemon {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	d := &Daemon{svc: s, client: client, cfg: cfg, log: log, takenKick: make(chan struct{}, 1)}
+	d := &Daemon{client: client, keyPrefix: keyPrefix, timers: timers, cfg: cfg, log: log, takenKick: make(chan struct{}, 1)}
 
-	keys := s.Keys()
-	key := func(st order.Status, id int64) string {
-		if st == order.Shipped {
-			return keys.Confirm(id)
-		}
-		return keys.Pay(id)
-	}
-	// A catch-up takes the orders whose events this daemon handles: those of
+	// A catch-up takes the timers whose events this daemon handles: those of
 	// the shards it holds (and of free ones). The others' events were not lost.
-	d.mine = func(st order.Status, id int64) bool { return d.Handles(key(st, id)) }
+	d.mine = func(t Timer, id string) bool { return d.Handles(keyPrefix + t.Prefix() + id) }
 	mux := expiry.NewServeMux()
-	// A batch skips orders another transaction holds (order.ErrBusy) and
+	// A batch skips records another transaction holds (order.ErrBusy) and
 	// asks again, for longer than the server takes to end a frozen
 	// transaction (2 s).
 	slogger := slog.New(zapslog.NewHandler(log.Core())) // the library logs through log/slog
 	mux.Use(expiry.Recover(slogger), expiry.Retry(expiry.RetryPolicy{Attempts: 8, Max: time.Second}), d.leaveTheirs)
-	register(mux, s, cfg.Batch, d.fence)
+	register(mux, timers, cfg.Batch, d.fence, d.rearm)
 
 	var mu sync.Mutex // sweeps never overlap
-	d.sweep = func(ctx context.Context, reason string, olderThan time.Duration, keep func(order.Status, int64) bool) {
+	d.sweep = func(ctx context.Context, reason string, olderThan time.Duration, keep func(Timer, string) bool) {
 		mu.Lock()
 		defer mu.Unlock()
 		start := time.Now()
-		n, err := s.SweepWhere(ctx, olderThan, keep)
+		n := 0
+		var err error
+		for _, t := range timers {
+			var k func(string) bool
+			if keep != nil {
+				k = func(id string) bool { return keep(t, id) }
+			}
+			var moved int
+			moved, err = t.Sweep(ctx, olderThan, k)
+			n += moved
+			if err != nil {
+				err = fmt.Errorf("timer %s: %w", t.Name(), err)
+				break
+			}
+		}
 		if cfg.OnSweep != nil {
 			cfg.OnSweep(n, err)
 		}
@@ -181,7 +208,7 @@ func New(s *order.Service, client redis.UniversalClient, cfg Config) *Daemon {
 		case err != nil:
 			log.Error("sweep failed", zap.String("reason", reason), zap.Int("moved", n), zap.Error(err))
 		case n > 0:
-			log.Info("sweep moved overdue orders", zap.String("reason", reason), zap.Int("moved", n), zap.Duration("took", time.Since(start)))
+			log.Info("sweep moved overdue timers", zap.String("reason", reason), zap.Int("moved", n), zap.Duration("took", time.Since(start)))
 		default:
 			log.Debug("sweep found nothing overdue", zap.String("reason", reason))
 		}
@@ -190,16 +217,9 @@ func New(s *order.Service, client redis.UniversalClient, cfg Config) *Daemon {
 		return func(ctx context.Context) { d.sweep(ctx, reason, 0, d.mine) }
 	}
 	periodic := func(ctx context.Context) {
-		d.sweep(ctx, "interval", cfg.SweepGrace, nil) // the safety net: every overdue order, whoever's
-		if ctx.Err() != nil {
-			return
-		}
-		fixed, err := s.ReconcileStock(ctx)
-		if err != nil && ctx.Err() == nil {
-			log.Error("stock check failed", zap.Error(err))
-		}
-		if cfg.OnStockRebuilt != nil {
-			cfg.OnStockRebuilt(fixed)
+		d.sweep(ctx, "interval", cfg.SweepGrace, nil) // the safety net: every overdue timer, whoever's
+		if ctx.Err() == nil && afterSweep != nil {
+			afterSweep(ctx)
 		}
 	}
 	var held []string // called from one goroutine: the lease keeper's
@@ -216,7 +236,7 @@ func New(s *order.Service, client redis.UniversalClient, cfg Config) *Daemon {
 		}
 	}
 	lc := cfg.Listener
-	lc.KeyPrefix = s.Keys().Prefix
+	lc.KeyPrefix = keyPrefix
 	lc.OnSubscribe, lc.OnDrop = catchUp("subscribed"), catchUp("events dropped")
 	lc.Interval, lc.OnInterval = cfg.SweepInterval, periodic
 	lc.OnShards = onShards
@@ -225,6 +245,31 @@ func New(s *order.Service, client redis.UniversalClient, cfg Config) *Daemon {
 	}
 	d.Listener = expiry.NewListener(client, mux, lc)
 	return d
+}
+
+// rearm sets again the timers of t that a batch found not due yet, for the
+// time they have left.
+func (d *Daemon) rearm(ctx context.Context, t Timer, left map[string]time.Duration) {
+	now := time.Now()
+	var err error
+	if s := d.cfg.Listener.Scheduler; s != nil {
+		timers := make([]expiry.Timer, 0, len(left))
+		for id, l := range left {
+			timers = append(timers, expiry.Timer{Key: d.keyPrefix + t.Prefix() + id, Deadline: now.Add(l)})
+		}
+		err = s.ScheduleMany(ctx, timers...)
+	} else {
+		_, err = d.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for id, l := range left {
+				p.Set(ctx, d.keyPrefix+t.Prefix()+id, "1", max(l, time.Millisecond))
+			}
+			return nil
+		})
+	}
+	if err != nil {
+		d.log.Warn("timers not due yet not set again: the sweep takes them once due", zap.String("timer", t.Name()),
+			zap.Int("timers", len(left)), zap.Error(err))
+	}
 }
 
 // trigger asks for one more run of a part, without waiting.
@@ -248,17 +293,17 @@ func (d *Daemon) leaveTheirs(next expiry.Handler) expiry.Handler {
 }
 
 // fence says whether this daemon may still commit a batch of the timers
-// with prefix and ids: it must surely hold their shards (a daemon that
-// paused past its leases must not).
-func (d *Daemon) fence(prefix string, ids []int64) error {
-	if d.cfg.Listener.Scheduler == nil {
+// of t with ids: it must surely hold their shards (a daemon that paused
+// past its leases must not).
+func (d *Daemon) fence(t Timer, ids []string) error {
+	sched := d.cfg.Listener.Scheduler
+	if sched == nil {
 		return nil
 	}
-	p := d.svc.Keys().Prefix + prefix
-	sched := d.cfg.Listener.Scheduler
-	checked := map[int]bool{} // one look per shard, not per order
+	p := d.keyPrefix + t.Prefix()
+	checked := map[int]bool{} // one look per shard, not per timer
 	for _, id := range ids {
-		key := p + strconv.FormatInt(id, 10)
+		key := p + id
 		if n := sched.ShardOf(key); !checked[n] {
 			if !d.Surely(key) {
 				return fmt.Errorf("the shard of %s is no longer surely this daemon's", key)

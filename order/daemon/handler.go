@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -52,29 +53,42 @@ type BatchConfig struct {
 // order that does not exist an error wrapping expiry.ErrNoRecord (the
 // listener counts each and logs them, bounded).
 func Register(mux *expiry.ServeMux, s *order.Service, cfg BatchConfig) {
-	register(mux, s, cfg, nil)
+	register(mux, BuiltIn(s), cfg, nil, nil)
 }
 
-// register is Register with a fence: when not nil, it is asked, just
-// before a batch commits, whether this process may still commit the timers
-// of a key prefix and ids; an error rolls the batch back (order.ErrFenced).
-func register(mux *expiry.ServeMux, s *order.Service, cfg BatchConfig, fence func(prefix string, ids []int64) error) {
-	for _, t := range []struct {
-		prefix string
-		apply  func(context.Context, []int64, string) (order.Applied, error)
-	}{{order.PayKeyPrefix, s.ExpireOrders}, {order.ConfirmKeyPrefix, s.CompleteOrders}} {
-		b := newBatcher(cfg, t.apply)
-		if fence != nil {
-			b.fence = func(ids []int64) error { return fence(t.prefix, ids) }
+// register routes each timer's keys of mux to it, in batches. With a fence,
+// it is asked, just before a batch commits, whether this process may still
+// commit the timers of t and ids; an error rolls the batch back
+// (order.ErrFenced). With rearm, the ids a batch found not due yet get their
+// timers set again.
+func register(mux *expiry.ServeMux, timers []Timer, cfg BatchConfig, fence func(t Timer, ids []string) error,
+	rearm func(ctx context.Context, t Timer, left map[string]time.Duration)) {
+	for _, t := range timers {
+		apply := t.Apply
+		if rearm != nil {
+			apply = func(ctx context.Context, ids []string, source string) (Applied, error) {
+				a, err := t.Apply(ctx, ids, source)
+				if err == nil && len(a.NotDue) > 0 {
+					rearm(ctx, t, a.NotDue)
+				}
+				return a, err
+			}
 		}
-		mux.Handle(t.prefix, batchHandler(t.prefix, b))
+		b := newBatcher(cfg, apply)
+		if fence != nil {
+			b.fence = func(ids []string) error { return fence(t, ids) }
+		}
+		mux.Handle(t.Prefix(), batchHandler(t, b))
 	}
 }
 
-func batchHandler(prefix string, b *batcher) expiry.Handler {
+func batchHandler(t Timer, b *batcher) expiry.Handler {
 	return expiry.HandlerFunc(func(ctx context.Context, ev expiry.Event) error {
-		id, err := ParseKeyID(ev.Key, prefix)
-		if err != nil {
+		id, ok := strings.CutPrefix(ev.Key, t.Prefix())
+		if !ok {
+			return fmt.Errorf("key lacks %q: %w", t.Prefix(), expiry.ErrMalformedKey)
+		}
+		if err := t.CheckID(id); err != nil {
 			return err
 		}
 		return b.do(ctx, id)
@@ -91,25 +105,25 @@ type batcher struct {
 	wait    time.Duration
 	maxWait time.Duration
 	slots   chan struct{} // one per batch being applied
-	apply   func(ctx context.Context, ids []int64, source string) (order.Applied, error)
+	apply   func(ctx context.Context, ids []string, source string) (Applied, error)
 	onBatch func(size, moved int)
-	fence   func(ids []int64) error // checked before each batch commits; nil: none
+	fence   func(ids []string) error // checked before each batch commits; nil: none
 
 	mu  sync.Mutex
 	cur *batch
 }
 
 type batch struct {
-	ids     []int64
-	missing []int64       // of ids, those that are no order
-	busy    []int64       // of ids, those another transaction held
+	ids     []string
+	missing []string      // of ids, those that are no record
+	busy    []string      // of ids, those another transaction held
 	grew    chan struct{} // a member joined
 	full    chan struct{}
 	done    chan struct{}
 	err     error
 }
 
-func newBatcher(cfg BatchConfig, apply func(context.Context, []int64, string) (order.Applied, error)) *batcher {
+func newBatcher(cfg BatchConfig, apply func(context.Context, []string, string) (Applied, error)) *batcher {
 	if cfg.Max <= 0 {
 		cfg.Max = 500
 	}
@@ -131,7 +145,7 @@ func newBatcher(cfg BatchConfig, apply func(context.Context, []int64, string) (o
 // retrying: the next attempt joins or leads another batch.
 var errBatchAborted = errors.New("order: batch not applied")
 
-func (b *batcher) do(ctx context.Context, id int64) error {
+func (b *batcher) do(ctx context.Context, id string) error {
 	b.mu.Lock()
 	bt, leader := b.cur, false
 	if bt == nil {
@@ -164,14 +178,14 @@ func (b *batcher) do(ctx context.Context, id int64) error {
 }
 
 // result is what member id of a finished batch gets.
-func (bt *batch) result(id int64) error {
+func (bt *batch) result(id string) error {
 	switch {
 	case bt.err != nil:
 		return bt.err
 	case slices.Contains(bt.missing, id):
-		return fmt.Errorf("%w: order %d does not exist", expiry.ErrNoRecord, id)
+		return fmt.Errorf("%w: %s does not exist", expiry.ErrNoRecord, id)
 	case slices.Contains(bt.busy, id):
-		return fmt.Errorf("%w: order %d, skipped for now", order.ErrBusy, id)
+		return fmt.Errorf("%w: %s, skipped for now", order.ErrBusy, id)
 	}
 	return nil
 }
