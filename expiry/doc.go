@@ -54,6 +54,10 @@
 // Schedule again to move a timer, earlier or later: the key's TTL and its
 // entry are both replaced. Cancel removes both. A key outside the Scheduler's
 // KeyPrefix is refused (ErrOutsidePrefix): its listener would never fire it.
+// A handler that sets its own key again (its record is not due yet) calls
+// Listener.Forget with the key: the listener notes what it handled, to skip
+// the repeat of a timer both reaped and announced, and would otherwise take
+// the new timer for such a repeat.
 // Keys written by other programs with a plain SET … EX under the prefix are
 // timers too: their events are handled, they are just not reaped early.
 //

@@ -296,6 +296,23 @@ func (l *Listener) Channel() string { return ExpiredChannel(l.db) }
 // ID returns the name of the listener among those sharing its Scheduler.
 func (l *Listener) ID() string { return l.cfg.ID }
 
+// Forget tells the listener that the timers of keys (full keys, prefix
+// included) were set again after it handled them, as a handler does that
+// finds its record not due yet and schedules its key for the time left:
+// their next expiry is a new timer, handled when it comes. Without it the
+// listener, which notes what it handled so that a timer both reaped and
+// announced by its key's event is handled once, could take the new timer
+// for a repeat of the old and skip it.
+func (l *Listener) Forget(keys ...string) {
+	s := l.cfg.Scheduler
+	if s == nil {
+		return
+	}
+	for _, k := range keys {
+		l.shards[s.shardOf(k)].notes.forget(k)
+	}
+}
+
 // Handles reports whether the listener handles the expiry of key (the full
 // key, prefix included) now: it holds the key's shard, or as far as it knows
 // no live listener does (it parks the event for the next holder then), or

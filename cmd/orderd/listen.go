@@ -75,15 +75,23 @@ func checkNotify(ctx context.Context, o *listenOptions, d *deps) error {
 	}
 }
 
-func runListen(ctx context.Context, o *listenOptions) error {
-	if o.config != nil && len(o.config.timers) > 0 {
-		return usageErrorf("config %s: timers: this version of orderd runs the built-in pay-timeout and auto-confirm timers only, not timers on your own tables", o.config.path)
-	}
+// checkSizes refuses a --workers or --batch-max that is not positive.
+func (o *listenOptions) checkSizes() error {
 	if o.Workers <= 0 {
 		return usageErrorf("--workers must be positive, not %d", o.Workers)
 	}
 	if o.BatchMax <= 0 {
 		return usageErrorf("--batch-max must be positive, not %d", o.BatchMax)
+	}
+	return nil
+}
+
+func runListen(ctx context.Context, o *listenOptions) error {
+	if o.config != nil && len(o.config.timers) > 0 {
+		return runOwnTables(ctx, o)
+	}
+	if err := o.checkSizes(); err != nil {
+		return err
 	}
 	d, err := o.openWith(ctx, serverSessions)
 	if err != nil {

@@ -254,10 +254,14 @@ func (d *Daemon) rearm(ctx context.Context, t Timer, left map[string]time.Durati
 	var err error
 	if s := d.cfg.Listener.Scheduler; s != nil {
 		timers := make([]expiry.Timer, 0, len(left))
+		keys := make([]string, 0, len(left))
 		for id, l := range left {
-			timers = append(timers, expiry.Timer{Key: d.keyPrefix + t.Prefix() + id, Deadline: now.Add(l)})
+			keys = append(keys, d.keyPrefix+t.Prefix()+id)
+			timers = append(timers, expiry.Timer{Key: keys[len(keys)-1], Deadline: now.Add(l)})
 		}
-		err = s.ScheduleMany(ctx, timers...)
+		if err = s.ScheduleMany(ctx, timers...); err == nil {
+			d.Forget(keys...) // the next expiry of these keys is a new timer
+		}
 	} else {
 		_, err = d.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for id, l := range left {

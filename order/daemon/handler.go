@@ -74,7 +74,11 @@ func register(mux *expiry.ServeMux, timers []Timer, cfg BatchConfig, fence func(
 				return a, err
 			}
 		}
-		b := newBatcher(cfg, apply)
+		tc := cfg
+		if m, ok := t.(interface{ BatchMax() int }); ok && m.BatchMax() > 0 {
+			tc.Max = m.BatchMax() // a timer's own batch size
+		}
+		b := newBatcher(tc, apply)
 		if fence != nil {
 			b.fence = func(ids []string) error { return fence(t, ids) }
 		}

@@ -1,0 +1,246 @@
+package main_test
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/orderd/orderd/internal/testkit"
+	"github.com/orderd/orderd/order/ordertest"
+	"github.com/orderd/orderd/order/sqlstore"
+)
+
+// laravelDir is the worked example of a Laravel shop's own tables.
+const laravelDir = "../../contrib/examples/laravel"
+
+// laravelShop is a database with the Laravel example's tables, seeded with
+// goods, and how to reach it.
+type laravelShop struct {
+	db    *sql.DB
+	url   string
+	php   string
+	env   []string // the example's ${…} and the PHP script's settings
+	stock map[int64]int64
+}
+
+func newLaravelShop(t *testing.T, redisURL string, redisPort string, redisDB int) *laravelShop {
+	t.Helper()
+	php, err := exec.LookPath("php")
+	if err != nil {
+		t.Fatal("no php: install Debian's php-cli and php-redis (contrib/dev/test.sh does)")
+	}
+	if out, err := exec.Command(php, "-m").Output(); err != nil || !bytes.Contains(out, []byte("\nredis\n")) {
+		t.Fatalf("php has no redis extension (%v): install Debian's php-redis (contrib/dev/test.sh does)", err)
+	}
+	url := ordertest.MySQLURL(t)
+	_, dsn, err := sqlstore.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("mysql", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	schema, err := os.ReadFile(filepath.Join(laravelDir, "schema.sql"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stmts strings.Builder
+	for line := range strings.Lines(string(schema)) {
+		if !strings.HasPrefix(line, "--") {
+			stmts.WriteString(line)
+		}
+	}
+	for _, q := range strings.Split(stmts.String(), ";") {
+		if strings.TrimSpace(q) == "" {
+			continue
+		}
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("schema.sql: %v\n%s", err, q)
+		}
+	}
+	s := &laravelShop{db: db, url: url, php: php, stock: map[int64]int64{1: 10000, 2: 10000, 3: 10000},
+		env: []string{"SHOP_DB_URL=" + url, "SHOP_REDIS_URL=" + redisURL,
+			"REDIS_HOST=127.0.0.1", "REDIS_PORT=" + redisPort, "REDIS_DB=" + strconv.Itoa(redisDB)}}
+	for id, n := range s.stock {
+		s.exec(t, `INSERT INTO goods (id, name, stock) VALUES (?, ?, ?)`, id, fmt.Sprintf("goods %d", id), n)
+	}
+	return s
+}
+
+func (s *laravelShop) exec(t *testing.T, q string, args ...any) {
+	t.Helper()
+	if _, err := s.db.Exec(q, args...); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+}
+
+func (s *laravelShop) count(t *testing.T, q string, args ...any) int64 {
+	t.Helper()
+	var n sql.NullInt64
+	if err := s.db.QueryRow(q, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+	return n.Int64
+}
+
+// place places orders from..to-1 as the shop does, in one transaction:
+// stock taken for two lines each, unpaid, due in payIn by the database's
+// clock. It returns the deadline by this host's clock (the same machine's).
+func (s *laravelShop) place(t *testing.T, from, to int64, payIn time.Duration) time.Time {
+	t.Helper()
+	var orders, lines []string
+	var oargs, largs []any
+	taken := map[int64]int64{}
+	for id := from; id < to; id++ {
+		orders = append(orders, "(?, ?, 0, NOW(3) + INTERVAL ? MICROSECOND)")
+		oargs = append(oargs, id, 1000+id, payIn.Microseconds())
+		for _, g := range []int64{1 + id%3, 1 + (id+1)%3} {
+			lines = append(lines, "(?, ?, ?)")
+			largs = append(largs, id, g, 1+id%2)
+			taken[g] += 1 + id%2
+		}
+	}
+	deadline := time.Now().Add(payIn)
+	s.exec(t, `INSERT INTO orders (id, user_id, status, pay_deadline) VALUES `+strings.Join(orders, ", "), oargs...)
+	s.exec(t, `INSERT INTO order_goods (order_id, goods_id, num) VALUES `+strings.Join(lines, ", "), largs...)
+	for g, n := range taken {
+		s.exec(t, `UPDATE goods SET stock = stock - ? WHERE id = ?`, n, g)
+	}
+	return deadline
+}
+
+// timers runs the example's PHP script: kind "pay" or "confirm" timers of
+// ids for ttl, with the due index or not.
+func (s *laravelShop) timers(t *testing.T, kind string, ttl time.Duration, index bool, from, to int64) {
+	t.Helper()
+	args := []string{filepath.Join(laravelDir, "timers.php"), kind, strconv.FormatFloat(ttl.Seconds(), 'f', 3, 64)}
+	if index {
+		args = append(args, "--index")
+	}
+	for id := from; id < to; id++ {
+		args = append(args, strconv.FormatInt(id, 10))
+	}
+	cmd := exec.Command(s.php, args...)
+	cmd.Env = append(os.Environ(), s.env...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("php timers.php: %v\n%s", err, out)
+	}
+}
+
+// checkStock checks that every goods' stock is what it started with, less
+// the lines of the orders that are not closed.
+func (s *laravelShop) checkStock(t *testing.T) {
+	t.Helper()
+	for id, start := range s.stock {
+		now := s.count(t, `SELECT stock FROM goods WHERE id = ?`, id)
+		live := s.count(t, `SELECT COALESCE(SUM(l.num), 0) FROM order_goods l JOIN orders o ON o.id = l.order_id WHERE l.goods_id = ? AND o.status <> 4`, id)
+		if now+live != start {
+			t.Fatalf("goods %d: stock %d + %d in live orders = %d, want %d: stock given back twice or not at all", id, now, live, now+live, start)
+		}
+	}
+}
+
+// The Laravel example end to end on MariaDB and Redis: orderd listen runs
+// the example's orderd.yaml on the shop's own tables (no orderd schema), and
+// every overdue order moves once: unpaid ones whose keys PHP wrote with and
+// without the due index, and ones whose keys were never written (the sweep);
+// an order paid just before its deadline stays paid; keys that expire before
+// the row's deadline change nothing until the deadline; shipped orders are
+// confirmed. Stock is conserved.
+func TestOwnTablesLaravel(t *testing.T) {
+	const sweep = 2 * time.Second
+	rdb := testkit.Redis(t, redisDB)
+	host, port, _ := strings.Cut(testkit.RedisAddr(), ":")
+	redisURL := "redis://" + host + ":" + port + "/" + strconv.Itoa(redisDB)
+	shop := newLaravelShop(t, redisURL, port, redisDB)
+
+	addr := freeAddr(t)
+	env := append([]string{"ORDERD_SWEEP_INTERVAL=" + sweep.String(), "ORDERD_LOG_FORMAT=json"}, shop.env...)
+	listen := start(t, env, "listen", "--config", filepath.Join(laravelDir, "orderd.yaml"), "--metrics-addr", addr)
+	waitHTTP(t, "http://"+addr+"/healthz")
+	if n := shop.count(t, `SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE()`); n != 3 {
+		t.Fatalf("%d tables in the shop's database, want its own 3: orderd creates nothing there", n)
+	}
+
+	deadline := shop.place(t, 1, 401, 2*time.Second)
+	shop.timers(t, "pay", time.Until(deadline), true, 1, 201)    // with the due index: handed over at the deadline
+	shop.timers(t, "pay", time.Until(deadline), false, 201, 301) // a plain SETEX: the key's expiry event
+	// 301..350: no key at all: the sweep closes them.
+	shop.timers(t, "pay", time.Until(deadline), true, 351, 376) // paid just before the deadline: never closed
+	shop.timers(t, "pay", time.Until(deadline)/4, false, 376, 401)
+	// 376..400: the key expires long before the row's deadline: nothing
+	// changes until the deadline, then they close (the timer set again).
+	shop.exec(t, `UPDATE orders SET status = 1 WHERE id BETWEEN 351 AND 375 AND pay_deadline > NOW(3) + INTERVAL 300000 MICROSECOND`)
+	if n := shop.count(t, `SELECT COUNT(*) FROM orders WHERE id BETWEEN 351 AND 375 AND status = 1`); n != 25 {
+		t.Fatalf("%d of 25 orders paid before their deadline: the machine is too slow for this test", n)
+	}
+	// Shipped orders whose confirm deadline passes.
+	shop.exec(t, `UPDATE orders SET status = 2, confirm_deadline = NOW(3) + INTERVAL 1 SECOND WHERE id BETWEEN 351 AND 360`)
+	shop.timers(t, "confirm", time.Second, true, 351, 361)
+
+	testkit.WaitFor(t, 30*time.Second, "every unpaid order closed and every shipped one received", func() bool {
+		return shop.count(t, `SELECT COUNT(*) FROM orders WHERE status IN (0, 2)`) == 0
+	})
+	if n := shop.count(t, `SELECT COUNT(*) FROM orders WHERE status = 4 AND closed_at < pay_deadline`); n != 0 {
+		t.Fatalf("%d orders closed before their deadline", n)
+	}
+	if n := shop.count(t, `SELECT COUNT(*) FROM orders WHERE status = 4`); n != 375 {
+		t.Fatalf("%d orders closed, want 375", n)
+	}
+	if n := shop.count(t, `SELECT COUNT(*) FROM orders WHERE id BETWEEN 351 AND 360 AND status = 3 AND received_at >= confirm_deadline`); n != 10 {
+		t.Fatalf("%d of 10 shipped orders received after their confirm deadline", n)
+	}
+	if n := shop.count(t, `SELECT COUNT(*) FROM orders WHERE id BETWEEN 361 AND 375 AND status = 1`); n != 15 {
+		t.Fatalf("%d of 15 paid orders still paid", n)
+	}
+	shop.checkStock(t)
+	late := shop.count(t, `SELECT MAX(TIMESTAMPDIFF(MICROSECOND, pay_deadline, closed_at)) FROM orders WHERE id <= 300 AND status = 4`)
+	swept := shop.count(t, `SELECT MAX(TIMESTAMPDIFF(MICROSECOND, pay_deadline, closed_at)) FROM orders WHERE id BETWEEN 301 AND 350`)
+	early := shop.count(t, `SELECT MAX(TIMESTAMPDIFF(MICROSECOND, pay_deadline, closed_at)) FROM orders WHERE id BETWEEN 376 AND 400`)
+	t.Logf("closed late by at most %v (keys), %v (no key: the sweep), %v (keys that expired early)",
+		time.Duration(late)*time.Microsecond, time.Duration(swept)*time.Microsecond, time.Duration(early)*time.Microsecond)
+	if time.Duration(early)*time.Microsecond > sweep/2 {
+		t.Errorf("an order whose key expired before its deadline closed %v after the deadline: its timer, set again, was not handled (the sweep took it)", time.Duration(early)*time.Microsecond)
+	}
+	if time.Duration(swept)*time.Microsecond > sweep+3*time.Second {
+		t.Errorf("an order without a key closed %v after its deadline: more than the sweep interval (%v) allows", time.Duration(swept)*time.Microsecond, sweep)
+	}
+	if n, err := rdb.DBSize(context.Background()).Result(); err != nil || n > 40 {
+		t.Errorf("%d keys left in Redis (%v): the timers set again should be gone", n, err)
+	}
+	if code := listen.stop(t); code != 0 {
+		t.Fatalf("orderd listen exit %d", code)
+	}
+}
+
+// A statement of the file that the shop's database rejects stops orderd
+// listen at start-up with exit 2, naming the file, the timer and the
+// statement.
+func TestOwnTablesRejectedStatement(t *testing.T) {
+	host, port, _ := strings.Cut(testkit.RedisAddr(), ":")
+	redisURL := "redis://" + host + ":" + port + "/" + strconv.Itoa(redisDB)
+	shop := newLaravelShop(t, redisURL, port, redisDB)
+	raw, err := os.ReadFile(filepath.Join(laravelDir, "orderd.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := strings.Replace(string(raw), "SET status = 3, received_at", "SET state = 3, received_at", 1)
+	path := filepath.Join(t.TempDir(), "orderd.yaml")
+	if err := os.WriteFile(path, []byte(bad), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out := runCmd(t, shop.env, "listen", "--config", path)
+	if code != 2 || !strings.Contains(out, path) || !strings.Contains(out, "auto_confirm") || !strings.Contains(out, "apply[0]") || !strings.Contains(out, "state") {
+		t.Fatalf("exit %d, want 2 naming the file, the timer auto_confirm, apply[0] and the column:\n%s", code, out)
+	}
+}
