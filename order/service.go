@@ -412,6 +412,9 @@ type Applied struct {
 	// waited for: ask again shortly (the other may be a process frozen in
 	// its transaction, which the server ends).
 	Busy []int64
+	// Rearmed are the ids not due yet whose timers the batch set again for
+	// their real deadlines.
+	Rearmed []int64
 }
 
 // ExpireOrders expires, in one transaction, those of ids that are pending and
@@ -448,6 +451,9 @@ func (s *Service) CompleteOrders(ctx context.Context, ids []int64, source string
 // which of them are no order at all. It costs a query only then.
 func (s *Service) applied(ctx context.Context, ids []int64, mv Moves, source string) (Applied, error) {
 	a := Applied{Moved: len(mv.Moved), Busy: mv.Busy}
+	for _, o := range mv.NotDue {
+		a.Rearmed = append(a.Rearmed, o.ID)
+	}
 	if len(mv.Moved)+len(mv.NotDue)+len(mv.Busy) == len(ids) || source == SourceSweep {
 		return a, nil
 	}

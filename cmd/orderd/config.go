@@ -20,8 +20,8 @@ import (
 // A flag given on the command line wins over the environment, which wins
 // over the file. "${NAME}" in a value is replaced by the environment
 // variable NAME (an unset one is an error), so the file can be committed
-// without its secrets. The key timers (a shop's own tables) is read and
-// checked, but not run by this version: orderd listen refuses it.
+// without its secrets. The key timers lists timers on a shop's own tables:
+// orderd listen runs them (owntables.go) instead of the built-in ones.
 
 // configFile is a configuration file as read.
 type configFile struct {

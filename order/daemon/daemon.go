@@ -177,7 +177,7 @@ func NewTimers(client redis.UniversalClient, keyPrefix string, timers []Timer, c
 	// transaction (2 s).
 	slogger := slog.New(zapslog.NewHandler(log.Core())) // the library logs through log/slog
 	mux.Use(expiry.Recover(slogger), expiry.Retry(expiry.RetryPolicy{Attempts: 8, Max: time.Second}), d.leaveTheirs)
-	register(mux, timers, cfg.Batch, d.fence, d.rearm)
+	register(mux, timers, cfg.Batch, d.fence, d.applied)
 
 	var mu sync.Mutex // sweeps never overlap
 	d.sweep = func(ctx context.Context, reason string, olderThan time.Duration, keep func(Timer, string) bool) {
@@ -245,6 +245,22 @@ func NewTimers(client redis.UniversalClient, keyPrefix string, timers []Timer, c
 	}
 	d.Listener = expiry.NewListener(client, mux, lc)
 	return d
+}
+
+// applied sets again the timers of t that a batch found not due yet, and
+// tells the listener that those timers (and those the timer set again
+// itself) are new ones: their next expiry is not a repeat of what it handled.
+func (d *Daemon) applied(ctx context.Context, t Timer, a Applied) {
+	if len(a.NotDue) > 0 {
+		d.rearm(ctx, t, a.NotDue)
+	}
+	if len(a.Rearmed) > 0 {
+		keys := make([]string, len(a.Rearmed))
+		for i, id := range a.Rearmed {
+			keys[i] = d.keyPrefix + t.Prefix() + id
+		}
+		d.Forget(keys...)
+	}
 }
 
 // rearm sets again the timers of t that a batch found not due yet, for the

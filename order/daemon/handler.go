@@ -59,17 +59,17 @@ func Register(mux *expiry.ServeMux, s *order.Service, cfg BatchConfig) {
 // register routes each timer's keys of mux to it, in batches. With a fence,
 // it is asked, just before a batch commits, whether this process may still
 // commit the timers of t and ids; an error rolls the batch back
-// (order.ErrFenced). With rearm, the ids a batch found not due yet get their
-// timers set again.
+// (order.ErrFenced). With after, every batch applied is told to it (the
+// daemon sets again the timers of ids not due yet).
 func register(mux *expiry.ServeMux, timers []Timer, cfg BatchConfig, fence func(t Timer, ids []string) error,
-	rearm func(ctx context.Context, t Timer, left map[string]time.Duration)) {
+	after func(ctx context.Context, t Timer, a Applied)) {
 	for _, t := range timers {
 		apply := t.Apply
-		if rearm != nil {
+		if after != nil {
 			apply = func(ctx context.Context, ids []string, source string) (Applied, error) {
 				a, err := t.Apply(ctx, ids, source)
-				if err == nil && len(a.NotDue) > 0 {
-					rearm(ctx, t, a.NotDue)
+				if err == nil {
+					after(ctx, t, a)
 				}
 				return a, err
 			}

@@ -41,8 +41,11 @@ type Applied struct {
 	// Busy are ids another transaction held: asked again (order.ErrBusy).
 	Busy []string
 	// NotDue are ids not due yet, with the time they have left: the daemon
-	// sets their timers again. (The built-in timers set theirs themselves.)
+	// sets their timers again.
 	NotDue map[string]time.Duration
+	// Rearmed are ids not due yet whose timers the timer set again itself
+	// (the built-in ones do).
+	Rearmed []string
 }
 
 // BuiltIn returns the timers of orderd's own schema: pay_timeout
@@ -81,7 +84,7 @@ func (b *builtIn) Apply(ctx context.Context, ids []string, source string) (Appli
 		nums[i] = n
 	}
 	a, err := b.apply(ctx, nums, source)
-	return Applied{Moved: a.Moved, Missing: formatIDs(a.Missing), Busy: formatIDs(a.Busy)}, err
+	return Applied{Moved: a.Moved, Missing: formatIDs(a.Missing), Busy: formatIDs(a.Busy), Rearmed: formatIDs(a.Rearmed)}, err
 }
 
 func (b *builtIn) Sweep(ctx context.Context, olderThan time.Duration, keep func(id string) bool) (int, error) {
