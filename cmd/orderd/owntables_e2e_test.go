@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/orderd/orderd/expiry"
 	"github.com/orderd/orderd/internal/testkit"
 	"github.com/orderd/orderd/order/ordertest"
 	"github.com/orderd/orderd/order/sqlstore"
@@ -152,74 +153,106 @@ func (s *laravelShop) checkStock(t *testing.T) {
 
 // The Laravel example end to end on MariaDB and Redis: orderd listen runs
 // the example's orderd.yaml on the shop's own tables (no orderd schema), and
-// every overdue order moves once: unpaid ones whose keys PHP wrote with and
-// without the due index, and ones whose keys were never written (the sweep);
-// an order paid just before its deadline stays paid; keys that expire before
-// the row's deadline change nothing until the deadline; shipped orders are
-// confirmed. Stock is conserved.
+// every overdue order moves once: unpaid ones whose keys were written with
+// and without the due index, and ones whose keys were never written (the
+// sweep); an order paid just before its deadline stays paid; keys that
+// expire before the row's deadline change nothing until the deadline;
+// shipped orders are confirmed. Stock is conserved. On a single Redis with
+// one listener, the keys written by the example's PHP (phpredis, as
+// Laravel's cache store); on a Cluster with three listeners sharing the
+// work, written from Go.
 func TestOwnTablesLaravel(t *testing.T) {
-	const sweep = 2 * time.Second
-	rdb := testkit.Redis(t, redisDB)
-	host, port, _ := strings.Cut(testkit.RedisAddr(), ":")
-	redisURL := "redis://" + host + ":" + port + "/" + strconv.Itoa(redisDB)
-	shop := newLaravelShop(t, redisURL, port, redisDB)
+	t.Run("redis", func(t *testing.T) {
+		testkit.Redis(t, redisDB)
+		host, port, _ := strings.Cut(testkit.RedisAddr(), ":")
+		shop := newLaravelShop(t, "redis://"+host+":"+port+"/"+strconv.Itoa(redisDB), port, redisDB)
+		laravelScenario(t, shop, 1, shop.timers)
+	})
+	t.Run("cluster", func(t *testing.T) {
+		const prefix = "laravel_database_laravel_cache_:"
+		rdb := testkit.Cluster(t, prefix)
+		shop := newLaravelShop(t, testkit.ClusterURL(), "", 0)
+		sched := expiry.NewScheduler(rdb, expiry.SchedulerConfig{KeyPrefix: prefix, Index: prefix + "orderd:due"})
+		laravelScenario(t, shop, 3, func(t *testing.T, kind string, ttl time.Duration, index bool, from, to int64) {
+			ctx := context.Background()
+			var timers []expiry.Timer
+			for id := from; id < to; id++ {
+				key := prefix + "order_" + kind + ":" + strconv.FormatInt(id, 10)
+				if index {
+					timers = append(timers, expiry.Timer{Key: key, Deadline: time.Now().Add(ttl)})
+				} else if err := rdb.Set(ctx, key, id, ttl).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := sched.ScheduleMany(ctx, timers...); err != nil {
+				t.Fatal(err)
+			}
+		})
+	})
+}
 
-	addr := freeAddr(t)
+// laravelScenario runs the Laravel example with n listeners; timers writes
+// the shop's keys.
+func laravelScenario(t *testing.T, shop *laravelShop, n int, timers func(t *testing.T, kind string, ttl time.Duration, index bool, from, to int64)) {
+	const sweep = 2 * time.Second
 	env := append([]string{"ORDERD_SWEEP_INTERVAL=" + sweep.String(), "ORDERD_LOG_FORMAT=json"}, shop.env...)
-	listen := start(t, env, "listen", "--config", filepath.Join(laravelDir, "orderd.yaml"), "--metrics-addr", addr)
-	waitHTTP(t, "http://"+addr+"/healthz")
-	if n := shop.count(t, `SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE()`); n != 3 {
-		t.Fatalf("%d tables in the shop's database, want its own 3: orderd creates nothing there", n)
+	var listeners []*proc
+	for range n {
+		addr := freeAddr(t)
+		listeners = append(listeners, start(t, env, "listen", "--config", filepath.Join(laravelDir, "orderd.yaml"), "--metrics-addr", addr))
+		waitHTTP(t, "http://"+addr+"/healthz")
+	}
+	if got := shop.count(t, `SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE()`); got != 3 {
+		t.Fatalf("%d tables in the shop's database, want its own 3: orderd creates nothing there", got)
 	}
 
 	deadline := shop.place(t, 1, 401, 2*time.Second)
-	shop.timers(t, "pay", time.Until(deadline), true, 1, 201)    // with the due index: handed over at the deadline
-	shop.timers(t, "pay", time.Until(deadline), false, 201, 301) // a plain SETEX: the key's expiry event
+	timers(t, "pay", time.Until(deadline), true, 1, 201)    // with the due index: handed over at the deadline
+	timers(t, "pay", time.Until(deadline), false, 201, 301) // a plain SET … EX: the key's expiry event
 	// 301..350: no key at all: the sweep closes them.
-	shop.timers(t, "pay", time.Until(deadline), true, 351, 376) // paid just before the deadline: never closed
-	shop.timers(t, "pay", time.Until(deadline)/4, false, 376, 401)
+	timers(t, "pay", time.Until(deadline), true, 351, 376) // paid just before the deadline: never closed
+	timers(t, "pay", time.Until(deadline)/4, false, 376, 401)
 	// 376..400: the key expires long before the row's deadline: nothing
 	// changes until the deadline, then they close (the timer set again).
 	shop.exec(t, `UPDATE orders SET status = 1 WHERE id BETWEEN 351 AND 375 AND pay_deadline > NOW(3) + INTERVAL 300000 MICROSECOND`)
-	if n := shop.count(t, `SELECT COUNT(*) FROM orders WHERE id BETWEEN 351 AND 375 AND status = 1`); n != 25 {
-		t.Fatalf("%d of 25 orders paid before their deadline: the machine is too slow for this test", n)
+	if got := shop.count(t, `SELECT COUNT(*) FROM orders WHERE id BETWEEN 351 AND 375 AND status = 1`); got != 25 {
+		t.Fatalf("%d of 25 orders paid before their deadline: the machine is too slow for this test", got)
 	}
 	// Shipped orders whose confirm deadline passes.
 	shop.exec(t, `UPDATE orders SET status = 2, confirm_deadline = NOW(3) + INTERVAL 1 SECOND WHERE id BETWEEN 351 AND 360`)
-	shop.timers(t, "confirm", time.Second, true, 351, 361)
+	timers(t, "confirm", time.Second, true, 351, 361)
 
 	testkit.WaitFor(t, 30*time.Second, "every unpaid order closed and every shipped one received", func() bool {
 		return shop.count(t, `SELECT COUNT(*) FROM orders WHERE status IN (0, 2)`) == 0
 	})
-	if n := shop.count(t, `SELECT COUNT(*) FROM orders WHERE status = 4 AND closed_at < pay_deadline`); n != 0 {
-		t.Fatalf("%d orders closed before their deadline", n)
+	if got := shop.count(t, `SELECT COUNT(*) FROM orders WHERE status = 4 AND closed_at < pay_deadline`); got != 0 {
+		t.Fatalf("%d orders closed before their deadline", got)
 	}
-	if n := shop.count(t, `SELECT COUNT(*) FROM orders WHERE status = 4`); n != 375 {
-		t.Fatalf("%d orders closed, want 375", n)
+	if got := shop.count(t, `SELECT COUNT(*) FROM orders WHERE status = 4`); got != 375 {
+		t.Fatalf("%d orders closed, want 375", got)
 	}
-	if n := shop.count(t, `SELECT COUNT(*) FROM orders WHERE id BETWEEN 351 AND 360 AND status = 3 AND received_at >= confirm_deadline`); n != 10 {
-		t.Fatalf("%d of 10 shipped orders received after their confirm deadline", n)
+	if got := shop.count(t, `SELECT COUNT(*) FROM orders WHERE id BETWEEN 351 AND 360 AND status = 3 AND received_at >= confirm_deadline`); got != 10 {
+		t.Fatalf("%d of 10 shipped orders received after their confirm deadline", got)
 	}
-	if n := shop.count(t, `SELECT COUNT(*) FROM orders WHERE id BETWEEN 361 AND 375 AND status = 1`); n != 15 {
-		t.Fatalf("%d of 15 paid orders still paid", n)
+	if got := shop.count(t, `SELECT COUNT(*) FROM orders WHERE id BETWEEN 361 AND 375 AND status = 1`); got != 15 {
+		t.Fatalf("%d of 15 paid orders still paid", got)
 	}
 	shop.checkStock(t)
-	late := shop.count(t, `SELECT MAX(TIMESTAMPDIFF(MICROSECOND, pay_deadline, closed_at)) FROM orders WHERE id <= 300 AND status = 4`)
-	swept := shop.count(t, `SELECT MAX(TIMESTAMPDIFF(MICROSECOND, pay_deadline, closed_at)) FROM orders WHERE id BETWEEN 301 AND 350`)
-	early := shop.count(t, `SELECT MAX(TIMESTAMPDIFF(MICROSECOND, pay_deadline, closed_at)) FROM orders WHERE id BETWEEN 376 AND 400`)
-	t.Logf("closed late by at most %v (keys), %v (no key: the sweep), %v (keys that expired early)",
-		time.Duration(late)*time.Microsecond, time.Duration(swept)*time.Microsecond, time.Duration(early)*time.Microsecond)
-	if time.Duration(early)*time.Microsecond > sweep/2 {
-		t.Errorf("an order whose key expired before its deadline closed %v after the deadline: its timer, set again, was not handled (the sweep took it)", time.Duration(early)*time.Microsecond)
+	late := func(q string) time.Duration { return time.Duration(shop.count(t, q)) * time.Microsecond }
+	keys := late(`SELECT MAX(TIMESTAMPDIFF(MICROSECOND, pay_deadline, closed_at)) FROM orders WHERE id <= 300 AND status = 4`)
+	swept := late(`SELECT MAX(TIMESTAMPDIFF(MICROSECOND, pay_deadline, closed_at)) FROM orders WHERE id BETWEEN 301 AND 350`)
+	early := late(`SELECT MAX(TIMESTAMPDIFF(MICROSECOND, pay_deadline, closed_at)) FROM orders WHERE id BETWEEN 376 AND 400`)
+	t.Logf("%d listeners: closed late by at most %v (keys), %v (no key: the sweep), %v (keys that expired early)", n, keys, swept, early)
+	if early > sweep/2 {
+		t.Errorf("an order whose key expired before its deadline closed %v after the deadline: its timer, set again, was not handled (the sweep took it)", early)
 	}
-	if time.Duration(swept)*time.Microsecond > sweep+3*time.Second {
-		t.Errorf("an order without a key closed %v after its deadline: more than the sweep interval (%v) allows", time.Duration(swept)*time.Microsecond, sweep)
+	if swept > sweep+3*time.Second {
+		t.Errorf("an order without a key closed %v after its deadline: more than the sweep interval (%v) allows", swept, sweep)
 	}
-	if n, err := rdb.DBSize(context.Background()).Result(); err != nil || n > 40 {
-		t.Errorf("%d keys left in Redis (%v): the timers set again should be gone", n, err)
-	}
-	if code := listen.stop(t); code != 0 {
-		t.Fatalf("orderd listen exit %d", code)
+	for _, l := range listeners {
+		if code := l.stop(t); code != 0 {
+			t.Fatalf("orderd listen exit %d", code)
+		}
 	}
 }
 
@@ -242,5 +275,105 @@ func TestOwnTablesRejectedStatement(t *testing.T) {
 	code, out := runCmd(t, shop.env, "listen", "--config", path)
 	if code != 2 || !strings.Contains(out, path) || !strings.Contains(out, "auto_confirm") || !strings.Contains(out, "apply[0]") || !strings.Contains(out, "state") {
 		t.Fatalf("exit %d, want 2 naming the file, the timer auto_confirm, apply[0] and the column:\n%s", code, out)
+	}
+}
+
+// seckillDir is the worked example of a Spring flash-sale shop's tables.
+const seckillDir = "../../contrib/examples/seckill"
+
+// The flash-sale example, of another shape (string order numbers, a string
+// state, deadlines in Unix milliseconds): orders whose keys the shell script
+// set time out once at their deadlines, orders without a key by the sweep,
+// paid ones stay paid, and the flash-sale stock is conserved.
+func TestOwnTablesSeckill(t *testing.T) {
+	const sweep = 2 * time.Second
+	testkit.Redis(t, redisDB)
+	host, port, _ := strings.Cut(testkit.RedisAddr(), ":")
+	url := ordertest.MySQLURL(t)
+	_, dsn, err := sqlstore.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("mysql", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	schema, err := os.ReadFile(filepath.Join(seckillDir, "schema.sql"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stmts strings.Builder
+	for line := range strings.Lines(string(schema)) {
+		if !strings.HasPrefix(line, "--") {
+			stmts.WriteString(line)
+		}
+	}
+	mustExec := func(q string, args ...any) {
+		t.Helper()
+		if _, err := db.Exec(q, args...); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	count := func(q string, args ...any) int64 {
+		t.Helper()
+		var n sql.NullInt64
+		if err := db.QueryRow(q, args...).Scan(&n); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		return n.Int64
+	}
+	for _, q := range strings.Split(stmts.String(), ";") {
+		if strings.TrimSpace(q) != "" {
+			mustExec(q)
+		}
+	}
+	const stock, orders = 500, 200
+	mustExec(`INSERT INTO seckill_goods VALUES (1, ?), (2, ?)`, stock, stock)
+	env := []string{"SHOP_DB_URL=" + url, "SHOP_REDIS_URL=redis://" + testkit.RedisAddr() + "/" + strconv.Itoa(redisDB),
+		"REDIS_HOST=" + host, "REDIS_PORT=" + port, "REDIS_DB=" + strconv.Itoa(redisDB),
+		"ORDERD_SWEEP_INTERVAL=" + sweep.String(), "ORDERD_LOG_FORMAT=json"}
+	addr := freeAddr(t)
+	listen := start(t, env, "listen", "--config", filepath.Join(seckillDir, "orderd.yaml"), "--metrics-addr", addr)
+	waitHTTP(t, "http://"+addr+"/healthz")
+
+	// The flash sale: each order takes a unit, due in 2 s by the database.
+	var values []string
+	var args []any
+	for i := range orders {
+		values = append(values, "(?, ?, ?, 'WAIT_PAY', UNIX_TIMESTAMP(NOW(3)) * 1000 + 2000)")
+		args = append(args, fmt.Sprintf("SK-%04d", i), 5000+i, 1+i%2)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	mustExec(`INSERT INTO seckill_order (order_no, user_id, goods_id, state, expire_at) VALUES `+strings.Join(values, ", "), args...)
+	mustExec(`UPDATE seckill_goods SET stock_count = stock_count - ?`, orders/2)
+	var withKeys []string
+	for i := range 150 { // SK-0150..SK-0199: no key, the sweep's
+		withKeys = append(withKeys, fmt.Sprintf("SK-%04d", i))
+	}
+	cmd := exec.Command("sh", append([]string{filepath.Join(seckillDir, "timeout.sh"), strconv.FormatInt(time.Until(deadline).Milliseconds(), 10)}, withKeys...)...)
+	cmd.Env = append(os.Environ(), env...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("timeout.sh: %v\n%s", err, out)
+	}
+	mustExec(`UPDATE seckill_order SET state = 'PAID' WHERE order_no < 'SK-0020' AND expire_at > UNIX_TIMESTAMP(NOW(3)) * 1000 + 300`)
+	if got := count(`SELECT COUNT(*) FROM seckill_order WHERE state = 'PAID'`); got != 20 {
+		t.Fatalf("%d of 20 orders paid before their deadline: the machine is too slow for this test", got)
+	}
+
+	testkit.WaitFor(t, 30*time.Second, "every unpaid flash-sale order timed out", func() bool {
+		return count(`SELECT COUNT(*) FROM seckill_order WHERE state = 'WAIT_PAY'`) == 0
+	})
+	if got := count(`SELECT COUNT(*) FROM seckill_order WHERE state = 'TIMEOUT'`); got != orders-20 {
+		t.Fatalf("%d orders timed out, want %d", got, orders-20)
+	}
+	for g := 1; g <= 2; g++ {
+		live := count(`SELECT COUNT(*) FROM seckill_order WHERE goods_id = ? AND state <> 'TIMEOUT'`, g)
+		if now := count(`SELECT stock_count FROM seckill_goods WHERE id = ?`, g); now+live != stock {
+			t.Fatalf("goods %d: stock %d + %d live orders, want %d", g, now, live, stock)
+		}
+	}
+	if code := listen.stop(t); code != 0 {
+		t.Fatalf("orderd listen exit %d", code)
 	}
 }
