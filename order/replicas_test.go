@@ -87,7 +87,7 @@ func replicaBurst(t *testing.T, rdb redis.UniversalClient, sentinel *redis.Failo
 				last = time.Now()
 				mu.Unlock()
 			}})
-		ls[i] = daemon.New(svc, rdb, daemon.Config{SweepInterval: time.Hour, Batch: daemon.BatchConfig{OnBatch: func(size, moved int) {
+		ls[i] = daemon.New(svc, rdb, daemon.Config{SweepInterval: time.Hour, Batch: daemon.BatchConfig{OnBatch: func(_ string, size, moved int) {
 			unchanged.Add(int64(size - moved))
 			mu.Lock()
 			res.batches++

@@ -124,14 +124,15 @@ func runListen(ctx context.Context, o *listenOptions) error {
 	l := daemon.New(svc, d.rdb, daemon.Config{
 		OnStockRebuilt: m.onStockRebuilt,
 		SweepInterval:  o.SweepInterval,
-		Batch: daemon.BatchConfig{Max: o.BatchMax, OnBatch: func(size, moved int) {
-			m.onBatch(size, moved)
+		Batch: daemon.BatchConfig{Max: o.BatchMax, OnBatch: func(timer string, size, moved int) {
+			m.onBatch(timer, size, moved)
 			if moved > 0 {
 				wakeRelay()
 			}
 		}},
 		Logger:  o.log,
 		OnSweep: m.onSweep,
+		OnSwept: m.onSwept,
 		PingDB:  d.store.Ping,
 		Leases:  d.store,
 		Listener: expiry.ListenerConfig{
@@ -143,6 +144,7 @@ func runListen(ctx context.Context, o *listenOptions) error {
 		},
 	})
 	m.watchListener(l.Listener)
+	m.timers(timerNames(daemon.BuiltIn(svc))...)
 	wakeRelay, stopRelay := o.startRelay(d, l.ID(), m.reg)
 	// Stopped after the listener: what its last batches committed is relayed.
 	defer stopRelay()

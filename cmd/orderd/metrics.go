@@ -25,9 +25,10 @@ type daemonMetrics struct {
 	lateness *prometheus.HistogramVec
 	rescued  *prometheus.CounterVec
 	sweeps   *prometheus.CounterVec
-	batches  prometheus.Histogram
+	batches  *prometheus.HistogramVec
+	moved    *prometheus.CounterVec
 	rebuilt  prometheus.Counter
-	noop     prometheus.Counter
+	noop     *prometheus.CounterVec
 }
 
 func newDaemonMetrics() *daemonMetrics {
@@ -47,21 +48,25 @@ func newDaemonMetrics() *daemonMetrics {
 		sweeps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "orderd_sweeps_total", Help: "Sweeps run, by result.",
 		}, []string{"result"}),
-		batches: prometheus.NewHistogram(prometheus.HistogramOpts{
+		batches: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "orderd_batch_size",
-			Help:    "Orders per transaction applied from expiry events.",
+			Help:    "Timers per transaction applied from expiry events, by timer.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 10),
-		}),
+		}, []string{"timer"}),
+		moved: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "orderd_timers_moved_total",
+			Help: "Records moved by each timer, by how they came: an expiry event or reaped timer (event), or the sweep.",
+		}, []string{"timer", "source"}),
 		rebuilt: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "orderd_stock_counters_rebuilt_total",
 			Help: "Redis stock counters rebuilt from the database because a give-back was lost.",
 		}),
 	}
-	m.noop = prometheus.NewCounter(prometheus.CounterOpts{
+	m.noop = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "orderd_transitions_unchanged_total",
-		Help: "Orders an expiry event or a reaped timer brought to a transaction that left them as they were (moved already, paid meanwhile, or not due): work done twice.",
-	})
-	reg.MustRegister(m.lateness, m.rescued, m.sweeps, m.batches, m.rebuilt, m.noop)
+		Help: "Records an expiry event or a reaped timer brought to a transaction that left them as they were (moved already, paid meanwhile, or not due): work done twice. By timer.",
+	}, []string{"timer"})
+	reg.MustRegister(m.lateness, m.rescued, m.sweeps, m.batches, m.moved, m.rebuilt, m.noop)
 	// Every known series from the start, at 0: a rate over a series that
 	// appears only with its first event hides that first event from alerts.
 	for _, to := range []order.Status{order.Expired, order.Completed} {
@@ -90,9 +95,25 @@ func (m *daemonMetrics) onSweep(_ int, err error) {
 	m.sweeps.WithLabelValues("ok").Inc()
 }
 
-func (m *daemonMetrics) onBatch(size, moved int) {
-	m.batches.Observe(float64(size))
-	m.noop.Add(float64(size - moved))
+// timers creates every series of the timers named, at 0.
+func (m *daemonMetrics) timers(names ...string) {
+	for _, name := range names {
+		m.batches.WithLabelValues(name)
+		m.noop.WithLabelValues(name)
+		for _, source := range []string{"event", "sweep"} {
+			m.moved.WithLabelValues(name, source)
+		}
+	}
+}
+
+func (m *daemonMetrics) onBatch(timer string, size, moved int) {
+	m.batches.WithLabelValues(timer).Observe(float64(size))
+	m.noop.WithLabelValues(timer).Add(float64(size - moved))
+	m.moved.WithLabelValues(timer, "event").Add(float64(moved))
+}
+
+func (m *daemonMetrics) onSwept(timer string, moved int) {
+	m.moved.WithLabelValues(timer, "sweep").Add(float64(moved))
 }
 
 func (m *daemonMetrics) onStockRebuilt(n int) { m.rebuilt.Add(float64(n)) }

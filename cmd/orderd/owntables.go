@@ -85,6 +85,7 @@ func runOwnTables(ctx context.Context, o *listenOptions) error {
 		Batch:         daemon.BatchConfig{Max: o.BatchMax, OnBatch: m.onBatch},
 		Logger:        o.log,
 		OnSweep:       m.onSweep,
+		OnSwept:       m.onSwept,
 		PingDB:        store.Ping,
 		Listener: expiry.ListenerConfig{
 			Scheduler:    sched,
@@ -95,6 +96,7 @@ func runOwnTables(ctx context.Context, o *listenOptions) error {
 		},
 	}, nil)
 	m.watchListener(l.Listener)
+	m.timers(timerNames(timers)...)
 	wait := func() {}
 	if o.MetricsAddr != "" {
 		health := func(ctx context.Context) httpapi.Problems {
@@ -112,11 +114,7 @@ func runOwnTables(ctx context.Context, o *listenOptions) error {
 			return usageErrorf("--metrics-addr %q: %v", o.MetricsAddr, err)
 		}
 	}
-	names := make([]string, len(timers))
-	for i, t := range timers {
-		names[i] = t.Name()
-	}
-	o.log.Info("orderd listen starting on your own tables", zap.String("config", cf.path), zap.Strings("timers", names),
+	o.log.Info("orderd listen starting on your own tables", zap.String("config", cf.path), zap.Strings("timers", timerNames(timers)),
 		zap.Stringer("redis", o.redis), zap.Int("redis_db", o.redis.db()), zap.String("key_prefix", o.KeyPrefix),
 		zap.Duration("sweep_interval", o.SweepInterval))
 	err = l.Run(ctx)
@@ -136,4 +134,12 @@ func orDefault(a, b int) int {
 		return a
 	}
 	return b
+}
+
+func timerNames(timers []daemon.Timer) []string {
+	names := make([]string, len(timers))
+	for i, t := range timers {
+		names[i] = t.Name()
+	}
+	return names
 }

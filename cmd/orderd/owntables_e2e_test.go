@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -191,16 +192,20 @@ func TestOwnTablesLaravel(t *testing.T) {
 	})
 }
 
+var movedLine = regexp.MustCompile(`(?m)^(orderd_timers_moved_total\{[^}]*\}) ([0-9.e+-]+)$`)
+
 // laravelScenario runs the Laravel example with n listeners; timers writes
 // the shop's keys.
 func laravelScenario(t *testing.T, shop *laravelShop, n int, timers func(t *testing.T, kind string, ttl time.Duration, index bool, from, to int64)) {
 	const sweep = 2 * time.Second
 	env := append([]string{"ORDERD_SWEEP_INTERVAL=" + sweep.String(), "ORDERD_LOG_FORMAT=json"}, shop.env...)
 	var listeners []*proc
+	var metrics []string
 	for range n {
 		addr := freeAddr(t)
 		listeners = append(listeners, start(t, env, "listen", "--config", filepath.Join(laravelDir, "orderd.yaml"), "--metrics-addr", addr))
 		waitHTTP(t, "http://"+addr+"/healthz")
+		metrics = append(metrics, "http://"+addr+"/metrics")
 	}
 	if got := shop.count(t, `SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE()`); got != 3 {
 		t.Fatalf("%d tables in the shop's database, want its own 3: orderd creates nothing there", got)
@@ -248,6 +253,19 @@ func laravelScenario(t *testing.T, shop *laravelShop, n int, timers func(t *test
 	}
 	if swept > sweep+3*time.Second {
 		t.Errorf("an order without a key closed %v after its deadline: more than the sweep interval (%v) allows", swept, sweep)
+	}
+	// The metrics carry each timer's name: the sweep's share is the orders
+	// without a key (and any it took from the events), the events' the rest.
+	moved := map[string]float64{}
+	for _, u := range metrics {
+		for _, m := range movedLine.FindAllStringSubmatch(metricsText(t, u), -1) {
+			v, _ := strconv.ParseFloat(m[2], 64)
+			moved[m[1]] += v
+		}
+	}
+	bySweep, byEvent := moved[`orderd_timers_moved_total{source="sweep",timer="pay_timeout"}`], moved[`orderd_timers_moved_total{source="event",timer="pay_timeout"}`]
+	if bySweep < 50 || bySweep+byEvent != 375 || moved[`orderd_timers_moved_total{source="event",timer="auto_confirm"}`]+moved[`orderd_timers_moved_total{source="sweep",timer="auto_confirm"}`] != 10 {
+		t.Errorf("orderd_timers_moved_total: %v; want pay_timeout 375 (at least 50 by the sweep) and auto_confirm 10", moved)
 	}
 	for _, l := range listeners {
 		if code := l.stop(t); code != 0 {

@@ -51,6 +51,9 @@ type Config struct {
 	Logger *zap.Logger
 	// OnSweep, if set, is told the outcome of every sweep.
 	OnSweep func(moved int, err error)
+	// OnSwept, if set, is told how many of each timer's records every sweep
+	// moved.
+	OnSwept func(timer string, moved int)
 	// OnStockRebuilt, if set, is told how many Redis stock counters each
 	// stock check (after every periodic sweep) rebuilt from the database.
 	OnStockRebuilt func(n int)
@@ -194,6 +197,9 @@ func NewTimers(client redis.UniversalClient, keyPrefix string, timers []Timer, c
 			var moved int
 			moved, err = t.Sweep(ctx, olderThan, k)
 			n += moved
+			if cfg.OnSwept != nil && moved > 0 {
+				cfg.OnSwept(t.Name(), moved)
+			}
 			if err != nil {
 				err = fmt.Errorf("timer %s: %w", t.Name(), err)
 				break

@@ -36,13 +36,14 @@ type BatchConfig struct {
 	// than multiply (group commit), which is what keeps several daemons
 	// sharing a burst at about the transactions of one. If zero, 2 is used.
 	Concurrency int
-	// OnBatch, if set, is told the size of every batch applied (its ids of
-	// orders that exist) and how many of them it moved. The others were left
+	// OnBatch, if set, is told the name of the timer, the size of every
+	// batch applied (its ids of records that exist) and how many of them it
+	// moved. The others were left
 	// as they were: moved
 	// already (by another daemon, a sweep, or a repeated event), paid or
 	// cancelled meanwhile, or not due yet (their timer is set again). With
 	// several daemons, that count is the measure of work done twice.
-	OnBatch func(size, moved int)
+	OnBatch func(timer string, size, moved int)
 }
 
 // Register routes the two timer keys of mux to the service s: an expired
@@ -79,6 +80,9 @@ func register(mux *expiry.ServeMux, timers []Timer, cfg BatchConfig, fence func(
 			tc.Max = m.BatchMax() // a timer's own batch size
 		}
 		b := newBatcher(tc, apply)
+		if f := cfg.OnBatch; f != nil {
+			b.onBatch = func(size, moved int) { f(t.Name(), size, moved) }
+		}
 		if fence != nil {
 			b.fence = func(ids []string) error { return fence(t, ids) }
 		}
@@ -110,7 +114,7 @@ type batcher struct {
 	maxWait time.Duration
 	slots   chan struct{} // one per batch being applied
 	apply   func(ctx context.Context, ids []string, source string) (Applied, error)
-	onBatch func(size, moved int)
+	onBatch func(size, moved int)    // OnBatch, for this batcher's timer
 	fence   func(ids []string) error // checked before each batch commits; nil: none
 
 	mu  sync.Mutex
@@ -141,7 +145,7 @@ func newBatcher(cfg BatchConfig, apply func(context.Context, []string, string) (
 		cfg.Concurrency = 2
 	}
 	return &batcher{max: cfg.Max, wait: cfg.Wait, maxWait: max(cfg.MaxWait, cfg.Wait),
-		slots: make(chan struct{}, cfg.Concurrency), apply: apply, onBatch: cfg.OnBatch}
+		slots: make(chan struct{}, cfg.Concurrency), apply: apply}
 }
 
 // errBatchAborted is what the members of a batch get when its leader did not
