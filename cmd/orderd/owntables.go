@@ -2,7 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
 	"time"
 
 	"go.uber.org/zap"
@@ -27,42 +31,16 @@ func runOwnTables(ctx context.Context, o *listenOptions) error {
 	if err := o.checkSizes(); err != nil {
 		return err
 	}
-	rdb := o.redis.client()
-	defer rdb.Close()
-	pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	err := rdb.Ping(pingCtx).Err()
-	cancel()
+	d, own, err := openOwnTables(ctx, o.globalOptions, true)
 	if err != nil {
-		if redisRefuses(err) {
-			return usageErrorf("--redis-url: Redis at %s refuses the settings: %v", o.redis, err)
-		}
-		return runtimeError(fmt.Errorf("redis at %s does not answer (--redis-url): %w", o.redis, err))
+		return err
 	}
-	store, err := sqlstore.OpenWith(ctx, o.DB, serverSessions) // sessions only: the shop's schema is its own
-	if err != nil {
-		if sqlstore.IsConfigError(err) {
-			return usageErrorf("--db: %v", err)
-		}
-		return runtimeError(fmt.Errorf("database (--db): %w", err))
-	}
-	defer store.Close()
-
+	defer d.close()
 	var timers []daemon.Timer
-	for _, tc := range cf.timers {
-		ids := sqltimer.IntIDs
-		if tc.ID == "string" {
-			ids = sqltimer.StringIDs
-		}
-		t, err := sqltimer.New(store.DB().DB, sqltimer.Config{Name: tc.Name, IDs: ids, Claim: tc.Claim, Apply: tc.Apply, Sweep: tc.Sweep, Deadline: tc.Deadline})
-		if err == nil {
-			err = t.Check(ctx)
-		}
-		if err != nil {
-			return usageErrorf("config %s: %v", cf.path, err)
-		}
-		timers = append(timers, daemon.SQLTimer(t, tc.Key, orDefault(tc.BatchMax, o.BatchMax)))
+	for _, ot := range own {
+		timers = append(timers, daemon.SQLTimer(ot.t, ot.cfg.Key, orDefault(ot.cfg.BatchMax, o.BatchMax)))
 	}
-	d := &deps{rdb: rdb, store: store}
+	rdb, store := d.rdb, d.store
 	if err := checkNotify(ctx, o, d); err != nil {
 		return err
 	}
@@ -78,7 +56,7 @@ func runOwnTables(ctx context.Context, o *listenOptions) error {
 		notify = expiry.NotifyEnable
 	}
 	keys := o.keys()
-	sched := expiry.NewScheduler(rdb, expiry.SchedulerConfig{KeyPrefix: keys.Prefix, Index: keys.DueIndex()})
+	sched := d.sched
 	m := newDaemonMetrics()
 	l := daemon.NewTimers(rdb, keys.Prefix, timers, daemon.Config{
 		SweepInterval: o.SweepInterval,
@@ -142,4 +120,152 @@ func timerNames(timers []daemon.Timer) []string {
 		names[i] = t.Name()
 	}
 	return names
+}
+
+// ownTimer is a timer of the configuration file, compiled.
+type ownTimer struct {
+	cfg timerConfig
+	t   *sqltimer.Timer
+}
+
+// openOwnTables connects to Redis and to the shop's database (--db, sessions
+// bounded as for listen; its schema is the shop's: nothing is checked or
+// created) and compiles the file's timers; with check, the database
+// prepares each statement (exit 2 naming the file, the timer and the
+// statement it rejects).
+func openOwnTables(ctx context.Context, g *globalOptions, check bool) (*deps, []ownTimer, error) {
+	cf := g.config
+	rdb := g.redis.client()
+	pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	err := rdb.Ping(pingCtx).Err()
+	cancel()
+	if err != nil {
+		rdb.Close()
+		if redisRefuses(err) {
+			return nil, nil, usageErrorf("--redis-url: Redis at %s refuses the settings: %v", g.redis, err)
+		}
+		return nil, nil, runtimeError(fmt.Errorf("redis at %s does not answer (--redis-url): %w", g.redis, err))
+	}
+	store, err := sqlstore.OpenWith(ctx, g.DB, serverSessions) // sessions only: the shop's schema is its own
+	if err != nil {
+		rdb.Close()
+		if sqlstore.IsConfigError(err) {
+			return nil, nil, usageErrorf("--db: %v", err)
+		}
+		return nil, nil, runtimeError(fmt.Errorf("database (--db): %w", err))
+	}
+	keys := g.keys()
+	d := &deps{rdb: rdb, store: store, sched: expiry.NewScheduler(rdb, expiry.SchedulerConfig{KeyPrefix: keys.Prefix, Index: keys.DueIndex()})}
+	var own []ownTimer
+	for _, tc := range cf.timers {
+		if tc.Webhook != nil {
+			own = append(own, ownTimer{cfg: tc}) // not run by this version (runOwnTables refuses it)
+			continue
+		}
+		ids := sqltimer.IntIDs
+		if tc.ID == "string" {
+			ids = sqltimer.StringIDs
+		}
+		t, err := sqltimer.New(store.DB().DB, sqltimer.Config{Name: tc.Name, IDs: ids, Claim: tc.Claim, Apply: tc.Apply, Sweep: tc.Sweep, Deadline: tc.Deadline})
+		if err == nil && check {
+			err = t.Check(ctx)
+		}
+		if err != nil {
+			d.close()
+			return nil, nil, usageErrorf("config %s: %v", cf.path, err)
+		}
+		own = append(own, ownTimer{cfg: tc, t: t})
+	}
+	return d, own, nil
+}
+
+// ownTablesReport is what `orderd status --config FILE` prints when the file
+// lists timers: each timer's overdue records (its sweep query), and what
+// Redis holds (events, the due index, listeners, dead timers).
+type ownTablesReport struct {
+	At     time.Time `json:"at"`
+	Redis  string    `json:"redis"`
+	Config string    `json:"config"`
+	redisState
+	Timers   []timerStatus `json:"timers"`
+	Problems []string      `json:"problems"`
+	Healthy  bool          `json:"healthy"`
+}
+
+type timerStatus struct {
+	Name string `json:"name"`
+	Key  string `json:"key"`
+	// Overdue counts the records its sweep query returns, up to
+	// overdueLimit (OverdueAtLeast: there may be more); -1 for a timer
+	// without a sweep query.
+	Overdue        int  `json:"overdue"`
+	OverdueAtLeast bool `json:"overdue_at_least"`
+}
+
+// overdueLimit bounds the records status counts per timer (its sweep
+// query's :limit).
+const overdueLimit = 10000
+
+// runStatusOwnTables is orderd status for a file with timers. The shop's
+// sweep query says which records are overdue, not since when: status flags
+// overdue records when no listener runs, not their age.
+func runStatusOwnTables(ctx context.Context, o *statusOptions, out io.Writer) error {
+	d, own, err := openOwnTables(ctx, o.globalOptions, false)
+	if err != nil {
+		return err
+	}
+	defer d.close()
+	r := ownTablesReport{At: time.Now().UTC().Truncate(time.Millisecond), Redis: o.redis.String(), Config: o.config.path,
+		Timers: []timerStatus{}, Problems: []string{}}
+	overdue := 0
+	for _, ot := range own {
+		ts := timerStatus{Name: ot.cfg.Name, Key: ot.cfg.Key, Overdue: -1}
+		if ot.t != nil && ot.t.Sweeps() {
+			ids, err := ot.t.Overdue(ctx, overdueLimit)
+			if err != nil {
+				return err
+			}
+			ts.Overdue, ts.OverdueAtLeast = len(ids), len(ids) == overdueLimit
+			overdue += len(ids)
+		}
+		r.Timers = append(r.Timers, ts)
+	}
+	var problems []string
+	if r.redisState, problems, err = readRedisState(ctx, d.rdb, d.sched); err != nil {
+		return err
+	}
+	r.Problems = append(r.Problems, problems...)
+	if overdue > 0 && len(r.Index.Listeners) == 0 {
+		r.Problems = append(r.Problems, fmt.Sprintf("no `orderd listen` is running, and %d record(s) are overdue", overdue))
+	}
+	r.Healthy = len(r.Problems) == 0
+	if o.JSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(r); err != nil {
+			return err
+		}
+	} else {
+		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+		fmt.Fprintf(tw, "redis\t%s\n", r.Redis)
+		fmt.Fprintf(tw, "config\t%s (timers on your own tables)\n", r.Config)
+		r.redisState.printLines(tw)
+		for _, ts := range r.Timers {
+			n := fmt.Sprint(ts.Overdue)
+			switch {
+			case ts.Overdue < 0:
+				n = "unknown (no sweep query)"
+			case ts.OverdueAtLeast:
+				n = "at least " + n
+			}
+			fmt.Fprintf(tw, "timer %s\t%s…: %s overdue\n", ts.Name, ts.Key, n)
+		}
+		tw.Flush()
+		r.redisState.printTables(out)
+		printProblems(out, r.Problems)
+	}
+	if !r.Healthy {
+		return fmt.Errorf("%d problem(s) need attention: %s", len(r.Problems), strings.Join(r.Problems, "; "))
+	}
+	return nil
 }

@@ -267,10 +267,21 @@ func laravelScenario(t *testing.T, shop *laravelShop, n int, timers func(t *test
 	if bySweep < 50 || bySweep+byEvent != 375 || moved[`orderd_timers_moved_total{source="event",timer="auto_confirm"}`]+moved[`orderd_timers_moved_total{source="sweep",timer="auto_confirm"}`] != 10 {
 		t.Errorf("orderd_timers_moved_total: %v; want pay_timeout 375 (at least 50 by the sweep) and auto_confirm 10", moved)
 	}
+	// orderd status reads the same file: each timer's overdue records, the
+	// listeners; with none running and records overdue, exit 1.
+	statusArgs := []string{"status", "--config", filepath.Join(laravelDir, "orderd.yaml")}
+	if code, out := runCmd(t, shop.env, statusArgs...); code != 0 || !strings.Contains(out, "timer pay_timeout") ||
+		!strings.Contains(out, "order_pay:…: 0 overdue") || !strings.Contains(out, fmt.Sprintf("%d live", n)) {
+		t.Fatalf("orderd status --config with every order moved: exit %d, want 0, the timers and %d listeners:\n%s", code, n, out)
+	}
 	for _, l := range listeners {
 		if code := l.stop(t); code != 0 {
 			t.Fatalf("orderd listen exit %d", code)
 		}
+	}
+	shop.place(t, 1001, 1006, -time.Second)
+	if code, out := runCmd(t, shop.env, statusArgs...); code != 1 || !strings.Contains(out, "order_pay:…: 5 overdue") || !strings.Contains(out, "no `orderd listen` is running") {
+		t.Fatalf("orderd status --config with 5 orders overdue and no listener: exit %d, want 1 saying so:\n%s", code, out)
 	}
 }
 

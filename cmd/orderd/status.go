@@ -44,7 +44,7 @@ minute), so that it can serve as a check in scripts.`,
 				return usageErrorf("--next must not be negative, not %d", o.Next)
 			}
 			if o.config != nil && len(o.config.timers) > 0 {
-				return usageErrorf("config %s: timers: this version of orderd shows the built-in timers only, not timers on your own tables", o.config.path)
+				return runtimeError(runStatusOwnTables(cmd.Context(), o, cmd.OutOrStdout()))
 			}
 			return runtimeError(runStatus(cmd.Context(), o, cmd.OutOrStdout()))
 		},
@@ -57,18 +57,24 @@ minute), so that it can serve as a check in scripts.`,
 
 // statusReport is what `orderd status` prints; its JSON form is for scripts.
 type statusReport struct {
-	At       time.Time        `json:"at"`
-	Redis    string           `json:"redis"`
-	Schema   schemaStatus     `json:"schema"`
-	Notify   notifyStatus     `json:"expired_events"`
-	Eviction string           `json:"eviction"` // "safe", or what is wrong with maxmemory-policy
+	At     time.Time    `json:"at"`
+	Redis  string       `json:"redis"`
+	Schema schemaStatus `json:"schema"`
+	redisState
 	Orders   map[string]int64 `json:"orders"`
 	Overdue  []overdueStatus  `json:"overdue"`
 	Next     []nextDeadline   `json:"next_deadlines"`
-	Index    indexStatus      `json:"due_index"`
 	Stream   streamStatus     `json:"transitions_stream"`
 	Problems []string         `json:"problems"`
 	Healthy  bool             `json:"healthy"`
+}
+
+// redisState is what status reads from Redis, whatever the timers: events,
+// eviction, the due index and the listeners.
+type redisState struct {
+	Notify   notifyStatus `json:"expired_events"`
+	Eviction string       `json:"eviction"` // "safe", or what is wrong with maxmemory-policy
+	Index    indexStatus  `json:"due_index"`
 }
 
 // streamStatus is the transitions stream and its outbox.
@@ -178,56 +184,12 @@ func runStatus(ctx context.Context, o *statusOptions, out io.Writer) error {
 		r.Next = append(r.Next, nextDeadline{ID: n.ID, Status: string(n.Status), At: n.At})
 	}
 
-	switch err := expiry.CheckNotify(ctx, d.rdb); {
-	case err == nil:
-		on := true
-		r.Notify.On = &on
-	case errors.Is(err, expiry.ErrNotifyDisabled):
-		off := false
-		r.Notify.On, r.Notify.Detail = &off, err.Error()
-		r.Problems = append(r.Problems, "Redis does not publish expired-key events: "+err.Error())
-	case errors.Is(err, expiry.ErrConfigUnavailable):
-		r.Notify.Detail = "unknown: " + err.Error()
-	default:
-		return fmt.Errorf("read notify-keyspace-events: %w", err)
-	}
-
-	switch err := expiry.CheckEviction(ctx, d.rdb); {
-	case err == nil:
-		r.Eviction = "safe"
-	case errors.Is(err, expiry.ErrEvictionUnsafe):
-		r.Eviction = err.Error()
-		r.Problems = append(r.Problems, "Redis may evict keys without a TTL: "+err.Error())
-	case errors.Is(err, expiry.ErrConfigUnavailable):
-		r.Eviction = "unknown: " + err.Error()
-	default:
-		return fmt.Errorf("read maxmemory-policy: %w", err)
-	}
-
-	idx, err := d.sched.Inspect(ctx)
-	if err != nil {
+	var problems []string
+	if r.redisState, problems, err = readRedisState(ctx, d.rdb, d.sched); err != nil {
 		return err
 	}
-	r.Index = indexStatus{Name: d.sched.Index(), Shards: []shardStatus{}, Listeners: []listenerStatus{}, Sweeper: idx.Sweeper, Dead: []deadTimer{}}
-	r.Index.Timers, r.Index.Overdue = idx.Timers()
-	for _, sh := range idx.Shards {
-		r.Index.Shards = append(r.Index.Shards, shardStatus(sh))
-		r.Index.Retries += sh.Retries
-	}
-	if n := idx.Dead(); n > 0 {
-		dead, err := d.sched.Dead(ctx, 20)
-		if err != nil {
-			return fmt.Errorf("read the dead timers: %w", err)
-		}
-		for _, t := range dead {
-			r.Index.Dead = append(r.Index.Dead, deadTimer{Key: t.Key, Attempts: t.Attempts, Died: t.Deadline, LastError: t.LastError})
-		}
-		r.Problems = append(r.Problems, fmt.Sprintf("%d timer(s) failed every attempt and wait in the dead set: fix the cause, then re-arm them", n))
-	}
-	for _, l := range idx.Listeners {
-		r.Index.Listeners = append(r.Index.Listeners, listenerStatus{ID: l.ID, Shards: append([]string{}, l.Shards...), Sweeps: l.Sweeps})
-	}
-	if waiting := ov.Counts[order.Pending] + ov.Counts[order.Shipped]; len(idx.Listeners) == 0 && waiting > 0 {
+	r.Problems = append(r.Problems, problems...)
+	if waiting := ov.Counts[order.Pending] + ov.Counts[order.Shipped]; len(r.Index.Listeners) == 0 && waiting > 0 {
 		r.Problems = append(r.Problems, fmt.Sprintf("no `orderd listen` is running, and %d order(s) wait for a deadline", waiting))
 	}
 	keys := o.keys()
@@ -268,6 +230,61 @@ func runStatus(ctx context.Context, o *statusOptions, out io.Writer) error {
 	return nil
 }
 
+// readRedisState reads the expired-key events' setting, eviction and the due
+// index of sched, and says what needs attention.
+func readRedisState(ctx context.Context, rdb redis.UniversalClient, sched *expiry.Scheduler) (st redisState, problems []string, err error) {
+	switch err := expiry.CheckNotify(ctx, rdb); {
+	case err == nil:
+		on := true
+		st.Notify.On = &on
+	case errors.Is(err, expiry.ErrNotifyDisabled):
+		off := false
+		st.Notify.On, st.Notify.Detail = &off, err.Error()
+		problems = append(problems, "Redis does not publish expired-key events: "+err.Error())
+	case errors.Is(err, expiry.ErrConfigUnavailable):
+		st.Notify.Detail = "unknown: " + err.Error()
+	default:
+		return st, nil, fmt.Errorf("read notify-keyspace-events: %w", err)
+	}
+
+	switch err := expiry.CheckEviction(ctx, rdb); {
+	case err == nil:
+		st.Eviction = "safe"
+	case errors.Is(err, expiry.ErrEvictionUnsafe):
+		st.Eviction = err.Error()
+		problems = append(problems, "Redis may evict keys without a TTL: "+err.Error())
+	case errors.Is(err, expiry.ErrConfigUnavailable):
+		st.Eviction = "unknown: " + err.Error()
+	default:
+		return st, nil, fmt.Errorf("read maxmemory-policy: %w", err)
+	}
+
+	idx, err := sched.Inspect(ctx)
+	if err != nil {
+		return st, nil, err
+	}
+	st.Index = indexStatus{Name: sched.Index(), Shards: []shardStatus{}, Listeners: []listenerStatus{}, Sweeper: idx.Sweeper, Dead: []deadTimer{}}
+	st.Index.Timers, st.Index.Overdue = idx.Timers()
+	for _, sh := range idx.Shards {
+		st.Index.Shards = append(st.Index.Shards, shardStatus(sh))
+		st.Index.Retries += sh.Retries
+	}
+	if n := idx.Dead(); n > 0 {
+		dead, err := sched.Dead(ctx, 20)
+		if err != nil {
+			return st, nil, fmt.Errorf("read the dead timers: %w", err)
+		}
+		for _, t := range dead {
+			st.Index.Dead = append(st.Index.Dead, deadTimer{Key: t.Key, Attempts: t.Attempts, Died: t.Deadline, LastError: t.LastError})
+		}
+		problems = append(problems, fmt.Sprintf("%d timer(s) failed every attempt and wait in the dead set: fix the cause, then re-arm them", n))
+	}
+	for _, l := range idx.Listeners {
+		st.Index.Listeners = append(st.Index.Listeners, listenerStatus{ID: l.ID, Shards: append([]string{}, l.Shards...), Sweeps: l.Sweeps})
+	}
+	return st, problems, nil
+}
+
 // print writes the report as tables for a terminal.
 func (r *statusReport) print(w io.Writer, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -277,14 +294,7 @@ func (r *statusReport) print(w io.Writer, now time.Time) {
 		schema = fmt.Sprintf("%d migration(s) to apply: run `orderd migrate`", r.Schema.Latest-r.Schema.Version)
 	}
 	fmt.Fprintf(tw, "schema\tversion %d (%s)\n", r.Schema.Version, schema)
-	events := "unknown (" + r.Notify.Detail + ")"
-	if r.Notify.On != nil && *r.Notify.On {
-		events = "on (every node)"
-	} else if r.Notify.On != nil {
-		events = "OFF: " + r.Notify.Detail
-	}
-	fmt.Fprintf(tw, "expired-key events\t%s\n", events)
-	fmt.Fprintf(tw, "eviction\t%s\n", r.Eviction)
+	r.redisState.printEvents(tw)
 	var counts []string
 	for _, st := range []string{"pending", "paid", "shipped", "completed", "cancelled", "expired"} {
 		counts = append(counts, fmt.Sprintf("%s %d", st, r.Orders[st]))
@@ -297,9 +307,7 @@ func (r *statusReport) print(w io.Writer, now time.Time) {
 		}
 		fmt.Fprintf(tw, "overdue %s\t%s\n", o.Status, line)
 	}
-	fmt.Fprintf(tw, "due index\t%s: %d timer(s), %d overdue, in %d shards\n", r.Index.Name, r.Index.Timers, r.Index.Overdue, len(r.Index.Shards))
-	fmt.Fprintf(tw, "failing timers\t%d retrying, %d dead\n", r.Index.Retries, len(r.Index.Dead))
-	fmt.Fprintf(tw, "listeners\t%d live\n", len(r.Index.Listeners))
+	r.redisState.printIndex(tw)
 	stream := fmt.Sprintf("%s: %d entries", r.Stream.Name, r.Stream.Entries)
 	if !r.Stream.On {
 		stream += " (off: --transitions-maxlen 0)"
@@ -324,6 +332,35 @@ func (r *statusReport) print(w io.Writer, now time.Time) {
 		}
 		tw.Flush()
 	}
+	r.redisState.printTables(w)
+	printProblems(w, r.Problems)
+}
+
+// printLines writes the lines of the table about Redis.
+func (r *redisState) printLines(tw io.Writer) {
+	r.printEvents(tw)
+	r.printIndex(tw)
+}
+
+func (r *redisState) printEvents(tw io.Writer) {
+	events := "unknown (" + r.Notify.Detail + ")"
+	if r.Notify.On != nil && *r.Notify.On {
+		events = "on (every node)"
+	} else if r.Notify.On != nil {
+		events = "OFF: " + r.Notify.Detail
+	}
+	fmt.Fprintf(tw, "expired-key events\t%s\n", events)
+	fmt.Fprintf(tw, "eviction\t%s\n", r.Eviction)
+}
+
+func (r *redisState) printIndex(tw io.Writer) {
+	fmt.Fprintf(tw, "due index\t%s: %d timer(s), %d overdue, in %d shards\n", r.Index.Name, r.Index.Timers, r.Index.Overdue, len(r.Index.Shards))
+	fmt.Fprintf(tw, "failing timers\t%d retrying, %d dead\n", r.Index.Retries, len(r.Index.Dead))
+	fmt.Fprintf(tw, "listeners\t%d live\n", len(r.Index.Listeners))
+}
+
+// printTables writes the listeners, the shards and the dead timers.
+func (r *redisState) printTables(w io.Writer) {
 	if len(r.Index.Listeners) > 0 {
 		fmt.Fprintln(w, "\nlisteners:")
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -353,9 +390,13 @@ func (r *statusReport) print(w io.Writer, now time.Time) {
 		}
 		tw.Flush()
 	}
-	if len(r.Problems) > 0 {
+}
+
+// printProblems writes what needs attention, if anything.
+func printProblems(w io.Writer, problems []string) {
+	if len(problems) > 0 {
 		fmt.Fprintln(w, "\nneeds attention:")
-		for _, p := range r.Problems {
+		for _, p := range problems {
 			fmt.Fprintln(w, "  - "+p)
 		}
 	}
