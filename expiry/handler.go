@@ -31,6 +31,11 @@ var ErrHandlerNotFound = errors.New("expiry: no handler for key")
 //	return fmt.Errorf("order %d: %w", id, expiry.SkipRetry)
 var SkipRetry = errors.New("expiry: skip retry")
 
+// ErrGiveUp, wrapped by a handler's error, says that the handler's own
+// bound on attempts is reached: with a Scheduler, the timer goes to the dead
+// set now rather than after MaxAttempts. It wraps SkipRetry.
+var ErrGiveUp = fmt.Errorf("expiry: give up: %w", SkipRetry)
+
 // ErrMalformedKey is wrapped by the error a handler returns for a key it
 // cannot parse (a malformed id, say). Such a key never gets better: it wraps
 // SkipRetry, and the Listener counts it in Stats.Malformed and logs a bounded

@@ -728,7 +728,11 @@ func (l *Listener) retryLater(ctx context.Context, ev Event, cause error) {
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
-	n, dead, err := s.retryLater(rctx, ev, cause, l.cfg.RetryDelay(ev.Attempt+1), l.cfg.MaxAttempts)
+	limit := l.cfg.MaxAttempts
+	if errors.Is(cause, ErrGiveUp) {
+		limit = min(limit, ev.Attempt+1) // the handler's own bound
+	}
+	n, dead, err := s.retryLater(rctx, ev, cause, l.cfg.RetryDelay(ev.Attempt+1), limit)
 	switch {
 	case err != nil:
 		l.log.Error("expired key not handled, and not set due again: Redis did not answer", KeyAttr(ev.RawKey),

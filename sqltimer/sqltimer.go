@@ -90,6 +90,17 @@ func New(db *sql.DB, cfg Config) (*Timer, error) {
 	return t, nil
 }
 
+// NewSweep compiles only a sweep statement, for a timer whose records
+// another party moves (a webhook): its Overdue works, its Apply does not.
+func NewSweep(db *sql.DB, name, sweep string) (*Timer, error) {
+	t := &Timer{db: db, cfg: Config{Name: name, Sweep: sweep}}
+	var err error
+	if t.sweep, err = compile(sweep, "limit"); err != nil {
+		return nil, fmt.Errorf("timer %s: sweep: %w", name, err)
+	}
+	return t, nil
+}
+
 // Name returns the timer's name.
 func (t *Timer) Name() string { return t.cfg.Name }
 
@@ -143,7 +154,10 @@ type namedStatement struct {
 }
 
 func (t *Timer) statements() []namedStatement {
-	out := []namedStatement{{"claim", t.claim}}
+	var out []namedStatement
+	if !t.claim.empty() {
+		out = append(out, namedStatement{"claim", t.claim})
+	}
 	for i, a := range t.apply {
 		out = append(out, namedStatement{fmt.Sprintf("apply[%d]", i), a})
 	}
@@ -169,6 +183,9 @@ type Outcome struct {
 func (t *Timer) Apply(ctx context.Context, ids []string) (Outcome, error) {
 	if len(ids) == 0 {
 		return Outcome{}, nil
+	}
+	if t.claim.empty() {
+		return Outcome{}, fmt.Errorf("timer %s: no claim: a sweep only", t.cfg.Name)
 	}
 	b := batch{args: make([]any, len(ids)), given: make(map[string]int, len(ids))}
 	for i, id := range ids {

@@ -23,11 +23,6 @@ import (
 // built-in timers run on, and creates nothing there.
 func runOwnTables(ctx context.Context, o *listenOptions) error {
 	cf := o.config
-	for _, tc := range cf.timers {
-		if tc.Webhook != nil {
-			return usageErrorf("config %s: timer %q: webhook timers are not run by this version of orderd; use claim and apply", cf.path, tc.Name)
-		}
-	}
 	if err := o.checkSizes(); err != nil {
 		return err
 	}
@@ -37,8 +32,21 @@ func runOwnTables(ctx context.Context, o *listenOptions) error {
 	}
 	defer d.close()
 	var timers []daemon.Timer
+	maxAttempts := defaultWebhookAttempts // the listener's bound (its default), or a webhook's if higher
 	for _, ot := range own {
-		timers = append(timers, daemon.SQLTimer(ot.t, ot.cfg.Key, orDefault(ot.cfg.BatchMax, o.BatchMax)))
+		batch := orDefault(ot.cfg.BatchMax, o.BatchMax)
+		w := ot.cfg.Webhook
+		if w == nil {
+			timers = append(timers, daemon.SQLTimer(ot.t, ot.cfg.Key, batch))
+			continue
+		}
+		wc := daemon.WebhookConfig{Name: ot.cfg.Name, Prefix: ot.cfg.Key, URL: w.URL, Secret: []byte(w.Secret),
+			Timeout: w.Timeout, MaxAttempts: w.MaxAttempts, BatchMax: batch}
+		if ot.t.Sweeps() {
+			wc.Overdue = ot.t.Overdue
+		}
+		timers = append(timers, daemon.WebhookTimer(wc))
+		maxAttempts = max(maxAttempts, orDefault(w.MaxAttempts, defaultWebhookAttempts))
 	}
 	rdb, store := d.rdb, d.store
 	if err := checkNotify(ctx, o, d); err != nil {
@@ -71,6 +79,7 @@ func runOwnTables(ctx context.Context, o *listenOptions) error {
 			Sentinel:     o.redis.sentinel,
 			Workers:      o.Workers,
 			ReapInterval: reap,
+			MaxAttempts:  maxAttempts,
 		},
 	}, nil)
 	m.watchListener(l.Listener)
@@ -106,6 +115,9 @@ func runOwnTables(ctx context.Context, o *listenOptions) error {
 	return nil
 }
 
+// defaultWebhookAttempts is a webhook timer's max_attempts when unset.
+const defaultWebhookAttempts = 10
+
 // orDefault returns a when it is set (positive), else b.
 func orDefault(a, b int) int {
 	if a > 0 {
@@ -130,7 +142,8 @@ type ownTimer struct {
 
 // openOwnTables connects to Redis and to the shop's database (--db, sessions
 // bounded as for listen; its schema is the shop's: nothing is checked or
-// created) and compiles the file's timers; with check, the database
+// created) and compiles the file's timers (of a webhook timer, its sweep
+// only); with check, the database
 // prepares each statement (exit 2 naming the file, the timer and the
 // statement it rejects).
 func openOwnTables(ctx context.Context, g *globalOptions, check bool) (*deps, []ownTimer, error) {
@@ -158,8 +171,16 @@ func openOwnTables(ctx context.Context, g *globalOptions, check bool) (*deps, []
 	d := &deps{rdb: rdb, store: store, sched: expiry.NewScheduler(rdb, expiry.SchedulerConfig{KeyPrefix: keys.Prefix, Index: keys.DueIndex()})}
 	var own []ownTimer
 	for _, tc := range cf.timers {
-		if tc.Webhook != nil {
-			own = append(own, ownTimer{cfg: tc}) // not run by this version (runOwnTables refuses it)
+		if tc.Webhook != nil { // the shop's app moves the records: only the sweep is SQL
+			t, err := sqltimer.NewSweep(store.DB().DB, tc.Name, tc.Sweep)
+			if err == nil && check {
+				err = t.Check(ctx)
+			}
+			if err != nil {
+				d.close()
+				return nil, nil, usageErrorf("config %s: %v", cf.path, err)
+			}
+			own = append(own, ownTimer{cfg: tc, t: t})
 			continue
 		}
 		ids := sqltimer.IntIDs
@@ -220,7 +241,7 @@ func runStatusOwnTables(ctx context.Context, o *statusOptions, out io.Writer) er
 	overdue := 0
 	for _, ot := range own {
 		ts := timerStatus{Name: ot.cfg.Name, Key: ot.cfg.Key, Overdue: -1}
-		if ot.t != nil && ot.t.Sweeps() {
+		if ot.t.Sweeps() {
 			ids, err := ot.t.Overdue(ctx, overdueLimit)
 			if err != nil {
 				return err

@@ -3,14 +3,22 @@ package main_test
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -401,6 +409,125 @@ func TestOwnTablesSeckill(t *testing.T) {
 		if now := count(`SELECT stock_count FROM seckill_goods WHERE id = ?`, g); now+live != stock {
 			t.Fatalf("goods %d: stock %d + %d live orders, want %d", g, now, live, stock)
 		}
+	}
+	if code := listen.stop(t); code != 0 {
+		t.Fatalf("orderd listen exit %d", code)
+	}
+}
+
+// webhookApp is a shop's app behind its own API: it checks each POST's
+// signature, fails the first few (500), and marks the shipped orders of the
+// others received.
+type webhookApp struct {
+	t       *testing.T
+	db      *sql.DB
+	secret  string
+	mu      sync.Mutex
+	fail    int          // POSTs still to fail
+	posts   int          // POSTs received
+	bad     int          // POSTs with a wrong signature
+	attempt map[int]bool // the attempts seen
+}
+
+func (a *webhookApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	mac := hmac.New(sha256.New, []byte(a.secret))
+	mac.Write(body)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.posts++
+	if r.Header.Get("X-Orderd-Signature") != "sha256="+hex.EncodeToString(mac.Sum(nil)) || r.Header.Get("Content-Type") != "application/json" {
+		a.bad++
+		http.Error(w, "bad signature", http.StatusUnauthorized)
+		return
+	}
+	var b struct {
+		Timer   string   `json:"timer"`
+		IDs     []string `json:"ids"`
+		Attempt int      `json:"attempt"`
+	}
+	if err := json.Unmarshal(body, &b); err != nil || b.Timer != "auto_confirm" || len(b.IDs) == 0 {
+		a.bad++
+		http.Error(w, "bad body", http.StatusBadRequest)
+		return
+	}
+	a.attempt[b.Attempt] = true
+	if a.fail > 0 {
+		a.fail--
+		http.Error(w, "the app is having a bad day", http.StatusInternalServerError)
+		return
+	}
+	for _, id := range b.IDs {
+		if _, err := a.db.Exec(`UPDATE orders SET status = 3, received_at = NOW(3) WHERE id = ? AND status = 2`, id); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+	}
+}
+
+// A webhook timer: the app's POSTs are signed, a 500 is retried (from the
+// due index, with backoff) until the app takes the batch, and when the app
+// stays down for longer than max_attempts the timers end in the dead set,
+// which orderd status shows (exit 1).
+func TestOwnTablesWebhook(t *testing.T) {
+	rdb := testkit.Redis(t, redisDB)
+	host, port, _ := strings.Cut(testkit.RedisAddr(), ":")
+	redisURL := "redis://" + host + ":" + port + "/" + strconv.Itoa(redisDB)
+	shop := newLaravelShop(t, redisURL, port, redisDB)
+	app := &webhookApp{t: t, db: shop.db, secret: "webhook-secret-for-the-test", fail: 2, attempt: map[int]bool{}}
+	srv := httptest.NewServer(app)
+	defer srv.Close()
+	config := fmt.Sprintf(`db: ${SHOP_DB_URL}
+redis_url: ${SHOP_REDIS_URL}
+key_prefix: "laravel_database_laravel_cache_:"
+sweep_interval: 1h
+timers:
+  - name: auto_confirm
+    key: "order_confirm:"
+    webhook:
+      url: %s/internal/orders/auto-confirm
+      secret: ${WEBHOOK_SECRET}
+      timeout: 1s
+      max_attempts: 3
+    sweep: SELECT id FROM orders WHERE status = 2 AND confirm_deadline <= NOW(3) ORDER BY confirm_deadline, id LIMIT :limit
+`, srv.URL)
+	path := filepath.Join(t.TempDir(), "orderd.yaml")
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := append([]string{"WEBHOOK_SECRET=" + app.secret, "ORDERD_LOG_FORMAT=json"}, shop.env...)
+	addr := freeAddr(t)
+	listen := start(t, env, "listen", "--config", path, "--metrics-addr", addr)
+	waitHTTP(t, "http://"+addr+"/healthz")
+
+	ship := func(from, to int64) {
+		t.Helper()
+		shop.place(t, from, to, -time.Hour)
+		shop.exec(t, `UPDATE orders SET status = 2, confirm_deadline = NOW(3) + INTERVAL 500000 MICROSECOND WHERE id BETWEEN ? AND ?`, from, to-1)
+		for id := from; id < to; id++ {
+			if err := rdb.Set(context.Background(), laravelPrefix+"order_confirm:"+strconv.FormatInt(id, 10), id, 500*time.Millisecond).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	ship(1, 21)
+	testkit.WaitFor(t, 30*time.Second, "every shipped order received through the webhook, after two 500s", func() bool {
+		return shop.count(t, `SELECT COUNT(*) FROM orders WHERE status = 3`) == 20
+	})
+	app.mu.Lock()
+	if app.bad != 0 || !app.attempt[1] || !app.attempt[2] {
+		t.Fatalf("the app saw %d bad POSTs and attempts %v; want none bad, and attempts 1 and 2 (the retries)", app.bad, app.attempt)
+	}
+	app.mu.Unlock()
+
+	srv.Close() // the app goes down for good
+	ship(101, 106)
+	testkit.WaitFor(t, 30*time.Second, "the timers of the app that is down in the dead set", func() bool {
+		code, out := runCmd(t, env, "status", "--config", path)
+		return code == 1 && strings.Contains(out, "5 timer(s) failed every attempt")
+	})
+	if n := shop.count(t, `SELECT COUNT(*) FROM orders WHERE id BETWEEN 101 AND 105 AND status = 2`); n != 5 {
+		t.Fatalf("%d of 5 orders of the app that is down still shipped", n)
 	}
 	if code := listen.stop(t); code != 0 {
 		t.Fatalf("orderd listen exit %d", code)

@@ -99,7 +99,11 @@ func batchHandler(t Timer, b *batcher) expiry.Handler {
 		if err := t.CheckID(id); err != nil {
 			return err
 		}
-		return b.do(ctx, id)
+		err := b.doAttempt(ctx, id, ev.Attempt)
+		if m, ok := t.(interface{ MaxAttempts() int }); ok && err != nil && ev.Attempt+1 >= m.MaxAttempts() {
+			err = fmt.Errorf("%w (attempt %d of %d: %w)", err, ev.Attempt+1, m.MaxAttempts(), expiry.ErrGiveUp)
+		}
+		return err
 	})
 }
 
@@ -125,6 +129,7 @@ type batch struct {
 	ids     []string
 	missing []string      // of ids, those that are no record
 	busy    []string      // of ids, those another transaction held
+	attempt int           // the highest of its members' failed attempts before
 	grew    chan struct{} // a member joined
 	full    chan struct{}
 	done    chan struct{}
@@ -154,6 +159,12 @@ func newBatcher(cfg BatchConfig, apply func(context.Context, []string, string) (
 var errBatchAborted = errors.New("order: batch not applied")
 
 func (b *batcher) do(ctx context.Context, id string) error {
+	return b.doAttempt(ctx, id, 0)
+}
+
+// doAttempt is do for the attempt-th try at id (0: the first); the batch
+// is applied with the highest of its members' (Attempt).
+func (b *batcher) doAttempt(ctx context.Context, id string, attempt int) error {
 	b.mu.Lock()
 	bt, leader := b.cur, false
 	if bt == nil {
@@ -161,6 +172,7 @@ func (b *batcher) do(ctx context.Context, id string) error {
 		b.cur, leader = bt, true
 	}
 	bt.ids = append(bt.ids, id)
+	bt.attempt = max(bt.attempt, attempt)
 	select {
 	case bt.grew <- struct{}{}:
 	default:
@@ -232,7 +244,7 @@ wait:
 	if b.cur == bt {
 		b.cur = nil
 	}
-	ids := bt.ids
+	ids, attempt := bt.ids, bt.attempt
 	b.mu.Unlock()
 	if err := ctx.Err(); err != nil {
 		return err
@@ -241,10 +253,27 @@ wait:
 	if b.fence != nil {
 		actx = order.WithFence(ctx, func() error { return b.fence(ids) })
 	}
-	a, err := b.apply(actx, ids, order.SourceEvent)
+	a, err := b.apply(withAttempt(actx, attempt+1), ids, order.SourceEvent)
 	if b.onBatch != nil && err == nil {
 		b.onBatch(len(ids)-len(a.Missing), a.Moved)
 	}
 	bt.missing, bt.busy, bt.err = a.Missing, a.Busy, err
 	return err
+}
+
+type attemptKey struct{}
+
+// withAttempt tells a Timer's Apply which attempt at its batch this is (1:
+// the first).
+func withAttempt(ctx context.Context, attempt int) context.Context {
+	return context.WithValue(ctx, attemptKey{}, attempt)
+}
+
+// Attempt returns which attempt at a batch ctx is applying (1: the first;
+// the highest of its members'). Outside a batch it is 1.
+func Attempt(ctx context.Context) int {
+	if n, ok := ctx.Value(attemptKey{}).(int); ok {
+		return n
+	}
+	return 1
 }
