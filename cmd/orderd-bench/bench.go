@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"slices"
@@ -199,16 +200,17 @@ func machine(ctx context.Context, rdb redis.UniversalClient, c config) map[strin
 
 func runOne(ctx context.Context, c config, rdb redis.UniversalClient, scenario, mode string, listeners int) (result, error) {
 	res := result{Scenario: scenario, Mode: mode, Listeners: listeners}
-	store, err := fresh(ctx, c, rdb)
+	sh := shapeOf(mode)
+	store, err := sh.fresh(ctx, c, rdb)
 	if err != nil {
 		return res, err
 	}
 	defer store.Close()
-	sched := expiry.NewScheduler(rdb, expiry.SchedulerConfig{Index: dueIndex})
+	sched := expiry.NewScheduler(rdb, expiry.SchedulerConfig{KeyPrefix: sh.prefix, Index: sh.prefix + dueIndex})
 
 	if scenario == "steady" {
 		t0 := time.Now()
-		if err := seedOtherKeys(ctx, rdb, sched, c.otherKeys, mode); err != nil {
+		if err := seedOtherKeys(ctx, rdb, sched, sh.prefix, c.otherKeys, sh.keysMode(mode)); err != nil {
 			return res, err
 		}
 		fmt.Fprintf(os.Stderr, "   %d other timers set in %v\n", c.otherKeys, time.Since(t0).Round(time.Millisecond))
@@ -246,12 +248,12 @@ func runOne(ctx context.Context, c config, rdb redis.UniversalClient, scenario, 
 		return start
 	}
 	t0 := time.Now()
-	if err := seedOrders(ctx, store, n, deadline); err != nil {
+	if err := sh.seedOrders(ctx, store, n, deadline); err != nil {
 		return res, err
 	}
 	fmt.Fprintf(os.Stderr, "   %d orders inserted in %v\n", n, time.Since(t0).Round(time.Millisecond))
 	t0 = time.Now()
-	if err := seedOrderKeys(ctx, rdb, sched, store, mode); err != nil {
+	if err := seedOrderKeys(ctx, rdb, sched, store, sh, sh.keysMode(mode)); err != nil {
 		return res, err
 	}
 	fmt.Fprintf(os.Stderr, "   their keys set in %v; first deadline in %v\n", time.Since(t0).Round(time.Millisecond), time.Until(start).Round(time.Millisecond))
@@ -276,7 +278,7 @@ func runOne(ctx context.Context, c config, rdb redis.UniversalClient, scenario, 
 	}
 	last := deadline(n - 1)
 	limit := last.Add(c.naiveWait)
-	if mode == "orderd" {
+	if mode == "orderd" || mode == "laravel" {
 		limit = last.Add(max(c.naiveWait, 5*time.Minute))
 	}
 	// Cheap checks often, a count (a scan: it costs the database) rarely.
@@ -285,7 +287,7 @@ func runOne(ctx context.Context, c config, rdb redis.UniversalClient, scenario, 
 			cpu0, cpuFrom = readCPU(ctx, rdb, pids), true
 		}
 		var any []int64
-		if err := store.DB().SelectContext(ctx, &any, `SELECT id FROM orders WHERE status = 'pending' LIMIT 1`); err != nil {
+		if err := store.DB().SelectContext(ctx, &any, `SELECT id FROM orders WHERE status = `+sh.pending+` LIMIT 1`); err != nil {
 			return res, err
 		}
 		if len(any) == 0 || time.Now().After(limit) {
@@ -293,7 +295,7 @@ func runOne(ctx context.Context, c config, rdb redis.UniversalClient, scenario, 
 		}
 		if time.Now().After(last) && i%20 == 0 {
 			var pending int
-			if err := store.DB().GetContext(ctx, &pending, `SELECT COUNT(*) FROM orders WHERE status = 'pending'`); err != nil {
+			if err := store.DB().GetContext(ctx, &pending, `SELECT COUNT(*) FROM orders WHERE status = `+sh.pending); err != nil {
 				return res, err
 			}
 			fmt.Fprintf(os.Stderr, "   %d pending, %v after the last deadline\n", pending, time.Since(last).Round(time.Second))
@@ -340,7 +342,7 @@ func runOne(ctx context.Context, c config, rdb redis.UniversalClient, scenario, 
 		res.Reconnects += max(m["orderd_subscriptions_total"]-1, 0)
 		res.Rescued += m["orderd_sweep_rescued_total"]
 		res.Unchanged += m["orderd_transitions_unchanged_total"]
-		moved := m["orderd_transition_lateness_seconds_count"]
+		moved := m["orderd_timers_moved_total"]
 		transitions += moved
 		busiest = max(busiest, moved)
 	}
@@ -355,7 +357,7 @@ func runOne(ctx context.Context, c config, rdb redis.UniversalClient, scenario, 
 			return res, err
 		}
 	}
-	return collect(ctx, store, res, n, start)
+	return collect(ctx, store, res, n, start, sh.moved, sh.stock)
 }
 
 // transitionsStream is the transitions stream (no --key-prefix).
@@ -385,13 +387,15 @@ func streamCaughtUp(ctx context.Context, store *sqlstore.Store, start time.Time)
 	return time.Since(start).Seconds(), nil
 }
 
-// collect reads the outcome from the database.
-func collect(ctx context.Context, store *sqlstore.Store, res result, n int, start time.Time) (result, error) {
+// collect reads the outcome from the database: moved returns each moved
+// order's deadline and the time it moved (Unix ms, as pay_deadline and
+// cancelled_at), stock the stock available plus that of the live orders.
+func collect(ctx context.Context, store *sqlstore.Store, res result, n int, start time.Time, moved, stock string) (result, error) {
 	var rows []struct {
 		Deadline int64 `db:"pay_deadline"`
 		At       int64 `db:"cancelled_at"`
 	}
-	if err := store.DB().SelectContext(ctx, &rows, `SELECT pay_deadline, cancelled_at FROM orders WHERE status = 'expired'`); err != nil {
+	if err := store.DB().SelectContext(ctx, &rows, moved); err != nil {
 		return res, err
 	}
 	late := make([]int64, len(rows))
@@ -413,14 +417,11 @@ func collect(ctx context.Context, store *sqlstore.Store, res result, n int, star
 		res.ElapsedS = float64(lastAt-start.UnixMilli()) / 1000
 		res.PerSecond = float64(len(rows)) / max(res.ElapsedS, 0.001)
 	}
-	var available, live int64
-	if err := store.DB().GetContext(ctx, &available, `SELECT available FROM skus WHERE sku = ?`, skuID); err != nil {
+	var total int64
+	if err := store.DB().GetContext(ctx, &total, stock); err != nil {
 		return res, err
 	}
-	if err := store.DB().GetContext(ctx, &live, `SELECT COALESCE(SUM(qty), 0) FROM orders WHERE status = 'pending'`); err != nil {
-		return res, err
-	}
-	res.StockOK = available+live == skuTotal
+	res.StockOK = total == skuTotal
 	return res, nil
 }
 
@@ -475,12 +476,12 @@ func freshDB(ctx context.Context, base string) (*sqlstore.Store, error) {
 
 // seedOtherKeys sets n keys with a 24 h TTL, as a shop's pending
 // receipt confirmations are; orderd also keeps them in its due index.
-func seedOtherKeys(ctx context.Context, rdb redis.UniversalClient, sched *expiry.Scheduler, n int, mode string) error {
+func seedOtherKeys(ctx context.Context, rdb redis.UniversalClient, sched *expiry.Scheduler, prefix string, n int, mode string) error {
 	deadline := time.Now().Add(24 * time.Hour)
 	for i := 0; i < n; i += keysBatch {
 		var timers []expiry.Timer
 		for j := i; j < min(n, i+keysBatch); j++ {
-			timers = append(timers, expiry.Timer{Key: "order_confirm:" + strconv.Itoa(100_000_000+j), Deadline: deadline.Add(time.Duration(j) * time.Millisecond)})
+			timers = append(timers, expiry.Timer{Key: prefix + "order_confirm:" + strconv.Itoa(100_000_000+j), Deadline: deadline.Add(time.Duration(j) * time.Millisecond)})
 		}
 		if err := setTimers(ctx, rdb, sched, timers, mode); err != nil {
 			return err
@@ -536,8 +537,8 @@ func seedOrders(ctx context.Context, store *sqlstore.Store, n int, deadline func
 }
 
 // seedOrderKeys sets order_pay:<id> for every order, expiring at its deadline.
-func seedOrderKeys(ctx context.Context, rdb redis.UniversalClient, sched *expiry.Scheduler, store *sqlstore.Store, mode string) error {
-	rows, err := store.DB().QueryContext(ctx, `SELECT id, pay_deadline FROM orders ORDER BY id`)
+func seedOrderKeys(ctx context.Context, rdb redis.UniversalClient, sched *expiry.Scheduler, store *sqlstore.Store, sh shape, mode string) error {
+	rows, err := store.DB().QueryContext(ctx, sh.deadlines)
 	if err != nil {
 		return err
 	}
@@ -553,7 +554,7 @@ func seedOrderKeys(ctx context.Context, rdb redis.UniversalClient, sched *expiry
 		if err := rows.Scan(&id, &ms); err != nil {
 			return err
 		}
-		timers = append(timers, expiry.Timer{Key: "order_pay:" + strconv.FormatInt(id, 10), Deadline: time.UnixMilli(ms)})
+		timers = append(timers, expiry.Timer{Key: sh.prefix + "order_pay:" + strconv.FormatInt(id, 10), Deadline: time.UnixMilli(ms)})
 		if len(timers) == keysBatch {
 			if err := flush(); err != nil {
 				return err
@@ -579,9 +580,15 @@ var addrField = regexp.MustCompile(`"addr":"([^"]+)"`)
 func startDaemon(ctx context.Context, c config, mode string) (*daemon, error) {
 	args := []string{"listen", "--redis-url", c.redisURL, "--db", c.mysqlBase + "/" + benchDB,
 		"--sweep-interval", "1h", "--metrics-addr", "127.0.0.1:0", "--log-format", "json", "--log-level", "info"}
+	if mode == "laravel" { // the shop's tables, through the example's configuration file
+		args = append([]string{"listen", "--config", filepath.Join(c.laravelDir, "orderd.yaml")}, args[5:]...)
+	}
 	args = append(args, c.extra...)
 	cmd := exec.Command(c.orderd, args...)
-	if mode != "orderd" {
+	if mode == "laravel" {
+		cmd.Env = append(os.Environ(), "SHOP_DB_URL="+c.mysqlBase+"/"+benchDB, "SHOP_REDIS_URL="+c.redisURL)
+	}
+	if mode != "orderd" && mode != "laravel" {
 		// The usual design (naive.go) and the peer (asynq.go), run by this
 		// program itself.
 		self, err := os.Executable()

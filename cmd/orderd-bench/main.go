@@ -38,8 +38,11 @@ type config struct {
 	naiveWait time.Duration
 	replicas  int // listeners of the replicas scenario, run against one
 	modes     []string
-	scenarios []string
-	extra     []string // more flags for `orderd listen` in orderd mode
+	// laravelDir holds the Laravel example (schema.sql, orderd.yaml) that
+	// mode laravel runs.
+	laravelDir string
+	scenarios  []string
+	extra      []string // more flags for `orderd listen` in orderd mode
 }
 
 func main() {
@@ -69,7 +72,8 @@ func main() {
 	flag.DurationVar(&c.duration, "duration", -1, "length of steady (overrides the preset)")
 	flag.IntVar(&c.burst, "burst", -1, "orders sharing one deadline in burst (overrides the preset)")
 	flag.DurationVar(&c.naiveWait, "naive-wait", -1, "how long the naive mode may take after the last deadline before the rest count as not handled")
-	flag.StringVar(&modes, "modes", "orderd,naive,asynq,asynq-100ms", "modes to run: orderd, naive (keyspace events, a transaction per order), asynq (the peer, its forwarder every 5 s) and asynq-100ms (every 100 ms)")
+	flag.StringVar(&modes, "modes", "orderd,laravel,naive,asynq,asynq-100ms", "modes to run: orderd, laravel (orderd on a Laravel shop's own tables: the pay timeout as configured SQL, contrib/examples/laravel), naive (keyspace events, a transaction per order), asynq (the peer, its forwarder every 5 s) and asynq-100ms (every 100 ms)")
+	flag.StringVar(&c.laravelDir, "laravel-dir", "contrib/examples/laravel", "the Laravel example that mode laravel runs (schema.sql, orderd.yaml)")
 	flag.StringVar(&scenarios, "scenarios", "idle,steady,traffic,burst,replicas", "scenarios to run (idle: the Redis commands per second of an `orderd listen` with nothing to do; traffic: orders created through `orderd serve` at --rate/s for --duration with a 3 s pay timeout while others expire; replicas: the burst with one `orderd listen`, then with --replicas of them; idle, traffic and replicas in orderd mode only)")
 	flag.IntVar(&c.replicas, "replicas", 3, "listeners sharing the burst in the replicas scenario")
 	var extra string
@@ -94,7 +98,7 @@ func main() {
 	c.modes = split(modes)
 	c.scenarios = split(scenarios)
 	for _, m := range c.modes {
-		if m != "orderd" && m != "naive" && !isAsynq(m) {
+		if m != "orderd" && m != "laravel" && m != "naive" && !isAsynq(m) {
 			fmt.Fprintf(os.Stderr, "orderd-bench: --modes: unknown mode %q\n", m)
 			os.Exit(2)
 		}

@@ -67,6 +67,16 @@ func (r *report) print(w io.Writer) {
 		if !ok {
 			continue
 		}
+		if b, ok := r.find(sc, "laravel"); ok { // the same engine on a shop's own tables
+			switch sc {
+			case "steady":
+				fmt.Fprintf(w, "\nsteady: on a Laravel shop's own tables (a configured SQL timer), p99 lateness %s against %s on orderd's (%+.0f ms)",
+					ms(b.P99ms), ms(a.P99ms), b.P99ms-a.P99ms)
+			case "burst":
+				fmt.Fprintf(w, "\nburst: on a Laravel shop's own tables (a configured SQL timer), %.0f orders/s: %s the built-in's %.0f",
+					b.PerSecond, ratio(b.PerSecond, a.PerSecond), a.PerSecond)
+			}
+		}
 		for _, mode := range []string{"naive", "asynq", "asynq-100ms"} {
 			b, ok := r.find(sc, mode)
 			if !ok {

@@ -46,7 +46,7 @@ func runTraffic(ctx context.Context, c config, rdb redis.UniversalClient) (resul
 	defer store.Close()
 	sched := expiry.NewScheduler(rdb, expiry.SchedulerConfig{Index: dueIndex})
 	t0 := time.Now()
-	if err := seedOtherKeys(ctx, rdb, sched, c.otherKeys, "orderd"); err != nil {
+	if err := seedOtherKeys(ctx, rdb, sched, "", c.otherKeys, "orderd"); err != nil {
 		return res, err
 	}
 	fmt.Fprintf(os.Stderr, "   %d other timers set in %v\n", c.otherKeys, time.Since(t0).Round(time.Millisecond))
@@ -113,7 +113,8 @@ func runTraffic(ctx context.Context, c config, rdb redis.UniversalClient) (resul
 	if err := d.stop(); err != nil {
 		return res, err
 	}
-	return collect(ctx, store, res, created, first)
+	sh := shapeOf("orderd")
+	return collect(ctx, store, res, created, first, sh.moved, sh.stock)
 }
 
 // startServe starts `orderd serve` on a free port with the traffic
