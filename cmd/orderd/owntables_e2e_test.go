@@ -533,3 +533,36 @@ timers:
 		t.Fatalf("orderd listen exit %d", code)
 	}
 }
+
+// A statement that fails while orderd runs (the shop renamed a column the
+// timer's SQL uses) rolls its batch back, is logged with the timer's name and
+// the statement, and is tried again from the due index: once the column is
+// back, the orders close, once each. The listener keeps running.
+func TestOwnTablesStatementErrorRetried(t *testing.T) {
+	testkit.Redis(t, redisDB)
+	host, port, _ := strings.Cut(testkit.RedisAddr(), ":")
+	shop := newLaravelShop(t, "redis://"+host+":"+port+"/"+strconv.Itoa(redisDB), port, redisDB)
+	env := append([]string{"ORDERD_SWEEP_INTERVAL=1h", "ORDERD_LOG_FORMAT=json"}, shop.env...)
+	addr := freeAddr(t)
+	listen := start(t, env, "listen", "--config", filepath.Join(laravelDir, "orderd.yaml"), "--metrics-addr", addr)
+	waitHTTP(t, "http://"+addr+"/healthz")
+
+	deadline := shop.place(t, 1, 11, 2*time.Second)
+	shop.exec(t, `ALTER TABLE goods RENAME COLUMN stock TO stock_left`)
+	shop.timers(t, "pay", time.Until(deadline), true, 1, 11)
+	testkit.WaitFor(t, 30*time.Second, "the failing statement logged with the timer's name", func() bool {
+		out := listen.stderr.String()
+		return strings.Contains(out, "timer pay_timeout: apply[1]") && strings.Contains(out, "stock")
+	})
+	if n := shop.count(t, `SELECT COUNT(*) FROM orders WHERE status = 0`); n != 10 {
+		t.Fatalf("%d of 10 orders still unpaid while the statement fails, want 10: a failed batch rolls back", n)
+	}
+	shop.exec(t, `ALTER TABLE goods RENAME COLUMN stock_left TO stock`)
+	testkit.WaitFor(t, 60*time.Second, "the orders closed once the statement works again", func() bool {
+		return shop.count(t, `SELECT COUNT(*) FROM orders WHERE status = 4`) == 10
+	})
+	shop.checkStock(t)
+	if code := listen.stop(t); code != 0 {
+		t.Fatalf("orderd listen exit %d", code)
+	}
+}
