@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/orderd/orderd/order/ordertest"
-	"github.com/orderd/orderd/order/sqlstore"
 	"github.com/orderd/orderd/sqltimer"
 )
 
@@ -54,24 +53,7 @@ func shop(t *testing.T, params string) *sql.DB {
 	if params != "" {
 		url += "?" + params
 	}
-	_, dsn, err := sqlstore.ParseURL(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db, err := sql.Open("mysql", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	for _, q := range strings.Split(shopSchema, ";") {
-		if strings.TrimSpace(q) == "" {
-			continue
-		}
-		if _, err := db.Exec(q); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return db
+	return ordertest.SQLDB(t, url, shopSchema)
 }
 
 func exec(t *testing.T, db *sql.DB, q string, args ...any) {

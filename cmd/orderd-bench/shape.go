@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/orderd/orderd/internal/sqlscript"
 	"github.com/orderd/orderd/order/sqlstore"
 )
 
@@ -88,16 +89,7 @@ func freshLaravel(ctx context.Context, c config, rdb redis.UniversalClient) (*sq
 	if err != nil {
 		return nil, err
 	}
-	var stmts strings.Builder
-	for line := range strings.Lines(string(raw)) {
-		if !strings.HasPrefix(line, "--") {
-			stmts.WriteString(line)
-		}
-	}
-	for _, q := range strings.Split(stmts.String(), ";") {
-		if strings.TrimSpace(q) == "" {
-			continue
-		}
+	for _, q := range sqlscript.Statements(string(raw)) {
 		if _, err := st.DB().ExecContext(ctx, q); err != nil {
 			st.Close()
 			return nil, fmt.Errorf("schema.sql: %w", err)

@@ -75,6 +75,53 @@ func checkNotify(ctx context.Context, o *listenOptions, d *deps) error {
 	}
 }
 
+// reapInterval is the listener's ReapInterval: its default, or none
+// (--reaper=false).
+func (o *listenOptions) reapInterval() time.Duration {
+	if !o.Reaper {
+		return -1
+	}
+	return 0
+}
+
+// notifyMode is what the listener does about notify-keyspace-events.
+func (o *listenOptions) notifyMode() expiry.NotifyPolicy {
+	switch {
+	case o.SkipNotifyCheck:
+		return expiry.NotifyIgnore
+	case o.SetNotifyConfig:
+		return expiry.NotifyEnable
+	}
+	return expiry.NotifyCheck
+}
+
+// serveOps serves /metrics and /healthz on --metrics-addr, if set: healthy
+// while Redis and the database answer and the listener hears expired-key
+// events. The returned wait blocks until the server stopped.
+func (o *listenOptions) serveOps(ctx context.Context, m *daemonMetrics, d *deps, l *expiry.Listener) (wait func(), err error) {
+	if o.MetricsAddr == "" {
+		return func() {}, nil
+	}
+	health := func(ctx context.Context) httpapi.Problems {
+		p := d.health(ctx)
+		h := l.Health()
+		if h.Notify != nil {
+			p["notify"] = h.Notify.Error()
+		}
+		if h.Eviction != nil {
+			p["eviction"] = h.Eviction.Error()
+		}
+		if !h.Subscribed {
+			p["subscription"] = "not subscribed to expired-key events (yet): expirations are not heard"
+		}
+		return p
+	}
+	if wait, err = serveOps(ctx, o.MetricsAddr, m.reg, health, o.log); err != nil {
+		return nil, usageErrorf("--metrics-addr %q: %v", o.MetricsAddr, err)
+	}
+	return wait, nil
+}
+
 // checkSizes refuses a --workers or --batch-max that is not positive.
 func (o *listenOptions) checkSizes() error {
 	if o.Workers <= 0 {
@@ -109,17 +156,6 @@ func runListen(ctx context.Context, o *listenOptions) error {
 	cfg.GiveBacks = d.giveBacks
 	defer d.startGiveBacks()() // stopped after the listener: its last give-backs land
 	svc := order.NewService(d.store, d.counter, d.sched, cfg)
-	reap := time.Duration(0) // the listener's default
-	if !o.Reaper {
-		reap = -1
-	}
-	notify := expiry.NotifyCheck
-	switch {
-	case o.SkipNotifyCheck:
-		notify = expiry.NotifyIgnore
-	case o.SetNotifyConfig:
-		notify = expiry.NotifyEnable
-	}
 	var wakeRelay func()
 	l := daemon.New(svc, d.rdb, daemon.Config{
 		OnStockRebuilt: m.onStockRebuilt,
@@ -137,10 +173,10 @@ func runListen(ctx context.Context, o *listenOptions) error {
 		Leases:  d.store,
 		Listener: expiry.ListenerConfig{
 			Scheduler:    d.sched,
-			Notify:       notify,
+			Notify:       o.notifyMode(),
 			Sentinel:     o.redis.sentinel,
 			Workers:      o.Workers,
-			ReapInterval: reap,
+			ReapInterval: o.reapInterval(),
 		},
 	})
 	m.watchListener(l.Listener)
@@ -152,25 +188,9 @@ func runListen(ctx context.Context, o *listenOptions) error {
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "orderd_sweep_interval_seconds", Help: "The --sweep-interval: overdue orders older than this were missed by the sweep too.",
 	}, func() float64 { return o.SweepInterval.Seconds() }))
-	wait := func() {}
-	if o.MetricsAddr != "" {
-		health := func(ctx context.Context) httpapi.Problems {
-			p := d.health(ctx)
-			h := l.Health()
-			if h.Notify != nil {
-				p["notify"] = h.Notify.Error()
-			}
-			if h.Eviction != nil {
-				p["eviction"] = h.Eviction.Error()
-			}
-			if !h.Subscribed {
-				p["subscription"] = "not subscribed to expired-key events (yet): expirations are not heard"
-			}
-			return p
-		}
-		if wait, err = serveOps(ctx, o.MetricsAddr, m.reg, health, o.log); err != nil {
-			return usageErrorf("--metrics-addr %q: %v", o.MetricsAddr, err)
-		}
+	wait, err := o.serveOps(ctx, m, d, l.Listener)
+	if err != nil {
+		return err
 	}
 	o.log.Info("orderd listen starting", zap.Stringer("redis", o.redis), zap.Int("redis_db", o.redis.db()),
 		zap.String("key_prefix", o.KeyPrefix), zap.Duration("sweep_interval", o.SweepInterval))

@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -13,7 +11,6 @@ import (
 
 	"github.com/orderd/orderd/expiry"
 	"github.com/orderd/orderd/order/daemon"
-	"github.com/orderd/orderd/order/httpapi"
 	"github.com/orderd/orderd/order/sqlstore"
 	"github.com/orderd/orderd/sqltimer"
 )
@@ -52,17 +49,6 @@ func runOwnTables(ctx context.Context, o *listenOptions) error {
 	if err := checkNotify(ctx, o, d); err != nil {
 		return err
 	}
-	reap := time.Duration(0) // the listener's default
-	if !o.Reaper {
-		reap = -1
-	}
-	notify := expiry.NotifyCheck
-	switch {
-	case o.SkipNotifyCheck:
-		notify = expiry.NotifyIgnore
-	case o.SetNotifyConfig:
-		notify = expiry.NotifyEnable
-	}
 	keys := o.keys()
 	sched := d.sched
 	m := newDaemonMetrics()
@@ -75,31 +61,18 @@ func runOwnTables(ctx context.Context, o *listenOptions) error {
 		PingDB:        store.Ping,
 		Listener: expiry.ListenerConfig{
 			Scheduler:    sched,
-			Notify:       notify,
+			Notify:       o.notifyMode(),
 			Sentinel:     o.redis.sentinel,
 			Workers:      o.Workers,
-			ReapInterval: reap,
+			ReapInterval: o.reapInterval(),
 			MaxAttempts:  maxAttempts,
 		},
 	}, nil)
 	m.watchListener(l.Listener)
 	m.timers(timerNames(timers)...)
-	wait := func() {}
-	if o.MetricsAddr != "" {
-		health := func(ctx context.Context) httpapi.Problems {
-			p := d.health(ctx)
-			h := l.Health()
-			if h.Notify != nil {
-				p["notify"] = h.Notify.Error()
-			}
-			if !h.Subscribed {
-				p["subscription"] = "not subscribed to expired-key events (yet): expirations are not heard"
-			}
-			return p
-		}
-		if wait, err = serveOps(ctx, o.MetricsAddr, m.reg, health, o.log); err != nil {
-			return usageErrorf("--metrics-addr %q: %v", o.MetricsAddr, err)
-		}
+	wait, err := o.serveOps(ctx, m, d, l.Listener)
+	if err != nil {
+		return err
 	}
 	o.log.Info("orderd listen starting on your own tables", zap.String("config", cf.path), zap.Strings("timers", timerNames(timers)),
 		zap.Stringer("redis", o.redis), zap.Int("redis_db", o.redis.db()), zap.String("key_prefix", o.KeyPrefix),
@@ -171,23 +144,16 @@ func openOwnTables(ctx context.Context, g *globalOptions, check bool) (*deps, []
 	d := &deps{rdb: rdb, store: store, sched: expiry.NewScheduler(rdb, expiry.SchedulerConfig{KeyPrefix: keys.Prefix, Index: keys.DueIndex()})}
 	var own []ownTimer
 	for _, tc := range cf.timers {
+		var t *sqltimer.Timer
 		if tc.Webhook != nil { // the shop's app moves the records: only the sweep is SQL
-			t, err := sqltimer.NewSweep(store.DB().DB, tc.Name, tc.Sweep)
-			if err == nil && check {
-				err = t.Check(ctx)
+			t, err = sqltimer.NewSweep(store.DB().DB, tc.Name, tc.Sweep)
+		} else {
+			ids := sqltimer.IntIDs
+			if tc.ID == "string" {
+				ids = sqltimer.StringIDs
 			}
-			if err != nil {
-				d.close()
-				return nil, nil, usageErrorf("config %s: %v", cf.path, err)
-			}
-			own = append(own, ownTimer{cfg: tc, t: t})
-			continue
+			t, err = sqltimer.New(store.DB().DB, sqltimer.Config{Name: tc.Name, IDs: ids, Claim: tc.Claim, Apply: tc.Apply, Sweep: tc.Sweep, Deadline: tc.Deadline})
 		}
-		ids := sqltimer.IntIDs
-		if tc.ID == "string" {
-			ids = sqltimer.StringIDs
-		}
-		t, err := sqltimer.New(store.DB().DB, sqltimer.Config{Name: tc.Name, IDs: ids, Claim: tc.Claim, Apply: tc.Apply, Sweep: tc.Sweep, Deadline: tc.Deadline})
 		if err == nil && check {
 			err = t.Check(ctx)
 		}
@@ -260,13 +226,7 @@ func runStatusOwnTables(ctx context.Context, o *statusOptions, out io.Writer) er
 		r.Problems = append(r.Problems, fmt.Sprintf("no `orderd listen` is running, and %d record(s) are overdue", overdue))
 	}
 	r.Healthy = len(r.Problems) == 0
-	if o.JSON {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(r); err != nil {
-			return err
-		}
-	} else {
+	return o.report(out, r, r.Problems, func() {
 		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 		fmt.Fprintf(tw, "redis\t%s\n", r.Redis)
 		fmt.Fprintf(tw, "config\t%s (timers on your own tables)\n", r.Config)
@@ -284,9 +244,5 @@ func runStatusOwnTables(ctx context.Context, o *statusOptions, out io.Writer) er
 		tw.Flush()
 		r.redisState.printTables(out)
 		printProblems(out, r.Problems)
-	}
-	if !r.Healthy {
-		return fmt.Errorf("%d problem(s) need attention: %s", len(r.Problems), strings.Join(r.Problems, "; "))
-	}
-	return nil
+	})
 }

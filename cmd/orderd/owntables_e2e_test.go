@@ -25,7 +25,6 @@ import (
 	"github.com/orderd/orderd/expiry"
 	"github.com/orderd/orderd/internal/testkit"
 	"github.com/orderd/orderd/order/ordertest"
-	"github.com/orderd/orderd/order/sqlstore"
 )
 
 // laravelDir is the worked example of a Laravel shop's own tables.
@@ -51,33 +50,11 @@ func newLaravelShop(t *testing.T, redisURL string, redisPort string, redisDB int
 		t.Fatalf("php has no redis extension (%v): install Debian's php-redis (contrib/dev/test.sh does)", err)
 	}
 	url := ordertest.MySQLURL(t)
-	_, dsn, err := sqlstore.ParseURL(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db, err := sql.Open("mysql", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
 	schema, err := os.ReadFile(filepath.Join(laravelDir, "schema.sql"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stmts strings.Builder
-	for line := range strings.Lines(string(schema)) {
-		if !strings.HasPrefix(line, "--") {
-			stmts.WriteString(line)
-		}
-	}
-	for _, q := range strings.Split(stmts.String(), ";") {
-		if strings.TrimSpace(q) == "" {
-			continue
-		}
-		if _, err := db.Exec(q); err != nil {
-			t.Fatalf("schema.sql: %v\n%s", err, q)
-		}
-	}
+	db := ordertest.SQLDB(t, url, string(schema))
 	s := &laravelShop{db: db, url: url, php: php, stock: map[int64]int64{1: 10000, 2: 10000, 3: 10000},
 		env: []string{"SHOP_DB_URL=" + url, "SHOP_REDIS_URL=" + redisURL,
 			"REDIS_HOST=127.0.0.1", "REDIS_PORT=" + redisPort, "REDIS_DB=" + strconv.Itoa(redisDB)}}
@@ -327,25 +304,11 @@ func TestOwnTablesSeckill(t *testing.T) {
 	testkit.Redis(t, redisDB)
 	host, port, _ := strings.Cut(testkit.RedisAddr(), ":")
 	url := ordertest.MySQLURL(t)
-	_, dsn, err := sqlstore.ParseURL(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db, err := sql.Open("mysql", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
 	schema, err := os.ReadFile(filepath.Join(seckillDir, "schema.sql"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stmts strings.Builder
-	for line := range strings.Lines(string(schema)) {
-		if !strings.HasPrefix(line, "--") {
-			stmts.WriteString(line)
-		}
-	}
+	db := ordertest.SQLDB(t, url, string(schema))
 	mustExec := func(q string, args ...any) {
 		t.Helper()
 		if _, err := db.Exec(q, args...); err != nil {
@@ -359,11 +322,6 @@ func TestOwnTablesSeckill(t *testing.T) {
 			t.Fatalf("%s: %v", q, err)
 		}
 		return n.Int64
-	}
-	for _, q := range strings.Split(stmts.String(), ";") {
-		if strings.TrimSpace(q) != "" {
-			mustExec(q)
-		}
 	}
 	const stock, orders = 500, 200
 	mustExec(`INSERT INTO seckill_goods VALUES (1, ?), (2, ?)`, stock, stock)

@@ -214,7 +214,12 @@ func runStatus(ctx context.Context, o *statusOptions, out io.Writer) error {
 		}
 	}
 	r.Healthy = len(r.Problems) == 0
+	return o.report(out, r, r.Problems, func() { r.print(out, now) })
+}
 
+// report writes r as JSON (--json) or with print, and returns an error
+// naming the problems when there are any (exit 1).
+func (o *statusOptions) report(out io.Writer, r any, problems []string, print func()) error {
 	if o.JSON {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
@@ -222,10 +227,10 @@ func runStatus(ctx context.Context, o *statusOptions, out io.Writer) error {
 			return err
 		}
 	} else {
-		r.print(out, now)
+		print()
 	}
-	if !r.Healthy {
-		return fmt.Errorf("%d problem(s) need attention: %s", len(r.Problems), strings.Join(r.Problems, "; "))
+	if len(problems) > 0 {
+		return fmt.Errorf("%d problem(s) need attention: %s", len(problems), strings.Join(problems, "; "))
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ package ordertest
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/orderd/orderd/internal/sqlscript"
 	"github.com/orderd/orderd/order"
 	"github.com/orderd/orderd/order/sqlstore"
 )
@@ -166,4 +168,26 @@ func SeedPendingAt(tb testing.TB, st *sqlstore.Store, sku int64, n int, deadline
 		tb.Fatalf("seeded %d orders, want %d", len(ids), n)
 	}
 	return ids
+}
+
+// SQLDB opens url (sqlstore.ParseURL's forms) with database/sql alone, for
+// a test that works on a shop's own tables; it is closed when the test ends.
+// The statements of script (sqlscript.Statements), if any, are run on it.
+func SQLDB(tb testing.TB, url, script string) *sql.DB {
+	tb.Helper()
+	driver, dsn, err := sqlstore.ParseURL(url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	db, err := sql.Open(driver, dsn)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { db.Close() })
+	for _, q := range sqlscript.Statements(script) {
+		if _, err := db.Exec(q); err != nil {
+			tb.Fatalf("%v\n%s", err, q)
+		}
+	}
+	return db
 }
