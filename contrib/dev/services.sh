@@ -6,9 +6,9 @@
 #   services_install [mysql] [TOOL...]
 #                               install redis-server (and mariadb-server, and the Debian
 #                               package of each TOOL: systemd-analyze, supervisord, jq, promtool, php,
-#                               php-redis: PHP's redis extension)
+#                               php-redis: PHP's redis extension, galera: galera-4 and rsync)
 #                               from Debian when missing
-#   services_start redis|mysql|cluster|sentinel
+#   services_start redis|mysql|cluster|sentinel|galera
 #                               start a private server (or set) under $ORDERD_SCRATCH on loopback ports
 #   services_stop               stop every server this shell started (also run on EXIT)
 #
@@ -23,11 +23,17 @@
 # (master name "orderd") from ORDERD_DEV_SENTINEL_PORT (default 17101); exports
 # ORDERD_TEST_SENTINEL (the sentinels' host:port, comma-separated). Every node
 # publishes expired-key events (notify-keyspace-events Ex), replicas too.
+# galera: three MariaDB nodes in one Galera cluster (galera-4; the first
+# bootstrapped, the others joining by rsync SST), client ports from
+# ORDERD_DEV_GALERA_PORT (default 13501), group ports from
+# ORDERD_DEV_GALERA_PORT + 1000; exports ORDERD_TEST_GALERA (the nodes'
+# host:port, comma-separated; user orderd, password orderd, as mysql).
 
 ORDERD_DEV_REDIS_PORT=${ORDERD_DEV_REDIS_PORT:-16379}
 ORDERD_DEV_MYSQL_PORT=${ORDERD_DEV_MYSQL_PORT:-13306}
 ORDERD_DEV_CLUSTER_PORT=${ORDERD_DEV_CLUSTER_PORT:-17001}
 ORDERD_DEV_SENTINEL_PORT=${ORDERD_DEV_SENTINEL_PORT:-17101}
+ORDERD_DEV_GALERA_PORT=${ORDERD_DEV_GALERA_PORT:-13501}
 _services_pids=()
 
 services_scratch() {
@@ -45,6 +51,7 @@ _tool_package() {
 	supervisord) echo supervisor ;;
 	promtool) echo prometheus ;;
 	php) echo php-cli ;;
+	galera) echo galera-4 rsync ;;
 	*) echo "$1" ;;
 	esac
 }
@@ -53,6 +60,7 @@ _tool_package() {
 _tool_present() {
 	case "$1" in
 	php-redis) command -v php >/dev/null 2>&1 && php -m 2>/dev/null | grep -qx redis ;;
+	galera) [ -e /usr/lib/galera/libgalera_smm.so ] && command -v rsync >/dev/null 2>&1 ;;
 	*) command -v "$1" >/dev/null 2>&1 ;;
 	esac
 }
@@ -65,7 +73,8 @@ services_install() {
 		shift
 	fi
 	for tool in "$@"; do
-		_tool_present "$tool" || need+=("$(_tool_package "$tool")")
+		# shellcheck disable=SC2207 # a tool may need several packages
+		_tool_present "$tool" || need+=($(_tool_package "$tool"))
 	done
 	[ ${#need[@]} -eq 0 ] && return 0
 	echo "installing ${need[*]} from Debian's packages" >&2
@@ -140,6 +149,7 @@ services_start() {
 		;;
 	cluster) _start_cluster ;;
 	sentinel) _start_sentinel ;;
+	galera) _start_galera ;;
 	*) echo "services_start: unknown service $1" >&2; return 1 ;;
 	esac
 }
@@ -226,12 +236,69 @@ _start_sentinel() {
 	export ORDERD_TEST_SENTINEL
 }
 
+# _galera_node N ARGS...: start node N (1-3) of the Galera cluster under
+# $ORDERD_SCRATCH/galera/nN, on the ports picked by _start_galera.
+_galera_node() {
+	local n=$1 dir="$ORDERD_SCRATCH/galera/n$1"
+	shift
+	local port=${_galera_ports[$((n - 1))]} group=${_galera_groups[$((n - 1))]}
+	/usr/sbin/mariadbd --no-defaults --datadir="$dir/data" --socket="$dir/mysql.sock" \
+		--pid-file="$dir/mysql.pid" --port="$port" --bind-address=127.0.0.1 \
+		--user="$(id -un)" --log-error="$dir/error.log" --skip-name-resolve \
+		--innodb-buffer-pool-size=256M --max-connections=500 \
+		--binlog-format=ROW --innodb-autoinc-lock-mode=2 \
+		--wsrep-on=ON --wsrep-provider=/usr/lib/galera/libgalera_smm.so \
+		--wsrep-cluster-name=orderd --wsrep-node-name="n$n" \
+		--wsrep-cluster-address="gcomm://$(IFS=,; echo "${_galera_peers[*]}")" \
+		--wsrep-node-address="127.0.0.1:$group" \
+		--wsrep-provider-options="gmcast.listen_addr=tcp://127.0.0.1:$group;ist.recv_addr=127.0.0.1:$((group + 1))" \
+		--wsrep-sst-method=rsync --wsrep-sst-receive-address="127.0.0.1:$((group + 2))" \
+		"$@" >/dev/null 2>&1 &
+	_services_pids+=("$!")
+}
+
+# _galera_synced N: whether node N is a synced member of the cluster.
+_galera_synced() {
+	mariadb --no-defaults --socket="$ORDERD_SCRATCH/galera/n$1/mysql.sock" -uroot -N \
+		-e "SHOW STATUS LIKE 'wsrep_local_state_comment'" 2>/dev/null | grep -q Synced
+}
+
+_start_galera() {
+	local n port=$ORDERD_DEV_GALERA_PORT group=$((ORDERD_DEV_GALERA_PORT + 1000))
+	_galera_ports=() _galera_groups=() _galera_peers=()
+	for n in 1 2 3; do
+		port=$(_pick_port "$port") || return 1
+		group=$(_pick_port "$group") || return 1
+		_galera_ports+=("$port") _galera_groups+=("$group") _galera_peers+=("127.0.0.1:$group")
+		port=$((port + 1)) group=$((group + 3)) # a node's group port, IST and SST ports
+	done
+	mkdir -p "$ORDERD_SCRATCH/galera/n1" "$ORDERD_SCRATCH/galera/n2/data" "$ORDERD_SCRATCH/galera/n3/data"
+	# rsync SST writes the joiner's data directory as nobody when run by root.
+	[ "$(id -u)" = 0 ] && chown nobody "$ORDERD_SCRATCH/galera/n2/data" "$ORDERD_SCRATCH/galera/n3/data"
+	mariadb-install-db --no-defaults --datadir="$ORDERD_SCRATCH/galera/n1/data" --user="$(id -un)" \
+		--auth-root-authentication-method=normal >"$ORDERD_SCRATCH/galera/n1/install.log" 2>&1 ||
+		{ echo "mariadb-install-db failed" >&2; cat "$ORDERD_SCRATCH/galera/n1/install.log" >&2; return 1; }
+	_galera_node 1 --wsrep-new-cluster
+	_wait_for 60 _galera_synced 1 || { echo "galera node 1 did not start" >&2; cat "$ORDERD_SCRATCH/galera/n1/error.log" >&2; return 1; }
+	mariadb --no-defaults --socket="$ORDERD_SCRATCH/galera/n1/mysql.sock" -uroot -e "
+		CREATE USER IF NOT EXISTS 'orderd'@'127.0.0.1' IDENTIFIED BY 'orderd';
+		GRANT ALL ON *.* TO 'orderd'@'127.0.0.1';" || return 1
+	for n in 2 3; do
+		_galera_node "$n"
+		_wait_for 90 _galera_synced "$n" || { echo "galera node $n did not join" >&2; cat "$ORDERD_SCRATCH/galera/n$n/error.log" >&2; return 1; }
+	done
+	local nodes=()
+	for port in "${_galera_ports[@]}"; do nodes+=("127.0.0.1:$port"); done
+	ORDERD_TEST_GALERA=$(IFS=,; echo "${nodes[*]}")
+	export ORDERD_TEST_GALERA
+}
+
 # services_stop never fails: it runs from EXIT traps under set -e, where a
 # failing command would replace the script's exit status.
 services_stop() {
 	local pid f
 	# Nodes a test restarted have new pids: take them from the pid files too.
-	for f in "${ORDERD_SCRATCH:-/nonexistent}"/*/redis.pid; do
+	for f in "${ORDERD_SCRATCH:-/nonexistent}"/*/redis.pid "${ORDERD_SCRATCH:-/nonexistent}"/galera/*/mysql.pid; do
 		[ -f "$f" ] && _services_pids+=("$(cat "$f")")
 	done
 	for pid in "${_services_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
