@@ -267,6 +267,12 @@ func (t *Timer) applyOnce(ctx context.Context, b batch, ids []string) (Outcome, 
 func (t *Timer) ids(ctx context.Context, tx *sql.Tx, what string, st statement, args []any) ([]string, error) {
 	q, qa := st.bind(args, 0)
 	rows, err := tx.QueryContext(ctx, q, qa...)
+	return t.scanIDs(rows, err, what)
+}
+
+// scanIDs reads the ids in the first column of rows (the result of a query
+// that returned err), naming the statement in its errors.
+func (t *Timer) scanIDs(rows *sql.Rows, err error, what string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("timer %s: %s: %w", t.cfg.Name, what, err)
 	}
@@ -322,24 +328,7 @@ func (t *Timer) Overdue(ctx context.Context, limit int) ([]string, error) {
 	}
 	q, qa := t.sweep.bind(nil, limit)
 	rows, err := t.db.QueryContext(ctx, q, qa...)
-	if err != nil {
-		return nil, fmt.Errorf("timer %s: sweep: %w", t.cfg.Name, err)
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var id sql.NullString
-		if err := rows.Scan(&id); err != nil {
-			return nil, fmt.Errorf("timer %s: sweep: %w", t.cfg.Name, err)
-		}
-		if id.Valid {
-			out = append(out, id.String)
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("timer %s: sweep: %w", t.cfg.Name, err)
-	}
-	return out, nil
+	return t.scanIDs(rows, err, "sweep")
 }
 
 // statement is a statement split at its placeholders: parts[i] comes

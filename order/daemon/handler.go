@@ -38,11 +38,10 @@ type BatchConfig struct {
 	Concurrency int
 	// OnBatch, if set, is told the name of the timer, the size of every
 	// batch applied (its ids of records that exist) and how many of them it
-	// moved. The others were left
-	// as they were: moved
-	// already (by another daemon, a sweep, or a repeated event), paid or
-	// cancelled meanwhile, or not due yet (their timer is set again). With
-	// several daemons, that count is the measure of work done twice.
+	// moved. The others were left as they were: moved already (by another
+	// daemon, a sweep, or a repeated event), paid or cancelled meanwhile, or
+	// not due yet (their timer is set again). With several daemons, that
+	// count is the measure of work done twice.
 	OnBatch func(timer string, size, moved int)
 }
 
