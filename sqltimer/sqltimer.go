@@ -47,6 +47,9 @@ type Config struct {
 	// Deadline, if set, returns (id, seconds left) for those of :ids that
 	// are not due yet.
 	Deadline string
+	// OnRetry, if set, is called with the reason (sqlretry's Deadlock,
+	// LockWait, Connection) each time a batch is run again.
+	OnRetry func(reason string)
 }
 
 // ErrMalformedID is wrapped by the error of an id that IDs cannot bind.
@@ -177,9 +180,10 @@ type Outcome struct {
 
 // Apply runs one batch of ids in one transaction: the claim, then each
 // apply statement with the claimed ids, then the deadline statement for
-// the rest. A deadlock or lock wait timeout runs the batch again (a few
-// times, with a pause); any other error is returned, naming the timer and
-// the statement, and nothing is committed.
+// the rest. A deadlock (a Galera conflict included), a lock wait timeout or
+// a lost connection runs the batch again (a few times, with a pause); any
+// other error is returned, naming the timer and the statement, and nothing
+// is committed.
 func (t *Timer) Apply(ctx context.Context, ids []string) (Outcome, error) {
 	if len(ids) == 0 {
 		return Outcome{}, nil
@@ -196,17 +200,18 @@ func (t *Timer) Apply(ctx context.Context, ids []string) (Outcome, error) {
 		b.args[i] = a
 		b.given[fmt.Sprint(a)] = i
 	}
-	for attempt := 1; ; attempt++ {
-		out, err := t.applyOnce(ctx, b, ids)
-		if err == nil || attempt >= sqlretry.MaxAttempts || !sqlretry.Transient(err) {
-			return out, err
-		}
-		select {
-		case <-ctx.Done():
-			return Outcome{}, err
-		case <-time.After(sqlretry.Backoff(attempt + 1)):
-		}
+	// A batch is idempotent: run again after a commit that went through,
+	// its claim finds nothing left to move.
+	var out Outcome
+	err := sqlretry.Policy{OnRetry: t.cfg.OnRetry}.Do(ctx, true, func(ctx context.Context) error {
+		var err error
+		out, err = t.applyOnce(ctx, b, ids)
+		return err
+	})
+	if err != nil {
+		return Outcome{}, err
 	}
+	return out, nil
 }
 
 // batch is a batch's ids as bound, and the index of each id as the
@@ -258,7 +263,7 @@ func (t *Timer) applyOnce(ctx context.Context, b batch, ids []string) (Outcome, 
 		}
 	}
 	if err := tx.Commit(); err != nil {
-		return Outcome{}, fmt.Errorf("timer %s: commit: %w", t.cfg.Name, err)
+		return Outcome{}, sqlretry.Commit(fmt.Errorf("timer %s: commit: %w", t.cfg.Name, err))
 	}
 	return out, nil
 }

@@ -14,10 +14,26 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/orderd/orderd/expiry"
+	"github.com/orderd/orderd/internal/sqlretry"
 	"github.com/orderd/orderd/order"
 	"github.com/orderd/orderd/order/httpapi"
 	"github.com/orderd/orderd/order/sqlstore"
 )
+
+// dbRetries counts the database transactions run again, by reason. It is
+// the process's: serve's and listen's registries export it.
+var dbRetries = func() *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "orderd_db_retries_total",
+		Help: "Database transactions run again, by reason: deadlock (error 1213: a deadlock, or on a Galera cluster a conflict with a commit on another node), lock_wait (1205), connection (lost, or its node out of the cluster).",
+	}, []string{"reason"})
+	for _, r := range []string{sqlretry.Deadlock, sqlretry.LockWait, sqlretry.Connection} {
+		c.WithLabelValues(r)
+	}
+	return c
+}()
+
+func countDBRetry(reason string) { dbRetries.WithLabelValues(reason).Inc() }
 
 // daemonMetrics are the Prometheus metrics of `orderd listen`.
 type daemonMetrics struct {
@@ -66,7 +82,7 @@ func newDaemonMetrics() *daemonMetrics {
 		Name: "orderd_transitions_unchanged_total",
 		Help: "Records an expiry event or a reaped timer brought to a transaction that left them as they were (moved already, paid meanwhile, or not due): work done twice. By timer.",
 	}, []string{"timer"})
-	reg.MustRegister(m.lateness, m.rescued, m.sweeps, m.batches, m.moved, m.rebuilt, m.noop)
+	reg.MustRegister(m.lateness, m.rescued, m.sweeps, m.batches, m.moved, m.rebuilt, m.noop, dbRetries)
 	// Every known series from the start, at 0: a rate over a series that
 	// appears only with its first event hides that first event from alerts.
 	for _, to := range []order.Status{order.Expired, order.Completed} {

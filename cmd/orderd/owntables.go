@@ -152,7 +152,8 @@ func openOwnTables(ctx context.Context, g *globalOptions, check bool) (*deps, []
 			if tc.ID == "string" {
 				ids = sqltimer.StringIDs
 			}
-			t, err = sqltimer.New(store.DB().DB, sqltimer.Config{Name: tc.Name, IDs: ids, Claim: tc.Claim, Apply: tc.Apply, Sweep: tc.Sweep, Deadline: tc.Deadline})
+			t, err = sqltimer.New(store.DB().DB, sqltimer.Config{Name: tc.Name, IDs: ids, Claim: tc.Claim, Apply: tc.Apply, Sweep: tc.Sweep, Deadline: tc.Deadline,
+				OnRetry: countDBRetry})
 		}
 		if err == nil && check {
 			err = t.Check(ctx)

@@ -117,7 +117,7 @@ func (o *globalOptions) complete(cmd *cobra.Command) error {
 	if o.redis, err = parseRedisURL(o.RedisURL); err != nil {
 		return usageErrorf("--redis-url %q: %v", o.RedisURL, err)
 	}
-	if _, _, err := sqlstore.ParseURL(o.DB); err != nil {
+	if _, err := sqlstore.ParseURL(o.DB); err != nil {
 		return usageErrorf("--db: %v", err)
 	}
 	for _, d := range []struct {
@@ -190,8 +190,10 @@ func (o *globalOptions) open(ctx context.Context) (*deps, error) {
 // a process frozen inside a transaction (a GC pause, a VM freeze, SIGSTOP)
 // stalls the others for about 2 s, not for as long as it is frozen: MariaDB
 // ends a transaction idle for 2 s (rolling it back, freeing its locks), a
-// lock is waited for 5 s at most, a statement runs 30 s at most.
-var serverSessions = sqlstore.Options{TxIdleTimeout: 2 * time.Second, LockWait: 5 * time.Second, StatementTimeout: 30 * time.Second}
+// lock is waited for 5 s at most, a statement runs 30 s at most. Their
+// transactions run again are counted (orderd_db_retries_total).
+var serverSessions = sqlstore.Options{TxIdleTimeout: 2 * time.Second, LockWait: 5 * time.Second, StatementTimeout: 30 * time.Second,
+	OnRetry: countDBRetry}
 
 // openWith is open with the database sessions tuned by opts.
 func (o *globalOptions) openWith(ctx context.Context, opts sqlstore.Options) (*deps, error) {

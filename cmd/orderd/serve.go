@@ -124,7 +124,7 @@ func runServe(ctx context.Context, o *serveOptions) error {
 	defer d.startGiveBacks()()
 	svc := order.NewService(d.store, d.counter, d.sched, cfg)
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), dbRetries)
 	_, stopRelay := o.startRelay(d, "", reg)
 	defer stopRelay()
 	reg.MustRegister(evictionGauge(func() bool { return ev.problem() != "" }))

@@ -27,7 +27,8 @@
 # bootstrapped, the others joining by rsync SST), client ports from
 # ORDERD_DEV_GALERA_PORT (default 13501), group ports from
 # ORDERD_DEV_GALERA_PORT + 1000; exports ORDERD_TEST_GALERA (the nodes'
-# host:port, comma-separated; user orderd, password orderd, as mysql).
+# host:port, comma-separated; user orderd, password orderd, as mysql) and
+# ORDERD_TEST_GALERA_DIR (nN/mysql.pid and nN/start.sh of each node there).
 
 ORDERD_DEV_REDIS_PORT=${ORDERD_DEV_REDIS_PORT:-16379}
 ORDERD_DEV_MYSQL_PORT=${ORDERD_DEV_MYSQL_PORT:-13306}
@@ -237,23 +238,35 @@ _start_sentinel() {
 }
 
 # _galera_node N ARGS...: start node N (1-3) of the Galera cluster under
-# $ORDERD_SCRATCH/galera/nN, on the ports picked by _start_galera.
+# $ORDERD_SCRATCH/galera/nN, on the ports picked by _start_galera. The
+# command (without ARGS) is also written to nN/start.sh, which a test runs to
+# start the node again after killing it: it joins the others (IST or SST).
+# Commits are flushed to the log once a second (innodb_flush_log_at_trx_commit
+# =2), as Galera's documentation advises: a committed write is on every node
+# already, and a node that crashes takes its state from the others.
 _galera_node() {
 	local n=$1 dir="$ORDERD_SCRATCH/galera/n$1"
 	shift
 	local port=${_galera_ports[$((n - 1))]} group=${_galera_groups[$((n - 1))]}
-	/usr/sbin/mariadbd --no-defaults --datadir="$dir/data" --socket="$dir/mysql.sock" \
-		--pid-file="$dir/mysql.pid" --port="$port" --bind-address=127.0.0.1 \
-		--user="$(id -un)" --log-error="$dir/error.log" --skip-name-resolve \
-		--innodb-buffer-pool-size=256M --max-connections=500 \
-		--binlog-format=ROW --innodb-autoinc-lock-mode=2 \
-		--wsrep-on=ON --wsrep-provider=/usr/lib/galera/libgalera_smm.so \
-		--wsrep-cluster-name=orderd --wsrep-node-name="n$n" \
-		--wsrep-cluster-address="gcomm://$(IFS=,; echo "${_galera_peers[*]}")" \
-		--wsrep-node-address="127.0.0.1:$group" \
-		--wsrep-provider-options="gmcast.listen_addr=tcp://127.0.0.1:$group;ist.recv_addr=127.0.0.1:$((group + 1))" \
-		--wsrep-sst-method=rsync --wsrep-sst-receive-address="127.0.0.1:$((group + 2))" \
-		"$@" >/dev/null 2>&1 &
+	local cmd=(/usr/sbin/mariadbd --no-defaults --datadir="$dir/data" --socket="$dir/mysql.sock"
+		--pid-file="$dir/mysql.pid" --port="$port" --bind-address=127.0.0.1
+		--user="$(id -un)" --log-error="$dir/error.log" --skip-name-resolve
+		--innodb-buffer-pool-size=256M --max-connections=500 --innodb-flush-log-at-trx-commit=2
+		--binlog-format=ROW --innodb-autoinc-lock-mode=2
+		--wsrep-on=ON --wsrep-provider=/usr/lib/galera/libgalera_smm.so
+		--wsrep-cluster-name=orderd --wsrep-node-name="n$n"
+		--wsrep-cluster-address="gcomm://$(IFS=,; echo "${_galera_peers[*]}")"
+		--wsrep-node-address="127.0.0.1:$group"
+		--wsrep-provider-options="gmcast.listen_addr=tcp://127.0.0.1:$group;ist.recv_addr=127.0.0.1:$((group + 1))"
+		--wsrep-sst-method=rsync --wsrep-sst-receive-address="127.0.0.1:$((group + 2))")
+	{
+		echo '#!/usr/bin/env bash'
+		echo "# Starts Galera node $n again (it joins the cluster); written by contrib/dev/services.sh."
+		# rsync SST writes the joiner's data directory as nobody when run by root.
+		[ "$(id -u)" = 0 ] && echo "chown -R nobody $(printf '%q' "$dir/data")"
+		echo "exec $(printf '%q ' "${cmd[@]}") >/dev/null 2>&1"
+	} >"$dir/start.sh"
+	"${cmd[@]}" "$@" >/dev/null 2>&1 &
 	_services_pids+=("$!")
 }
 
@@ -289,8 +302,8 @@ _start_galera() {
 	done
 	local nodes=()
 	for port in "${_galera_ports[@]}"; do nodes+=("127.0.0.1:$port"); done
-	ORDERD_TEST_GALERA=$(IFS=,; echo "${nodes[*]}")
-	export ORDERD_TEST_GALERA
+	ORDERD_TEST_GALERA=$(IFS=,; echo "${nodes[*]}") ORDERD_TEST_GALERA_DIR=$ORDERD_SCRATCH/galera
+	export ORDERD_TEST_GALERA ORDERD_TEST_GALERA_DIR
 }
 
 # services_stop never fails: it runs from EXIT traps under set -e, where a

@@ -175,11 +175,11 @@ func SeedPendingAt(tb testing.TB, st *sqlstore.Store, sku int64, n int, deadline
 // The statements of script (sqlscript.Statements), if any, are run on it.
 func SQLDB(tb testing.TB, url, script string) *sql.DB {
 	tb.Helper()
-	driver, dsn, err := sqlstore.ParseURL(url)
+	u, err := sqlstore.ParseURL(url)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	db, err := sql.Open(driver, dsn)
+	db, err := u.OpenDB()
 	if err != nil {
 		tb.Fatal(err)
 	}

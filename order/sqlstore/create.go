@@ -107,7 +107,7 @@ func (s *Store) createMany(batch []*createReq) error {
 	// The batch runs for all its callers: the first one's values (its
 	// deadline), not its cancellation.
 	ctx := context.WithoutCancel(batch[0].ctx)
-	return s.tx(ctx, func(tx *sqlx.Tx) error {
+	return s.tx(ctx, false, func(tx *sqlx.Tx) error {
 		sku := batch[0].o.SKU
 		var k skuRow
 		if err := tx.GetContext(ctx, &k, `SELECT sku, name, price_cents, available, limit_per_user FROM skus WHERE sku = ?`, sku); err != nil {
@@ -207,7 +207,7 @@ func (s *Store) recordCreated(ctx context.Context, tx *sqlx.Tx, batch []*createR
 
 // createOne creates one order in a transaction of its own.
 func (s *Store) createOne(ctx context.Context, o *order.Order) error {
-	return s.tx(ctx, func(tx *sqlx.Tx) error {
+	return s.tx(ctx, false, func(tx *sqlx.Tx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE skus SET available = available - ? WHERE sku = ? AND available >= ?`, o.Qty, o.SKU, o.Qty)
 		if err != nil {
 			return fmt.Errorf("sqlstore: take stock: %w", err)

@@ -158,7 +158,7 @@ func (s *Store) transition(ctx context.Context, id int64, action string, from, t
 	}
 	var err error
 	if s.outbox {
-		err = s.tx(ctx, func(tx *sqlx.Tx) error {
+		err = s.tx(ctx, false, func(tx *sqlx.Tx) error {
 			if err := update(tx); err != nil || n == 0 {
 				return err
 			}
@@ -203,7 +203,7 @@ func (s *Store) Confirm(ctx context.Context, id int64, now time.Time) (order.Ord
 // gives its stock back, in one transaction.
 func (s *Store) Cancel(ctx context.Context, id int64, now time.Time) (order.Order, error) {
 	var ok bool
-	err := s.tx(ctx, func(tx *sqlx.Tx) error {
+	err := s.tx(ctx, false, func(tx *sqlx.Tx) error {
 		var r orderRow
 		err := tx.GetContext(ctx, &r, `SELECT `+orderColumns+` FROM orders WHERE id = ?`+s.forUpdate(), id)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -285,7 +285,7 @@ func (s *Store) moveDue(ctx context.Context, ids []int64, now time.Time, source 
 	}
 	nowMS := ms(now)
 	var mv order.Moves
-	err := s.tx(ctx, func(tx *sqlx.Tx) error {
+	err := s.tx(ctx, true, func(tx *sqlx.Tx) error {
 		mv = order.Moves{}
 		// A request (one order, a person waiting) waits for the lock; the
 		// daemon's batches skip what others hold and come back for it.

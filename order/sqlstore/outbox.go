@@ -76,11 +76,22 @@ type changeRecord struct {
 
 // PendingChanges returns the changes of up to limit outbox records (a
 // record holds the transitions of one statement: one order, or a batch),
-// oldest first; the changes of a record share its Seq.
+// oldest first; the changes of a record share its Seq. Records are read
+// from the smallest seq every time, never from a cursor: a record whose
+// seq is lower than one read already (taken earlier, committed later, as
+// happens with concurrent transactions and with a Galera cluster's
+// interleaved auto-increments) is read by the next call.
 func (s *Store) PendingChanges(ctx context.Context, limit int) ([]order.Change, error) {
+	// On a Galera cluster the read waits until this node has applied every
+	// write the cluster committed before it (wsrep_sync_wait): a relay that
+	// took over from one on another node must not see records that one
+	// deleted, once appended, as still to append.
+	q := `SELECT seq, from_status, to_status, changed_at, source, n, changes FROM transitions_outbox ORDER BY seq LIMIT ?`
+	if s.galera {
+		q = `SET STATEMENT wsrep_sync_wait = 1 FOR ` + q
+	}
 	var recs []changeRecord
-	if err := s.db.SelectContext(ctx, &recs, `SELECT seq, from_status, to_status, changed_at, source, n, changes
-		FROM transitions_outbox ORDER BY seq LIMIT ?`, limit); err != nil {
+	if err := s.db.SelectContext(ctx, &recs, q, limit); err != nil {
 		return nil, fmt.Errorf("sqlstore: read the outbox: %w", err)
 	}
 	var out []order.Change

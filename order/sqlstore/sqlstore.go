@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -38,6 +37,8 @@ type Store struct {
 	skipLocked bool
 	server     string  // VERSION(), on MySQL/MariaDB
 	creates    creates // orders waiting for a creation of their SKU (create.go)
+	retry      sqlretry.Policy
+	galera     bool // the server is a node of a Galera cluster (wsrep_on)
 }
 
 // Options tune a Store to the process that opens it.
@@ -56,58 +57,12 @@ type Options struct {
 	// StatementTimeout, on MariaDB, aborts a statement running longer
 	// (max_statement_time). If zero, none.
 	StatementTimeout time.Duration
+	// OnRetry, if set, is called with the reason (sqlretry's Deadlock,
+	// LockWait, Connection) each time a transaction is run again.
+	OnRetry func(reason string)
 }
 
 var _ order.Store = (*Store)(nil)
-
-// ParseURL turns a database URL into a driver name and its DSN:
-// "sqlite:PATH" or "mysql://user:pass@host:port/dbname[?param=value…]".
-func ParseURL(raw string) (driver, dsn string, err error) {
-	switch {
-	case strings.HasPrefix(raw, "sqlite:"):
-		path := strings.TrimPrefix(raw, "sqlite:")
-		path = strings.TrimPrefix(path, "//")
-		if path == "" {
-			return "", "", errors.New("sqlite URL needs a path, as in sqlite:orderd.db")
-		}
-		// One connection: SQLite writes one at a time anyway, and a single
-		// connection never meets SQLITE_BUSY. WAL keeps readers of other
-		// processes out of the writer's way.
-		q := url.Values{}
-		q.Add("_pragma", "busy_timeout(10000)")
-		q.Add("_pragma", "journal_mode(WAL)")
-		q.Add("_pragma", "synchronous(NORMAL)")
-		q.Set("_txlock", "immediate")
-		return "sqlite", "file:" + path + "?" + q.Encode(), nil
-	case strings.HasPrefix(raw, "mysql://"):
-		u, err := url.Parse(raw)
-		if err != nil {
-			return "", "", fmt.Errorf("bad mysql URL: %v", err)
-		}
-		cfg := mysql.NewConfig()
-		cfg.Net = "tcp"
-		cfg.Addr = u.Host
-		if u.Port() == "" {
-			cfg.Addr = u.Host + ":3306"
-		}
-		cfg.User = u.User.Username()
-		cfg.Passwd, _ = u.User.Password()
-		cfg.DBName = strings.TrimPrefix(u.Path, "/")
-		if u.Hostname() == "" || cfg.DBName == "" || strings.Contains(cfg.DBName, "/") {
-			return "", "", errors.New("mysql URL needs a host and a database name, as in mysql://user:pass@127.0.0.1:3306/orderd")
-		}
-		cfg.InterpolateParams = true
-		for k, v := range u.Query() {
-			if cfg.Params == nil {
-				cfg.Params = map[string]string{}
-			}
-			cfg.Params[k] = v[len(v)-1]
-		}
-		return "mysql", cfg.FormatDSN(), nil
-	default:
-		return "", "", fmt.Errorf("unsupported database URL %q: use sqlite:PATH or mysql://user:pass@host:port/dbname", raw)
-	}
-}
 
 // Open connects to the database at raw (see ParseURL) and checks that it
 // answers. It does not change the schema: call Migrate for that.
@@ -118,45 +73,50 @@ func Open(ctx context.Context, raw string) (*Store, error) {
 // OpenWith is Open with opts applied to every session (on MySQL/MariaDB;
 // SQLite has one writer and no sessions to bound).
 func OpenWith(ctx context.Context, raw string, opts Options) (*Store, error) {
-	driver, dsn, err := ParseURL(raw)
+	u, err := ParseURL(raw)
 	if err != nil {
 		return nil, err
 	}
-	st, err := open(ctx, driver, dsn)
-	if err != nil || driver != "mysql" || opts == (Options{}) {
-		return st, err
-	}
-	// The session settings go into the DSN: the driver sets them on every
-	// connection it opens. Some exist on MariaDB only.
-	cfg, err := mysql.ParseDSN(dsn)
+	st, err := open(ctx, u)
 	if err != nil {
-		st.Close()
 		return nil, err
 	}
-	if cfg.Params == nil {
-		cfg.Params = map[string]string{}
+	st.retry.OnRetry = opts.OnRetry
+	if u.Driver != "mysql" {
+		return st, nil
 	}
+	// The session settings go into the connections' parameters: the driver
+	// sets them on every connection it opens. Some exist on MariaDB only.
+	params := map[string]string{}
 	secs := func(d time.Duration) string { return strconv.FormatInt(int64((d+time.Second-1)/time.Second), 10) }
 	mariadb := strings.Contains(st.server, "MariaDB")
 	if opts.TxIdleTimeout > 0 && mariadb {
-		cfg.Params["idle_transaction_timeout"] = secs(opts.TxIdleTimeout)
+		params["idle_transaction_timeout"] = secs(opts.TxIdleTimeout)
 	}
 	if opts.StatementTimeout > 0 && mariadb {
-		cfg.Params["max_statement_time"] = strconv.FormatFloat(opts.StatementTimeout.Seconds(), 'f', 3, 64)
+		params["max_statement_time"] = strconv.FormatFloat(opts.StatementTimeout.Seconds(), 'f', 3, 64)
 	}
 	if opts.LockWait > 0 {
-		cfg.Params["innodb_lock_wait_timeout"] = secs(opts.LockWait)
+		params["innodb_lock_wait_timeout"] = secs(opts.LockWait)
+	}
+	if len(params) == 0 {
+		return st, nil
 	}
 	st.Close()
-	return open(ctx, driver, cfg.FormatDSN())
+	if st, err = open(ctx, u.withParams(params)); err != nil {
+		return nil, err
+	}
+	st.retry.OnRetry = opts.OnRetry
+	return st, nil
 }
 
-func open(ctx context.Context, driver, dsn string) (*Store, error) {
-	db, err := sqlx.Open(driver, dsn)
+func open(ctx context.Context, u URL) (*Store, error) {
+	sdb, err := u.OpenDB()
 	if err != nil {
 		return nil, err
 	}
-	if driver == "sqlite" {
+	db := sqlx.NewDb(sdb, u.Driver)
+	if u.Driver == "sqlite" {
 		db.SetMaxOpenConns(1)
 	} else {
 		db.SetMaxOpenConns(64)
@@ -167,8 +127,8 @@ func open(ctx context.Context, driver, dsn string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("sqlstore: connect: %w", err)
 	}
-	st := &Store{db: db, dialect: driver}
-	if driver == "mysql" {
+	st := &Store{db: db, dialect: u.Driver}
+	if u.Driver == "mysql" {
 		// READ COMMITTED: no gap locks, so concurrent batches and new orders
 		// do not block each other on index ranges. (Set per transaction: the
 		// session variable's name differs between MySQL and MariaDB.)
@@ -178,6 +138,10 @@ func open(ctx context.Context, driver, dsn string) (*Store, error) {
 			return nil, fmt.Errorf("sqlstore: read the server's version: %w", err)
 		}
 		st.skipLocked = hasSkipLocked(st.server)
+		var wsrep sql.NullInt64
+		if strings.Contains(st.server, "MariaDB") && db.GetContext(ctx, &wsrep, `SELECT @@wsrep_on`) == nil {
+			st.galera = wsrep.Int64 == 1
+		}
 	}
 	return st, nil
 }
@@ -323,26 +287,23 @@ func (s *Store) WatchSchema(ctx context.Context, interval time.Duration) error {
 	}
 }
 
-// tx runs fn in a transaction, trying again when MySQL reports a deadlock or a
-// lock wait timeout (the transaction was rolled back and may simply be redone).
-func (s *Store) tx(ctx context.Context, fn func(*sqlx.Tx) error) error {
-	for attempt := 1; ; attempt++ {
+// tx runs fn in a transaction, and runs it again (a new transaction) when
+// it failed in a way that doing so fixes (sqlretry.Reason): a deadlock, a
+// lock wait timeout, a Galera certification conflict, a connection lost
+// before the commit, or at it when idempotent (running fn twice does no
+// harm: a conditional move of what is due).
+func (s *Store) tx(ctx context.Context, idempotent bool, fn func(*sqlx.Tx) error) error {
+	return s.retry.Do(ctx, idempotent, func(ctx context.Context) error {
 		tx, err := s.db.BeginTxx(ctx, s.txOptions)
 		if err != nil {
 			return err
 		}
-		err = fn(tx)
-		if err == nil {
-			err = tx.Commit()
-		} else {
+		if err := fn(tx); err != nil {
 			_ = tx.Rollback()
+			return err
 		}
-		if attempt < sqlretry.MaxAttempts && sqlretry.Transient(err) {
-			time.Sleep(sqlretry.Backoff(attempt + 1))
-			continue
-		}
-		return err
-	}
+		return sqlretry.Commit(tx.Commit())
+	})
 }
 
 // dataError returns an invalid-request error when err is the database

@@ -3,7 +3,7 @@ package sqlstore_test
 import (
 	"context"
 	"errors"
-	"strings"
+	"slices"
 	"testing"
 
 	"github.com/orderd/orderd/order"
@@ -12,22 +12,29 @@ import (
 )
 
 func TestParseURL(t *testing.T) {
-	good := map[string]string{
-		"sqlite:orderd.db":                             "sqlite",
-		"sqlite:/var/lib/orderd/orderd.db":             "sqlite",
-		"mysql://u:p@127.0.0.1:3306/orderd":            "mysql",
-		"mysql://u:p@db.internal/orderd?tls=preferred": "mysql",
+	good := map[string]struct {
+		driver string
+		nodes  []string
+	}{
+		"sqlite:orderd.db":                             {"sqlite", nil},
+		"sqlite:/var/lib/orderd/orderd.db":             {"sqlite", nil},
+		"mysql://u:p@127.0.0.1:3306/orderd":            {"mysql", []string{"127.0.0.1:3306"}},
+		"mysql://u:p@127.0.0.1/orderd":                 {"mysql", []string{"127.0.0.1:3306"}},
+		"mysql://u:p@db.internal/orderd?tls=preferred": {"mysql", []string{"db.internal:3306"}},
+		"mysql://u:p@[::1]:13306/orderd":               {"mysql", []string{"[::1]:13306"}},
+		"mysql://u:p%40x@10.0.0.1:3306,10.0.0.2,[::1]/orderd?wsrep_sync_wait=1": {
+			"mysql", []string{"10.0.0.1:3306", "10.0.0.2:3306", "[::1]:3306"}},
 	}
-	for url, driver := range good {
-		if d, dsn, err := sqlstore.ParseURL(url); err != nil || d != driver || dsn == "" {
-			t.Errorf("ParseURL(%q) = %q, %q, %v", url, d, dsn, err)
+	for url, want := range good {
+		u, err := sqlstore.ParseURL(url)
+		if err != nil || u.Driver != want.driver || !slices.Equal(u.Nodes, want.nodes) {
+			t.Errorf("ParseURL(%q) = %q %q, %v; want %q %q", url, u.Driver, u.Nodes, err, want.driver, want.nodes)
 		}
 	}
-	if _, dsn, _ := sqlstore.ParseURL("mysql://u:p@127.0.0.1/orderd"); !strings.Contains(dsn, "127.0.0.1:3306") {
-		t.Errorf("default port missing in %q", dsn)
-	}
-	for _, url := range []string{"", "sqlite:", "postgres://x/y", "mysql://u:p@h:1/", "mysql://u:p@/db", "mysql://h/a/b", "orderd.db"} {
-		if _, _, err := sqlstore.ParseURL(url); err == nil {
+	for _, url := range []string{"", "sqlite:", "postgres://x/y", "mysql://u:p@h:1/", "mysql://u:p@/db", "mysql://h/a/b", "orderd.db",
+		"mysql://u:p@h1,,h2/db", "mysql://u:p@h1:3306,h1/db", "mysql://u:p@h1:99999/db", "mysql://u:p@h1:x/db",
+		"mysql://u:p@h1,h2:0/db", "mysql://u:p@h1,/db", "mysql://u:p@::1/db"} {
+		if _, err := sqlstore.ParseURL(url); err == nil {
 			t.Errorf("ParseURL(%q) accepted", url)
 		}
 	}

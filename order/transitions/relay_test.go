@@ -269,6 +269,49 @@ func TestRelaysShareOneOutbox(t *testing.T) {
 	checkOnceInOrder(t, e.waitStream(t, steps(want)), want)
 }
 
+// A record that took its seq before another but commits after the other
+// was relayed (concurrent transactions; on a Galera cluster, nodes that
+// hand out interleaved auto-increments) still reaches the stream, once.
+func TestRelayLowerSeqCommittedLater(t *testing.T) {
+	st := ordertest.Open(t, ordertest.MySQLURL(t))
+	e := newEnv(t, st)
+	ctx := context.Background()
+	e.relay(t, e.rdb, "a", zap.NewNop())
+
+	const lateOrder = 900001
+	tx, err := st.DB().BeginTxx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	res, err := tx.ExecContext(ctx, `INSERT INTO transitions_outbox (from_status, to_status, changed_at, source, n, changes)
+		VALUES ('', 'pending', ?, 'request', 1, ?)`, time.Now().UnixMilli(), fmt.Sprintf("%d:1:7:1", lateOrder))
+	if err != nil {
+		t.Fatal(err)
+	}
+	low, _ := res.LastInsertId()
+	o, err := e.svc.Create(ctx, 2, 7, 1) // a higher seq, committed first
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := step{"", order.Pending, order.SourceRequest}
+	testkit.WaitFor(t, 10*time.Second, "the later seq relayed", func() bool {
+		return len(e.stream(t)) == 1
+	})
+	var high int64
+	if err := st.DB().GetContext(ctx, &high, `SELECT COALESCE(MAX(seq), 0) FROM transitions_outbox`); err != nil || high != 0 {
+		t.Fatalf("outbox still holds seq %d (%v), want the relayed one deleted", high, err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	got := e.waitStream(t, 2)
+	checkOnceInOrder(t, got, map[int64][]step{o.ID: {created}, lateOrder: {created}})
+	if got[0].OrderID != o.ID {
+		t.Errorf("stream has order %d first, want %d (committed first; the other took seq %d before it)", got[0].OrderID, o.ID, low)
+	}
+}
+
 // With Redis cut off from the relay between the commit and the append, the
 // transitions wait in the outbox and reach the stream once Redis is back.
 func TestRelayRedisCut(t *testing.T) {
