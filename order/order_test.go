@@ -680,3 +680,52 @@ func TestDaemonConfigErrorIsReturned(t *testing.T) {
 		t.Fatalf("Run: %v, want ErrInvalidConfig", err)
 	}
 }
+
+// An overdue order whose id is lower than one a sweep already moved (it took
+// its id first and committed later: concurrent transactions, or a Galera
+// cluster's interleaved auto-increments) is moved by the next sweep: each
+// sweep pages from the start, no cursor carries over.
+func TestSweepFindsLowerIDCommittedLater(t *testing.T) {
+	st := ordertest.Open(t, ordertest.MySQLURL(t))
+	e := newEnv(t, st, order.Config{Keys: order.Keys{Prefix: "sweeplow:"}})
+	ctx := context.Background()
+	if _, err := e.svc.PutSKU(ctx, order.SKU{SKU: 1, Name: "Mug", Available: 100}); err != nil {
+		t.Fatal(err)
+	}
+	due := time.Now().Add(-time.Second).UnixMilli()
+	// Its unit of stock is taken first, apart: the SKU's row must not stay
+	// locked by the open transaction.
+	if _, err := st.DB().ExecContext(ctx, `UPDATE skus SET available = available - 1 WHERE sku = 1`); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := st.DB().BeginTxx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	res, err := tx.ExecContext(ctx, `INSERT INTO orders (user_id, sku, qty, amount_cents, status, created_at, pay_deadline, auto_confirmed)
+		VALUES (1, 1, 1, 100, 'pending', ?, ?, 0)`, due, due)
+	if err != nil {
+		t.Fatal(err)
+	}
+	low, _ := res.LastInsertId()
+	high := ordertest.SeedPending(t, st, 1, 1, time.UnixMilli(due))[0]
+	if high <= low {
+		t.Fatalf("ids %d then %d: want the committed one higher", low, high)
+	}
+	if n, err := e.svc.Sweep(ctx, 0); err != nil || n != 1 {
+		t.Fatalf("sweep moved %d (%v), want the committed order", n, err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := e.svc.Sweep(ctx, 0); err != nil || n != 1 {
+		t.Fatalf("next sweep moved %d (%v), want the lower id committed later", n, err)
+	}
+	for _, id := range []int64{low, high} {
+		if o, err := st.Get(ctx, id); err != nil || o.Status != order.Expired {
+			t.Fatalf("order %d: %s (%v), want expired", id, o.Status, err)
+		}
+	}
+	ordertest.CheckStock(t, st, 1, 100)
+}

@@ -504,7 +504,9 @@ func (s *Service) observe(moved []Order, to Status, source string) {
 // orders that are only just due to the event path (a short olderThan), so
 // that what it moves was really missed; a catch-up sweep takes everything.
 //
-// It pages through the overdue orders in deadline order and applies the pages
+// It pages through the overdue orders in deadline order (from the first
+// every time: an order committed after a sweep passed its place, with an
+// id lower than those it read, is the next sweep's) and applies the pages
 // as batches, SweepWorkers at a time (pages are disjoint, so batches do not
 // contend but for stock rows). When ctx ends it takes no new page, lets the
 // batches in hand commit, and returns ctx's error: the rest waits for the

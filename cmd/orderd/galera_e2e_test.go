@@ -77,7 +77,12 @@ func newGaleraShop(t *testing.T, prefix string) *galeraShop {
 	s.env = []string{"ORDERD_REDIS_URL=redis://" + testkit.RedisAddr() + "/" + strconv.Itoa(redisDB),
 		"ORDERD_KEY_PREFIX=" + prefix, "ORDERD_JWT_SECRET=" + e2eSecret, "ORDERD_PAY_TIMEOUT=3s",
 		"ORDERD_SWEEP_INTERVAL=5s", "ORDERD_LOG_FORMAT=json"}
+	// ORDERD_TEST_GALERA_WRITERS=one gives every process node 1 first (one
+	// writer node, the others for failover), for figures to compare with.
 	dbEnv := func(first int) []string {
+		if os.Getenv("ORDERD_TEST_GALERA_WRITERS") == "one" {
+			first = 0
+		}
 		return append(slices.Clone(s.env), "ORDERD_DB="+galeraURL(s.nodes, s.db, first))
 	}
 	if code, out := runCmd(t, dbEnv(0), "migrate"); code != 0 {
@@ -129,11 +134,11 @@ func (s *galeraShop) post(method, path, tok, body string) (int, map[string]any, 
 // deadlines of one in five, came to.
 type galeraBurst struct {
 	mu        sync.Mutex
-	createdAt []time.Time // when each creation was answered 201
-	failed    int         // creations answered otherwise (5xx while a node is lost)
-	paid      []int64     // payments answered 200
-	refused   []int64     // answered 409: the deadline had come
-	payFailed int         // answered otherwise: outcome unknown to the buyer
+	createdAt []time.Time    // when each creation was answered 201
+	failed    int            // creations answered otherwise (5xx while a node is lost)
+	paid      []int64        // payments answered 200
+	refused   []int64        // answered 409: the deadline had come
+	payFailed map[string]int // answered otherwise (by status code or error): outcome unknown to the buyer
 	payments  sync.WaitGroup
 	n         atomic.Int64 // creations answered
 }
@@ -186,7 +191,11 @@ func (s *galeraShop) burst(t *testing.T, b *galeraBurst, n, workers int) {
 					case err == nil && code == 409:
 						b.refused = append(b.refused, id)
 					default:
-						b.payFailed++
+						why := strconv.Itoa(code)
+						if err != nil {
+							why = "no answer"
+						}
+						b.payFailed[why]++
 					}
 				})
 			}
@@ -343,13 +352,13 @@ func (b *galeraBurst) rate(from, to time.Time) float64 {
 func TestGaleraBurst(t *testing.T) {
 	const orders = 20000
 	s := newGaleraShop(t, "galera:")
-	b := &galeraBurst{}
+	b := &galeraBurst{payFailed: map[string]int{}}
 	begin := time.Now()
 	s.burst(t, b, orders, 16)
 	end := time.Now()
 	all := s.check(t, b)
 	n, p50, p99, maxLate := lateness(all, begin, end.Add(time.Hour))
-	t.Logf("%d orders in %v (%.0f/s); %d paid, %d payments refused at the deadline, %d failed; %d expired: lateness p50 %v p99 %v max %v; retries %v",
+	t.Logf("%d orders in %v (%.0f/s); %d paid, %d payments refused at the deadline, failed %v; %d expired: lateness p50 %v p99 %v max %v; retries %v",
 		len(b.createdAt), end.Sub(begin).Round(time.Millisecond), b.rate(begin, end), len(b.paid), len(b.refused), b.payFailed,
 		n, p50, p99, maxLate, s.retries(t))
 	for i, p := range s.procs {
@@ -371,7 +380,7 @@ func TestGaleraNodeKilledMidBurst(t *testing.T) {
 			testkit.GaleraStart(t, victim) // for the tests after this one
 		}
 	})
-	b := &galeraBurst{}
+	b := &galeraBurst{payFailed: map[string]int{}}
 	begin := time.Now()
 	done := make(chan struct{})
 	go func() { defer close(done); s.burst(t, b, orders, 16) }()
@@ -396,7 +405,7 @@ func TestGaleraNodeKilledMidBurst(t *testing.T) {
 	n, p50, p99, maxLate := lateness(all, killed, back)
 	t.Logf("node %d killed at %v into the burst; the cluster went on without it after %v; it was synced again %v after it started",
 		victim, killed.Sub(begin).Round(time.Millisecond), shrunk.Round(time.Millisecond), rejoin.Round(time.Millisecond))
-	t.Logf("orders/s before %.0f, while the node was lost %.0f, after %.0f; %d creations failed; %d paid, %d refused, %d payments failed",
+	t.Logf("orders/s before %.0f, while the node was lost %.0f, after %.0f; %d creations failed; %d paid, %d refused, payments failed %v",
 		b.rate(begin, killed), b.rate(killed, back), b.rate(back, end), failed, len(b.paid), len(b.refused), b.payFailed)
 	t.Logf("orders due while the node was lost: %d expired, lateness p50 %v p99 %v max %v; retries %v", n, p50, p99, maxLate, s.retries(t))
 	for i, p := range s.procs {

@@ -63,7 +63,7 @@ on the command line wins.`,
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErrorf("%v", err) })
 	f := root.PersistentFlags()
 	f.StringVar(&opts.RedisURL, "redis-url", "redis://127.0.0.1:6379/0", "Redis URL; the path's number is the database")
-	f.StringVar(&opts.DB, "db", "sqlite:orderd.db", "database: sqlite:PATH or mysql://user:pass@host:port/dbname")
+	f.StringVar(&opts.DB, "db", "sqlite:orderd.db", "database: sqlite:PATH or mysql://user:pass@host:port/dbname (host:port,host:port,… for the nodes of a Galera cluster)")
 	f.StringVar(&opts.KeyPrefix, "key-prefix", "", "prepended to every key orderd writes and stripped from expired keys it reads")
 	f.DurationVar(&opts.PayTimeout, "pay-timeout", 15*time.Minute, "time to pay after ordering")
 	f.DurationVar(&opts.ConfirmTimeout, "confirm-timeout", 24*time.Hour, "time after shipping until receipt is confirmed automatically")

@@ -7,12 +7,13 @@ cd "$(dirname "$0")/../.."
 source contrib/dev/services.sh
 services_scratch test
 
-services_install mysql systemd-analyze supervisord jq promtool php php-redis
+services_install mysql systemd-analyze supervisord jq promtool php php-redis galera
 services_start redis
 services_start mysql
 services_start cluster
 services_start sentinel
-echo "redis $ORDERD_TEST_REDIS, mariadb $ORDERD_TEST_MYSQL, cluster $ORDERD_TEST_CLUSTER, sentinels $ORDERD_TEST_SENTINEL, scratch $ORDERD_SCRATCH"
+services_start galera
+echo "redis $ORDERD_TEST_REDIS, mariadb $ORDERD_TEST_MYSQL, cluster $ORDERD_TEST_CLUSTER, sentinels $ORDERD_TEST_SENTINEL, galera $ORDERD_TEST_GALERA, scratch $ORDERD_SCRATCH"
 
 echo "== go vet"; go vet ./...; (cd cmd/orderd-bench && go vet ./...)
 echo "== gofmt"; unformatted=$(gofmt -l .); [ -z "$unformatted" ] || { echo "gofmt would change: $unformatted"; exit 1; }
