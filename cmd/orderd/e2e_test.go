@@ -412,6 +412,8 @@ func TestServerSideConfigurationExitCodes(t *testing.T) {
 		{"redis DB index out of range", "redis://" + testkit.RedisAddr() + "/999", migrated, 2, "--redis-url"},
 		{"redis does not answer", "redis://127.0.0.1:1/0", migrated, 1, "--redis-url"},
 		{"database does not answer", redisURL, "mysql://orderd:orderd@127.0.0.1:1/orderd", 1, "--db"},
+		{"no node of several answers", redisURL, "mysql://orderd:orderd@127.0.0.1:1,127.0.0.1:2/orderd", 1, "--db"},
+		{"wrong password on every node", redisURL, "mysql://orderd:wrong@127.0.0.1:1," + host + "/orderd", 2, "--db"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -443,6 +445,9 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{[]string{"listen", "--redis-url", "redis+cluster://127.0.0.1:7000/?bogus=1"}, nil, "--redis-url"},
 		{[]string{"migrate", "--db", "postgres://x"}, nil, "--db"},
 		{[]string{"migrate", "--db", "mysql://u:p@h:1/"}, nil, "--db"},
+		{[]string{"migrate", "--db", "mysql://u:p@h1:3306,,h2:3306/orderd"}, nil, "--db"},
+		{[]string{"migrate", "--db", "mysql://u:p@h1,h1:3306/orderd"}, nil, "--db"},
+		{[]string{"migrate", "--db", "mysql://u:p@h1:3306,h2:99999/orderd"}, nil, "--db"},
 		{[]string{"serve"}, []string{"ORDERD_JWT_SECRET="}, "--jwt-secret"},
 		{[]string{"token", "--user", "1"}, []string{"ORDERD_JWT_SECRET="}, "--jwt-secret"},
 		{[]string{"token", "--user", "0", "--jwt-secret", e2eSecret}, nil, "--user"},

@@ -400,6 +400,13 @@ func galeraKillMidBurst(t *testing.T, victim int) {
 		return err == nil && n == 2
 	})
 	shrunk := time.Since(killed)
+	// The processes that used the node carry on through the others: orders
+	// are created, and fall due and expire, within seconds.
+	testkit.WaitFor(t, 10*time.Second, "an order created after the cluster went on without the node", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return len(b.createdAt) > 0 && b.createdAt[len(b.createdAt)-1].After(killed.Add(shrunk))
+	})
 	rejoin := testkit.GaleraStart(t, victim)
 	down = false
 	back := time.Now()

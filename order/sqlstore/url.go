@@ -216,8 +216,22 @@ func (n *nodes) Connect(ctx context.Context) (driver.Conn, error) {
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", n.addrs[i], err))
 	}
-	return nil, fmt.Errorf("no database node takes work: %w", errors.Join(errs...))
+	return nil, nodeErrors(errs)
 }
+
+// nodeErrors are the errors of every node of a connection attempt, on one
+// line.
+type nodeErrors []error
+
+func (e nodeErrors) Error() string {
+	parts := make([]string, len(e))
+	for i, err := range e {
+		parts[i] = err.Error()
+	}
+	return "no database node takes work: " + strings.Join(parts, "; ")
+}
+
+func (e nodeErrors) Unwrap() []error { return e }
 
 // errNotReady is a Galera node that is not part of its cluster's primary
 // component, or not synced yet (joining, donating by a blocking method).
