@@ -105,6 +105,20 @@ _pick_port() {
 	echo "$p"
 }
 
+# _pick_block BASE N: the first of BASE, BASE+N, BASE+2N, … whose N ports are
+# all free.
+_pick_block() {
+	local b=$1 i ok
+	while [ "$b" -le $(($1 + 20 * $2)) ]; do
+		ok=1
+		for ((i = 0; i < $2; i++)); do _port_free $((b + i)) || { ok=0; break; }; done
+		[ $ok = 1 ] && { echo "$b"; return 0; }
+		b=$((b + $2))
+	done
+	echo "no free block of $2 ports near $1" >&2
+	return 1
+}
+
 _wait_for() { # _wait_for SECONDS CMD...
 	local n=$(( $1 * 10 )); shift
 	while [ $n -gt 0 ]; do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; n=$((n - 1)); done
@@ -277,13 +291,16 @@ _galera_synced() {
 }
 
 _start_galera() {
-	local n port=$ORDERD_DEV_GALERA_PORT group=$((ORDERD_DEV_GALERA_PORT + 1000))
+	local n port group
+	# Each node has a group port, then its IST and SST ports (bound only while
+	# a node joins): the cluster takes a block of 9 of them, and another run's
+	# cluster the next block, so that a join never meets the other's ports.
+	port=$(_pick_block "$ORDERD_DEV_GALERA_PORT" 3) || return 1
+	group=$(_pick_block $((ORDERD_DEV_GALERA_PORT + 1000)) 9) || return 1
 	_galera_ports=() _galera_groups=() _galera_peers=()
 	for n in 1 2 3; do
-		port=$(_pick_port "$port") || return 1
-		group=$(_pick_port "$group") || return 1
 		_galera_ports+=("$port") _galera_groups+=("$group") _galera_peers+=("127.0.0.1:$group")
-		port=$((port + 1)) group=$((group + 3)) # a node's group port, IST and SST ports
+		port=$((port + 1)) group=$((group + 3))
 	done
 	mkdir -p "$ORDERD_SCRATCH/galera/n1" "$ORDERD_SCRATCH/galera/n2/data" "$ORDERD_SCRATCH/galera/n3/data"
 	# rsync SST writes the joiner's data directory as nobody when run by root.
