@@ -77,7 +77,7 @@ func (s *Store) PutSKU(ctx context.Context, k order.SKU) (order.SKU, error) {
 		ON CONFLICT (sku) DO UPDATE SET name = excluded.name, price_cents = excluded.price_cents,
 		available = excluded.available, limit_per_user = excluded.limit_per_user`
 	}
-	if _, err := s.db.ExecContext(ctx, q, k.SKU, k.Name, k.PriceCents, k.Available, k.LimitPerUser); err != nil {
+	if _, err := s.exec(ctx, true, q, k.SKU, k.Name, k.PriceCents, k.Available, k.LimitPerUser); err != nil {
 		return order.SKU{}, cmp.Or(dataError(err), fmt.Errorf("sqlstore: put sku %d: %w", k.SKU, err))
 	}
 	return k, nil
@@ -165,7 +165,9 @@ func (s *Store) transition(ctx context.Context, id int64, action string, from, t
 			return s.recordChange(ctx, tx, id, from, to, ms(now))
 		})
 	} else {
-		err = update(s.db)
+		err = update(execer(func(ctx context.Context, q string, args ...any) (sql.Result, error) {
+			return s.exec(ctx, false, q, args...)
+		}))
 	}
 	if err != nil {
 		return order.Order{}, err

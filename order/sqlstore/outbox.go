@@ -127,7 +127,7 @@ func (s *Store) DeleteChanges(ctx context.Context, seqs []int64) error {
 		if err != nil {
 			return err
 		}
-		if _, err := s.db.ExecContext(ctx, q, args...); err != nil {
+		if _, err := s.exec(ctx, true, q, args...); err != nil {
 			return fmt.Errorf("sqlstore: delete relayed transitions: %w", err)
 		}
 		seqs = seqs[n:]

@@ -306,6 +306,27 @@ func (s *Store) tx(ctx context.Context, idempotent bool, fn func(*sqlx.Tx) error
 	})
 }
 
+// exec runs one statement on its own (autocommit), and again on a deadlock
+// or lock wait timeout (it was rolled back). A connection lost during it
+// leaves unknown whether it ran, as at a commit: it runs again then only
+// when idempotent.
+func (s *Store) exec(ctx context.Context, idempotent bool, q string, args ...any) (sql.Result, error) {
+	var res sql.Result
+	err := s.retry.Do(ctx, idempotent, func(ctx context.Context) error {
+		var err error
+		res, err = s.db.ExecContext(ctx, q, args...)
+		return sqlretry.Commit(err)
+	})
+	return res, err
+}
+
+// execer is a function as a sqlx.ExecerContext.
+type execer func(ctx context.Context, q string, args ...any) (sql.Result, error)
+
+func (f execer) ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	return f(ctx, q, args...)
+}
+
 // dataError returns an invalid-request error when err is the database
 // refusing a value (a string its column cannot hold, a number out of range):
 // no retry can fix that, so it is the request's fault, not a 503. It returns
