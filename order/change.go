@@ -28,6 +28,10 @@ type Change struct {
 	To      Status
 	At      time.Time
 	Source  string // SourceRequest, SourceEvent or SourceSweep
+	// Deadline is set on the change of a moved deadline (From and To are
+	// the order's status then, which did not change): the new pay deadline
+	// of a pending order, or confirm deadline of a shipped one.
+	Deadline time.Time
 }
 
 // An Outbox holds the changes committed but not yet relayed to the

@@ -87,6 +87,11 @@ type Store interface {
 	Ship(ctx context.Context, id int64, now, confirmDeadline time.Time) (Order, error)
 	// Confirm moves a shipped order to completed, confirmed by its owner.
 	Confirm(ctx context.Context, id int64, now time.Time) (Order, error)
+	// MoveDeadline sets the deadline of order id while it is in status
+	// (Pending: its pay deadline; Shipped: its confirm deadline) to
+	// deadline, at now; ErrNotFound, or an invalid-transition error naming
+	// its status when it is in another.
+	MoveDeadline(ctx context.Context, id int64, status Status, deadline, now time.Time) (Order, error)
 
 	// Expire moves every pending order of ids whose pay deadline is at or
 	// before now to expired and gives its stock back, all in one

@@ -729,3 +729,74 @@ func TestSweepFindsLowerIDCommittedLater(t *testing.T) {
 	}
 	ordertest.CheckStock(t, st, 1, 100)
 }
+
+// An admin extends pending orders at the moment their pay deadline comes
+// while a daemon expires them: each order either expired (the extension is
+// refused, naming the status) or got its new deadline (and a payment after
+// it succeeds), never both; stock comes back once per expired order, in the
+// database and in Redis.
+func TestExtendRacesExpiry(t *testing.T) {
+	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
+		const n, total = 200, 1000
+		e := newEnv(t, st, order.Config{Keys: order.Keys{Prefix: "extend:"}, PayTimeout: 600 * time.Millisecond})
+		ctx := context.Background()
+		if _, err := e.svc.PutSKU(ctx, order.SKU{SKU: 1, Name: "Mug", Available: total}); err != nil {
+			t.Fatal(err)
+		}
+		e.daemon(t, daemon.Config{SweepInterval: time.Hour})
+		orders := make([]order.Order, n)
+		for i := range orders {
+			o, err := e.svc.Create(ctx, int64(i+1), 1, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			orders[i] = o
+		}
+		var mu sync.Mutex
+		var extended, refused []order.Order
+		var wg sync.WaitGroup
+		for i, o := range orders {
+			wg.Add(1)
+			at := o.PayDeadline.Add(time.Duration(i%9-4) * 5 * time.Millisecond) // the deadline, give or take 20 ms
+			time.AfterFunc(time.Until(at), func() {
+				defer wg.Done()
+				got, err := e.svc.MoveDeadline(ctx, o.ID, order.Pending, time.Now().Add(time.Minute))
+				mu.Lock()
+				defer mu.Unlock()
+				var oe *order.Error
+				switch {
+				case err == nil:
+					extended = append(extended, got)
+				case errors.As(err, &oe) && oe.Code == order.CodeInvalidTransition && oe.Status == order.Expired:
+					refused = append(refused, o)
+				default:
+					t.Errorf("order %d: extend: %v", o.ID, err)
+				}
+			})
+		}
+		wg.Wait()
+		t.Logf("of %d orders extended at their deadline while the daemon expired them: %d extended, %d expired first", n, len(extended), len(refused))
+		for _, o := range extended {
+			if _, err := e.svc.Pay(ctx, o.UserID, o.ID); err != nil {
+				t.Fatalf("order %d: a payment after its extension: %v", o.ID, err)
+			}
+		}
+		for _, o := range refused {
+			if got, err := st.Get(ctx, o.ID); err != nil || got.Status != order.Expired {
+				t.Fatalf("order %d: extension refused as expired, order %s (%v)", o.ID, got.Status, err)
+			}
+		}
+		ordertest.CheckStock(t, st, 1, total)
+		k, err := st.GetSKU(ctx, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k.Available != total-int64(len(extended)) {
+			t.Fatalf("available %d, want %d: the expired orders' units back once", k.Available, total-len(extended))
+		}
+		testkit.WaitFor(t, 5*time.Second, "the Redis stock counter equal to the database's", func() bool {
+			v, ok, err := e.counter.Available(ctx, 1)
+			return err == nil && ok && v == k.Available
+		})
+	})
+}

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -351,6 +352,59 @@ func (s *Service) Confirm(ctx context.Context, user, id int64) (Order, error) {
 		return Order{}, err
 	}
 	s.cancelTimer(ctx, ConfirmKey(id))
+	return o, nil
+}
+
+// MoveDeadline moves the deadline of order id, for an admin: the pay
+// deadline of a pending order (status Pending) or the confirm deadline of a
+// shipped one (Shipped), earlier or later; a deadline in the past means now.
+// The database has the new deadline first, then the order's timer (its key
+// and due-index entry) moves with it; a timer that could not be moved fires
+// at the old deadline, finds the order not due and is set again for the
+// time left. An order in another status is an invalid-transition error
+// naming it. A daemon expiring the order at the same moment either finds
+// the new deadline or expires it first, never both.
+func (s *Service) MoveDeadline(ctx context.Context, id int64, status Status, deadline time.Time) (Order, error) {
+	now := s.now()
+	deadline = deadline.UTC().Truncate(time.Millisecond)
+	if deadline.Before(now) {
+		deadline = now
+	}
+	o, err := s.store.MoveDeadline(ctx, id, status, deadline, now)
+	if err != nil {
+		return Order{}, err
+	}
+	key := PayKey(id)
+	if status == Shipped {
+		key = ConfirmKey(id)
+	}
+	s.schedule(ctx, key, deadline)
+	return o, nil
+}
+
+// ExpireNow expires a pending order at once, for an admin, as its timer
+// would: its pay deadline moves to now, then it is expired and its stock
+// given back (source request). An order in another status (paid meanwhile,
+// say) is an invalid-transition error naming it.
+func (s *Service) ExpireNow(ctx context.Context, id int64) (Order, error) {
+	if _, err := s.store.MoveDeadline(ctx, id, Pending, s.now(), s.now()); err != nil {
+		if oe := (*Error)(nil); errors.As(err, &oe) && oe.Code == CodeInvalidTransition {
+			return Order{}, &Error{Code: CodeInvalidTransition, Status: oe.Status,
+				Message: fmt.Sprintf("cannot expire order %d: it is %s", id, oe.Status)}
+		}
+		return Order{}, err
+	}
+	if _, err := s.ExpireOrders(ctx, []int64{id}, SourceRequest); err != nil {
+		return Order{}, err
+	}
+	o, err := s.store.Get(ctx, id)
+	if err != nil {
+		return Order{}, err
+	}
+	if o.Status != Expired {
+		return Order{}, transitionError("expire", o)
+	}
+	s.cancelTimer(ctx, PayKey(id))
 	return o, nil
 }
 

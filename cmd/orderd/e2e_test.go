@@ -199,7 +199,7 @@ func TestBinaryEndToEnd(t *testing.T) {
 	if code, out := runCmd(t, env, "serve", "--addr", apiAddr); code != 2 || !strings.Contains(out, "orderd migrate") {
 		t.Fatalf("serve before migrate: exit %d %s", code, out)
 	}
-	if code, out := runCmd(t, env, "migrate", "status"); code != 0 || !strings.Contains(out, "schema version 0 of 4: 4 migration(s) to apply") {
+	if code, out := runCmd(t, env, "migrate", "status"); code != 0 || !strings.Contains(out, "schema version 0 of 5: 5 migration(s) to apply") {
 		t.Fatalf("migrate status before migrate: exit %d %s", code, out)
 	}
 	for range 2 {
@@ -207,7 +207,7 @@ func TestBinaryEndToEnd(t *testing.T) {
 			t.Fatalf("migrate: exit %d %s", code, out)
 		}
 	}
-	if code, out := runCmd(t, env, "migrate", "status"); code != 0 || !strings.Contains(out, "schema version 4: up to date") {
+	if code, out := runCmd(t, env, "migrate", "status"); code != 0 || !strings.Contains(out, "schema version 5: up to date") {
 		t.Fatalf("migrate status: exit %d %s", code, out)
 	}
 	serve := start(t, env, "serve", "--addr", apiAddr)

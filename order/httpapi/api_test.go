@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/orderd/orderd/expiry"
@@ -421,5 +422,90 @@ func TestFlashSale(t *testing.T) {
 			n, ok, err := a.counter.Available(context.Background(), 42)
 			return err == nil && ok && n == 70
 		})
+	})
+}
+
+// An admin moves a pending order's pay deadline or a shipped order's
+// confirm deadline, and its timer with it, and expires a pending order now;
+// nobody else may, and no other status allows it.
+func TestMoveDeadlineAndExpireNow(t *testing.T) {
+	ordertest.EachStore(t, func(t *testing.T, st *sqlstore.Store) {
+		a := newAPI(t, st, order.Config{PayTimeout: time.Hour})
+		rdb := redis.NewClient(&redis.Options{Addr: testkit.RedisAddr(), DB: redisDB})
+		t.Cleanup(func() { rdb.Close() })
+		ctx := context.Background()
+		admin, alice, bob := token(t, 1, true), token(t, 2, false), token(t, 3, false)
+		a.expect("PUT", "/v1/skus/7", admin, `{"name":"Mug","price_cents":100,"stock":10}`, 200, "")
+		available := func() float64 { return a.expect("GET", "/v1/skus/7", "", nil, 200, "")["available"].(float64) }
+
+		o := a.expect("POST", "/v1/orders", alice, `{"sku":7,"qty":1}`, 201, "")
+		path := "/v1/orders/" + id(o)
+		later := time.Now().Add(2 * time.Hour).UTC().Truncate(time.Millisecond)
+		body := fmt.Sprintf(`{"pay_deadline":%q}`, later.Format(time.RFC3339Nano))
+		a.expect("POST", path+"/deadline", alice, body, 403, "forbidden")
+		a.expect("POST", path+"/deadline", bob, body, 403, "forbidden")
+		a.expect("POST", path+"/deadline", "", body, 401, "unauthorized")
+		a.expect("POST", "/v1/orders/999999/deadline", admin, body, 404, "not_found")
+		for _, bad := range []string{`{}`, `{"pay_deadline":null}`, `{"pay_deadline":"soon"}`, `{"deadline":"2026-01-01T00:00:00Z"}`,
+			fmt.Sprintf(`{"pay_deadline":%q,"confirm_deadline":%q}`, later.Format(time.RFC3339), later.Format(time.RFC3339))} {
+			a.expect("POST", path+"/deadline", admin, bad, 400, "invalid_request")
+		}
+		if e := a.expect("POST", path+"/deadline", admin, fmt.Sprintf(`{"confirm_deadline":%q}`, later.Format(time.RFC3339)), 409, "invalid_transition"); e["status"] != "pending" {
+			t.Fatalf("confirm deadline of a pending order: %v", e)
+		}
+		got := a.expect("POST", path+"/deadline", admin, body, 200, "")
+		if got["pay_deadline"] != later.Format("2006-01-02T15:04:05.000Z") || got["status"] != "pending" {
+			t.Fatalf("moved: %v, want pay_deadline %s", got, later)
+		}
+		if ttl := rdb.PTTL(ctx, order.PayKey(int64(o["id"].(float64)))).Val(); ttl < time.Hour+59*time.Minute || ttl > 2*time.Hour {
+			t.Fatalf("the timer's key has %v left, want about 2 h", ttl)
+		}
+		// A deadline in the past means now: the daemon expires the order.
+		a.expect("POST", path+"/deadline", admin, `{"pay_deadline":"2000-01-01T00:00:00Z"}`, 200, "")
+		testkit.WaitFor(t, 10*time.Second, "the order expired at its new deadline", func() bool {
+			return a.expect("GET", path, admin, nil, 200, "")["status"] == "expired"
+		})
+		if e := a.expect("POST", path+"/deadline", admin, body, 409, "invalid_transition"); e["status"] != "expired" {
+			t.Fatalf("deadline of an expired order: %v", e)
+		}
+
+		// Expire now: a pending order only, by an admin; stock comes back.
+		before := available()
+		p := a.expect("POST", "/v1/orders", alice, `{"sku":7,"qty":2}`, 201, "")
+		a.expect("POST", "/v1/orders/"+id(p)+"/expire", alice, nil, 403, "forbidden")
+		a.expect("POST", "/v1/orders/999999/expire", admin, nil, 404, "not_found")
+		x := a.expect("POST", "/v1/orders/"+id(p)+"/expire", admin, nil, 200, "")
+		if x["status"] != "expired" || x["cancelled_at"] == nil {
+			t.Fatalf("expired now: %v", x)
+		}
+		if got := available(); got != before {
+			t.Fatalf("available %v after expiring, want %v back", got, before)
+		}
+		if e := a.expect("POST", "/v1/orders/"+id(p)+"/expire", admin, nil, 409, "invalid_transition"); e["status"] != "expired" {
+			t.Fatalf("expire twice: %v", e)
+		}
+		if n := rdb.Exists(ctx, order.PayKey(int64(p["id"].(float64)))).Val(); n != 0 {
+			t.Fatal("the expired order's timer key is still set")
+		}
+
+		// A shipped order: its confirm deadline moves, not its pay deadline.
+		s := a.expect("POST", "/v1/orders", alice, `{"sku":7,"qty":1}`, 201, "")
+		spath := "/v1/orders/" + id(s)
+		a.expect("POST", spath+"/pay", alice, nil, 200, "")
+		if e := a.expect("POST", spath+"/deadline", admin, body, 409, "invalid_transition"); e["status"] != "paid" {
+			t.Fatalf("pay deadline of a paid order: %v", e)
+		}
+		a.expect("POST", spath+"/expire", admin, nil, 409, "invalid_transition")
+		a.expect("POST", spath+"/ship", admin, nil, 200, "")
+		a.expect("POST", spath+"/deadline", admin, body, 409, "invalid_transition")
+		got = a.expect("POST", spath+"/deadline", admin, fmt.Sprintf(`{"confirm_deadline":%q}`, later.Format(time.RFC3339Nano)), 200, "")
+		if got["confirm_deadline"] != later.Format("2006-01-02T15:04:05.000Z") || got["status"] != "shipped" {
+			t.Fatalf("moved: %v, want confirm_deadline %s", got, later)
+		}
+		if ttl := rdb.PTTL(ctx, order.ConfirmKey(int64(s["id"].(float64)))).Val(); ttl < time.Hour+59*time.Minute || ttl > 2*time.Hour {
+			t.Fatalf("the confirm timer's key has %v left, want about 2 h", ttl)
+		}
+		a.expect("POST", spath+"/confirm", alice, nil, 200, "")
+		a.expect("POST", spath+"/deadline", admin, body, 409, "invalid_transition")
 	})
 }

@@ -25,6 +25,8 @@ var routes = []string{
 	"POST /v1/orders/{id}/cancel",
 	"POST /v1/orders/{id}/ship",
 	"POST /v1/orders/{id}/confirm",
+	"POST /v1/orders/{id}/deadline",
+	"POST /v1/orders/{id}/expire",
 	"GET /healthz",
 	"GET /metrics",
 	"GET /openapi.yaml",

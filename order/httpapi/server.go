@@ -92,10 +92,14 @@ func New(svc *order.Service, cfg Config) (http.Handler, error) {
 		"POST /v1/orders/{id}/ship": s.auth(true, s.act(func(ctx context.Context, _, id int64) (order.Order, error) {
 			return svc.Ship(ctx, id) // admins ship any order
 		})),
-		"POST /v1/orders/{id}/confirm": s.auth(false, s.act(svc.Confirm)),
-		"GET /healthz":                 HealthHandler(s.health),
-		"GET /metrics":                 promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}),
-		"GET /openapi.yaml":            http.HandlerFunc(serveOpenAPI),
+		"POST /v1/orders/{id}/confirm":  s.auth(false, s.act(svc.Confirm)),
+		"POST /v1/orders/{id}/deadline": s.auth(true, s.moveDeadline),
+		"POST /v1/orders/{id}/expire": s.auth(true, s.act(func(ctx context.Context, _, id int64) (order.Order, error) {
+			return svc.ExpireNow(ctx, id) // admins expire any pending order
+		})),
+		"GET /healthz":      HealthHandler(s.health),
+		"GET /metrics":      promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}),
+		"GET /openapi.yaml": http.HandlerFunc(serveOpenAPI),
 	}
 	mux := http.NewServeMux()
 	for _, pattern := range routes {
@@ -307,6 +311,36 @@ func (s *server) act(f func(ctx context.Context, user, id int64) (order.Order, e
 		}
 		return toOrderJSON(o), http.StatusOK, nil
 	}
+}
+
+// deadlineRequest moves one deadline: exactly one of the two is set.
+type deadlineRequest struct {
+	PayDeadline     *time.Time `json:"pay_deadline"`
+	ConfirmDeadline *time.Time `json:"confirm_deadline"`
+}
+
+func (s *server) moveDeadline(w http.ResponseWriter, r *http.Request, _ identity) (any, int, error) {
+	oid, err := pathID(r, "id")
+	if err != nil {
+		return nil, 0, err
+	}
+	var req deadlineRequest
+	if err := decode(w, r, &req); err != nil {
+		return nil, 0, err
+	}
+	var o order.Order
+	switch {
+	case req.PayDeadline != nil && req.ConfirmDeadline == nil:
+		o, err = s.svc.MoveDeadline(r.Context(), oid, order.Pending, *req.PayDeadline)
+	case req.ConfirmDeadline != nil && req.PayDeadline == nil:
+		o, err = s.svc.MoveDeadline(r.Context(), oid, order.Shipped, *req.ConfirmDeadline)
+	default:
+		return nil, 0, order.Errorf(order.CodeInvalidRequest, "give exactly one of pay_deadline and confirm_deadline (RFC 3339)")
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	return toOrderJSON(o), http.StatusOK, nil
 }
 
 // statusWriter remembers the status code written.

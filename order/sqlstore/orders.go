@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -199,6 +200,48 @@ func (s *Store) Ship(ctx context.Context, id int64, now, confirmDeadline time.Ti
 func (s *Store) Confirm(ctx context.Context, id int64, now time.Time) (order.Order, error) {
 	return s.transition(ctx, id, "confirm", order.Shipped, order.Completed, now, `status = 'completed', completed_at = ?, auto_confirmed = ?`,
 		`TRUE`, ms(now), false)
+}
+
+// MoveDeadline sets the pay deadline of a pending order, or the confirm
+// deadline of a shipped one, and records the move in the outbox, in one
+// transaction that locks the order: an expiry batch moving it at the same
+// moment either finds the new deadline (not due: it leaves it) or moved it
+// first (then the order is expired, and this says so).
+func (s *Store) MoveDeadline(ctx context.Context, id int64, status order.Status, deadline, now time.Time) (order.Order, error) {
+	col := "pay_deadline"
+	if status == order.Shipped {
+		col = "confirm_deadline"
+	} else if status != order.Pending {
+		return order.Order{}, fmt.Errorf("sqlstore: no deadline to move in status %s", status)
+	}
+	var o order.Order
+	err := s.tx(ctx, false, func(tx *sqlx.Tx) error {
+		var r orderRow
+		err := tx.GetContext(ctx, &r, `SELECT `+orderColumns+` FROM orders WHERE id = ?`+s.forUpdate(), id)
+		if errors.Is(err, sql.ErrNoRows) {
+			return order.Errorf(order.CodeNotFound, "order %d not found", id)
+		}
+		if err != nil {
+			return fmt.Errorf("sqlstore: move the deadline of order %d: %w", id, err)
+		}
+		if order.Status(r.Status) != status {
+			o = r.order()
+			return &order.Error{Code: order.CodeInvalidTransition, Status: o.Status,
+				Message: fmt.Sprintf("cannot move the %s of order %d: it is %s", strings.ReplaceAll(col, "_", " "), id, o.Status)}
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE orders SET `+col+` = ? WHERE id = ?`, ms(deadline), id); err != nil {
+			return fmt.Errorf("sqlstore: move the deadline of order %d: %w", id, err)
+		}
+		if err := s.recordDeadline(ctx, tx, r, status, ms(now), ms(deadline)); err != nil {
+			return err
+		}
+		o, err = s.get(ctx, tx, id)
+		return err
+	})
+	if err != nil {
+		return order.Order{}, err
+	}
+	return o, nil
 }
 
 // Cancel moves a pending order whose deadline is after now to cancelled and

@@ -64,14 +64,29 @@ func (s *Store) recordChange(ctx context.Context, tx *sqlx.Tx, id int64, from, t
 	return s.recordChanges(ctx, tx, []orderRow{r}, from, to, at, order.SourceRequest)
 }
 
+// recordDeadline records, in tx, the move of order id's deadline (it is in
+// status) to deadline at at, by a request, when the outbox is on.
+func (s *Store) recordDeadline(ctx context.Context, tx *sqlx.Tx, r orderRow, status order.Status, at, deadline int64) error {
+	if !s.outbox {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO transitions_outbox (from_status, to_status, changed_at, source, n, changes, deadline)
+		VALUES (?, ?, ?, ?, 1, ?, ?)`, string(status), string(status), at, order.SourceRequest,
+		string(order.AppendOrderRef(nil, r.ID, r.UserID, r.SKU, r.Qty)), deadline); err != nil {
+		return fmt.Errorf("sqlstore: record the deadline of order %d: %w", r.ID, err)
+	}
+	return nil
+}
+
 type changeRecord struct {
-	Seq     int64  `db:"seq"`
-	From    string `db:"from_status"`
-	To      string `db:"to_status"`
-	At      int64  `db:"changed_at"`
-	Source  string `db:"source"`
-	N       int    `db:"n"`
-	Changes string `db:"changes"`
+	Seq      int64         `db:"seq"`
+	From     string        `db:"from_status"`
+	To       string        `db:"to_status"`
+	At       int64         `db:"changed_at"`
+	Source   string        `db:"source"`
+	N        int           `db:"n"`
+	Changes  string        `db:"changes"`
+	Deadline sql.NullInt64 `db:"deadline"`
 }
 
 // PendingChanges returns the changes of up to limit outbox records (a
@@ -86,7 +101,7 @@ func (s *Store) PendingChanges(ctx context.Context, limit int) ([]order.Change, 
 	// write the cluster committed before it (wsrep_sync_wait): a relay that
 	// took over from one on another node must not see records that one
 	// deleted, once appended, as still to append.
-	q := `SELECT seq, from_status, to_status, changed_at, source, n, changes FROM transitions_outbox ORDER BY seq LIMIT ?`
+	q := `SELECT seq, from_status, to_status, changed_at, source, n, changes, deadline FROM transitions_outbox ORDER BY seq LIMIT ?`
 	if s.galera {
 		q = `SET STATEMENT wsrep_sync_wait = 1 FOR ` + q
 	}
@@ -97,6 +112,9 @@ func (s *Store) PendingChanges(ctx context.Context, limit int) ([]order.Change, 
 	var out []order.Change
 	for _, r := range recs {
 		c := order.Change{Seq: r.Seq, From: order.Status(r.From), To: order.Status(r.To), At: fromMS(r.At), Source: r.Source}
+		if r.Deadline.Valid {
+			c.Deadline = fromMS(r.Deadline.Int64)
+		}
 		for item := range strings.SplitSeq(r.Changes, ",") {
 			var f [4]int64
 			parts := strings.SplitN(item, ":", 4)

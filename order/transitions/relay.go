@@ -265,9 +265,10 @@ func (r *Relay) finish(valid bool) {
 
 // appendMany appends entries to the stream KEYS[1], capped near ARGV[1],
 // if the lease KEYS[2] still holds this relay's token ARGV[2]; else it
-// appends nothing and returns -1. ARGV[5…] come in sixes, one per outbox
+// appends nothing and returns -1. ARGV[5…] come in sevens, one per outbox
 // record (a group of changes sharing a transition): its seq, from, to, at,
-// source, and the orders as "order_id:user_id:sku:qty,…". The fields are
+// source, deadline (empty but for a moved deadline), and the orders as
+// "order_id:user_id:sku:qty,…". The fields are
 // those of Values. One call carries many entries, and the relay sends one
 // string per group rather than eight values per entry: far cheaper for both
 // than a command each.
@@ -297,14 +298,20 @@ if last ~= '' then
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[3])
 local n, skipped, id = 0, 0, nil
-for i = 5, #ARGV, 6 do
+for i = 5, #ARGV, 7 do
   if redis.call('ZSCORE', KEYS[3], ARGV[i]) then
     skipped = skipped + 1
   else
-    for oid, user, sku, qty in string.gmatch(ARGV[i+5], '(-?%d+):(-?%d+):(-?%d+):(-?%d+)') do
-      id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-        'order_id', oid, 'user_id', user, 'sku', sku, 'qty', qty,
-        'from', ARGV[i+1], 'to', ARGV[i+2], 'at', ARGV[i+3], 'source', ARGV[i+4])
+    for oid, user, sku, qty in string.gmatch(ARGV[i+6], '(-?%d+):(-?%d+):(-?%d+):(-?%d+)') do
+      if ARGV[i+5] == '' then
+        id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+          'order_id', oid, 'user_id', user, 'sku', sku, 'qty', qty,
+          'from', ARGV[i+1], 'to', ARGV[i+2], 'at', ARGV[i+3], 'source', ARGV[i+4])
+      else
+        id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+          'order_id', oid, 'user_id', user, 'sku', sku, 'qty', qty,
+          'from', ARGV[i+1], 'to', ARGV[i+2], 'at', ARGV[i+3], 'source', ARGV[i+4], 'deadline', ARGV[i+5])
+      end
       n = n + 1
     end
     redis.call('ZADD', KEYS[3], ARGV[i], ARGV[i])
@@ -376,7 +383,8 @@ func (r *Relay) round(ctx context.Context) (int, error) {
 		return nil
 	}
 	for i, c := range cs {
-		if i > 0 && c.Seq == cs[i-1].Seq && c.To == cs[i-1].To && c.At.Equal(cs[i-1].At) && c.Source == cs[i-1].Source {
+		if i > 0 && c.Seq == cs[i-1].Seq && c.To == cs[i-1].To && c.At.Equal(cs[i-1].At) && c.Source == cs[i-1].Source &&
+			c.Deadline.Equal(cs[i-1].Deadline) {
 			list = append(list, ',') // the same group
 		} else {
 			if len(list) > 0 {
@@ -388,7 +396,11 @@ func (r *Relay) round(ctx context.Context) (int, error) {
 					}
 				}
 			}
-			args = append(args, c.Seq, string(c.From), string(c.To), c.At.UTC().Format(timeLayout), c.Source)
+			deadline := ""
+			if !c.Deadline.IsZero() {
+				deadline = c.Deadline.UTC().Format(timeLayout)
+			}
+			args = append(args, c.Seq, string(c.From), string(c.To), c.At.UTC().Format(timeLayout), c.Source, deadline)
 			if len(seqs) == 0 || seqs[len(seqs)-1] != c.Seq {
 				seqs = append(seqs, c.Seq)
 			}

@@ -8,7 +8,9 @@
 // between the commit and the append loses it, and the changes of one order
 // reach the stream in the order they were committed. A consumer may see an
 // entry twice (after such a failure) and deduplicates by order id and the
-// status moved to.
+// status moved to (and the deadline, for a moved deadline: an entry with a
+// deadline field moves no status, only the order's pay or confirm
+// deadline).
 //
 // Several processes may run a Relay over one outbox and stream (every
 // `orderd serve` and `orderd listen`): a lease in Redis lets one of them
@@ -29,9 +31,10 @@ const timeLayout = "2006-01-02T15:04:05.000Z07:00"
 
 // Values returns the fields of c's stream entry, for XADD: order_id,
 // user_id, sku, qty, from (empty for a created order), to, at (RFC 3339,
-// UTC, milliseconds) and source.
+// UTC, milliseconds) and source; and deadline (RFC 3339, UTC, milliseconds)
+// for a moved deadline, whose from and to are both the order's status.
 func Values(c order.Change) []any {
-	return []any{
+	v := []any{
 		"order_id", strconv.FormatInt(c.OrderID, 10),
 		"user_id", strconv.FormatInt(c.UserID, 10),
 		"sku", strconv.FormatInt(c.SKU, 10),
@@ -41,6 +44,10 @@ func Values(c order.Change) []any {
 		"at", c.At.UTC().Format(timeLayout),
 		"source", c.Source,
 	}
+	if !c.Deadline.IsZero() {
+		v = append(v, "deadline", c.Deadline.UTC().Format(timeLayout))
+	}
+	return v
 }
 
 // Decode reads a stream entry's fields (as go-redis's XMessage.Values holds
@@ -81,6 +88,13 @@ func Decode(values map[string]any) (order.Change, error) {
 	errs = append(errs, err)
 	c.Source, err = str("source")
 	errs = append(errs, err)
+	if _, ok := values["deadline"]; ok { // a moved deadline
+		d, err := str("deadline")
+		if err == nil {
+			c.Deadline, err = time.Parse(time.RFC3339Nano, d)
+		}
+		errs = append(errs, err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return order.Change{}, err
 	}
