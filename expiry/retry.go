@@ -211,3 +211,34 @@ func (s *Scheduler) list(ctx context.Context, shard, set string, from, to time.T
 	}
 	return out, nil
 }
+
+// Lookup returns the timer of key (the full key, prefix included) as its
+// shard of the due index holds it: its deadline, failed attempts and last
+// error, or dead. ok is false when the index holds no timer of key (never
+// scheduled, handled already, or written without the Scheduler).
+func (s *Scheduler) Lookup(ctx context.Context, key string) (info TimerInfo, ok bool, err error) {
+	shard := s.shards[s.shardOf(key)]
+	var due, dead *redis.FloatCmd
+	var att, last *redis.StringCmd
+	_, err = s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		due = p.ZScore(ctx, shard, key)
+		dead = p.ZScore(ctx, deadKey(shard), key)
+		att = p.HGet(ctx, attemptsKey(shard), key)
+		last = p.HGet(ctx, errorsKey(shard), key)
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return TimerInfo{}, false, fmt.Errorf("expiry: look up %s: %w", key, err)
+	}
+	info = TimerInfo{Key: key, Shard: shard, LastError: last.Val()}
+	info.Attempts, _ = strconv.Atoi(att.Val())
+	switch {
+	case due.Err() == nil:
+		info.Deadline = time.UnixMilli(int64(due.Val()))
+	case dead.Err() == nil:
+		info.Deadline, info.Dead = time.UnixMilli(int64(dead.Val())), true
+	default:
+		return TimerInfo{}, false, nil
+	}
+	return info, true, nil
+}

@@ -62,6 +62,22 @@ func TestFailingTimerRetriedThenDeadThenRearmed(t *testing.T) {
 	if err != nil || st.Dead() != 1 {
 		t.Fatalf("Inspect: %d dead (%v)", st.Dead(), err)
 	}
+	if got, ok, err := sched.Lookup(ctx, key); err != nil || !ok || !got.Dead || got.Attempts != 3 || got.LastError != dead[0].LastError {
+		t.Fatalf("Lookup of the dead timer: %+v %v %v", got, ok, err)
+	}
+	later := time.Now().Add(time.Hour).Truncate(time.Millisecond)
+	if err := sched.Schedule(ctx, "r:hold:2", later); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok, err := sched.Lookup(ctx, "r:hold:2"); err != nil || !ok || got.Dead || !got.Deadline.Equal(later) || got.Attempts != 0 {
+		t.Fatalf("Lookup of a scheduled timer: %+v %v %v, want due at %v", got, ok, err, later)
+	}
+	if _, ok, err := sched.Lookup(ctx, "r:hold:3"); err != nil || ok {
+		t.Fatalf("Lookup of a key never scheduled: ok %v, %v", ok, err)
+	}
+	if err := sched.Cancel(ctx, "r:hold:2"); err != nil {
+		t.Fatal(err)
+	}
 
 	if err := sched.Rearm(ctx, key); err != nil {
 		t.Fatal(err)

@@ -110,3 +110,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
 }
+
+// MarshalOrder returns o in the API's JSON form, as GET /v1/orders/{id}
+// answers it: for the command line and the console to print it the same way.
+func MarshalOrder(o order.Order) ([]byte, error) { return json.Marshal(toOrderJSON(o)) }
