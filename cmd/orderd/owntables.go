@@ -203,6 +203,17 @@ func runStatusOwnTables(ctx context.Context, o *statusOptions, out io.Writer) er
 		return err
 	}
 	defer d.close()
+	r, err := buildOwnTablesReport(ctx, o, d, own)
+	if err != nil {
+		return err
+	}
+	return o.report(out, r, r.Problems, func() { r.print(out) })
+}
+
+// buildOwnTablesReport reads what `orderd status --config FILE` reports
+// (and the console shows) for a file with timers.
+func buildOwnTablesReport(ctx context.Context, o *statusOptions, d *deps, own []ownTimer) (ownTablesReport, error) {
+	var err error
 	r := ownTablesReport{At: time.Now().UTC().Truncate(time.Millisecond), Redis: o.redis.String(), Config: o.config.path,
 		Timers: []timerStatus{}, Problems: []string{}}
 	overdue := 0
@@ -211,7 +222,7 @@ func runStatusOwnTables(ctx context.Context, o *statusOptions, out io.Writer) er
 		if ot.t.Sweeps() {
 			ids, err := ot.t.Overdue(ctx, overdueLimit)
 			if err != nil {
-				return err
+				return r, err
 			}
 			ts.Overdue, ts.OverdueAtLeast = len(ids), len(ids) == overdueLimit
 			overdue += len(ids)
@@ -220,30 +231,33 @@ func runStatusOwnTables(ctx context.Context, o *statusOptions, out io.Writer) er
 	}
 	var problems []string
 	if r.redisState, problems, err = readRedisState(ctx, d.rdb, d.sched); err != nil {
-		return err
+		return r, err
 	}
 	r.Problems = append(r.Problems, problems...)
 	if overdue > 0 && len(r.Index.Listeners) == 0 {
 		r.Problems = append(r.Problems, fmt.Sprintf("no `orderd listen` is running, and %d record(s) are overdue", overdue))
 	}
 	r.Healthy = len(r.Problems) == 0
-	return o.report(out, r, r.Problems, func() {
-		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-		fmt.Fprintf(tw, "redis\t%s\n", r.Redis)
-		fmt.Fprintf(tw, "config\t%s (timers on your own tables)\n", r.Config)
-		r.redisState.printLines(tw)
-		for _, ts := range r.Timers {
-			n := fmt.Sprint(ts.Overdue)
-			switch {
-			case ts.Overdue < 0:
-				n = "unknown (no sweep query)"
-			case ts.OverdueAtLeast:
-				n = "at least " + n
-			}
-			fmt.Fprintf(tw, "timer %s\t%s…: %s overdue\n", ts.Name, ts.Key, n)
+	return r, nil
+}
+
+// print writes r for a person.
+func (r ownTablesReport) print(out io.Writer) {
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "redis\t%s\n", r.Redis)
+	fmt.Fprintf(tw, "config\t%s (timers on your own tables)\n", r.Config)
+	r.redisState.printLines(tw)
+	for _, ts := range r.Timers {
+		n := fmt.Sprint(ts.Overdue)
+		switch {
+		case ts.Overdue < 0:
+			n = "unknown (no sweep query)"
+		case ts.OverdueAtLeast:
+			n = "at least " + n
 		}
-		tw.Flush()
-		r.redisState.printTables(out)
-		printProblems(out, r.Problems)
-	})
+		fmt.Fprintf(tw, "timer %s\t%s…: %s overdue\n", ts.Name, ts.Key, n)
+	}
+	tw.Flush()
+	r.redisState.printTables(out)
+	printProblems(out, r.Problems)
 }

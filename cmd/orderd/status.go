@@ -154,16 +154,26 @@ func runStatus(ctx context.Context, o *statusOptions, out io.Writer) error {
 		return err
 	}
 	defer d.close()
+	r, err := buildStatus(ctx, o, d)
+	if err != nil {
+		return err
+	}
+	return o.report(out, r, r.Problems, func() { r.print(out, r.At) })
+}
+
+// buildStatus reads what `orderd status` reports (and the console shows).
+func buildStatus(ctx context.Context, o *statusOptions, d *deps) (statusReport, error) {
+	var err error
 	now := time.Now()
 	r := statusReport{At: now.UTC().Truncate(time.Millisecond), Redis: o.redis.String(), Orders: map[string]int64{},
 		Overdue: []overdueStatus{}, Next: []nextDeadline{}, Problems: []string{}}
 
 	if r.Schema.Version, r.Schema.Latest, err = d.store.SchemaVersion(ctx); err != nil {
-		return err
+		return r, err
 	}
 	ov, err := d.store.Overview(ctx, now, o.Next)
 	if err != nil {
-		return err
+		return r, err
 	}
 	for _, st := range []order.Status{order.Pending, order.Paid, order.Shipped, order.Completed, order.Cancelled, order.Expired} {
 		r.Orders[string(st)] = ov.Counts[st]
@@ -186,7 +196,7 @@ func runStatus(ctx context.Context, o *statusOptions, out io.Writer) error {
 
 	var problems []string
 	if r.redisState, problems, err = readRedisState(ctx, d.rdb, d.sched); err != nil {
-		return err
+		return r, err
 	}
 	r.Problems = append(r.Problems, problems...)
 	if waiting := ov.Counts[order.Pending] + ov.Counts[order.Shipped]; len(r.Index.Listeners) == 0 && waiting > 0 {
@@ -195,15 +205,15 @@ func runStatus(ctx context.Context, o *statusOptions, out io.Writer) error {
 	keys := o.keys()
 	r.Stream = streamStatus{Name: keys.Transitions(), On: o.TransitionsMaxLen > 0}
 	if r.Stream.Entries, err = d.rdb.XLen(ctx, keys.Transitions()).Result(); err != nil {
-		return fmt.Errorf("read the transitions stream: %w", err)
+		return r, fmt.Errorf("read the transitions stream: %w", err)
 	}
 	if r.Stream.Relay, err = d.rdb.Get(ctx, keys.TransitionsRelay()).Result(); err != nil && !errors.Is(err, redis.Nil) {
-		return fmt.Errorf("read the transitions relay's lease: %w", err)
+		return r, fmt.Errorf("read the transitions relay's lease: %w", err)
 	}
 	r.Stream.Relay, _, _ = strings.Cut(r.Stream.Relay, "#") // the relay's id, without its lease's token
 	backlog, oldest, err := d.store.ChangeBacklog(ctx)
 	if err != nil {
-		return err
+		return r, err
 	}
 	r.Stream.Backlog = backlog
 	if !oldest.IsZero() {
@@ -214,7 +224,7 @@ func runStatus(ctx context.Context, o *statusOptions, out io.Writer) error {
 		}
 	}
 	r.Healthy = len(r.Problems) == 0
-	return o.report(out, r, r.Problems, func() { r.print(out, now) })
+	return r, nil
 }
 
 // report writes r as JSON (--json) or with print, and returns an error

@@ -6,7 +6,7 @@
 #   services_install [mysql] [TOOL...]
 #                               install redis-server (and mariadb-server, and the Debian
 #                               package of each TOOL: systemd-analyze, supervisord, jq, promtool, php,
-#                               php-redis: PHP's redis extension, galera: galera-4 and rsync)
+#                               php-redis: PHP's redis extension, galera: galera-4 and rsync, chromium)
 #                               from Debian when missing
 #   services_start redis|mysql|cluster|sentinel|galera
 #                               start a private server (or set) under $ORDERD_SCRATCH on loopback ports

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../.."
 source contrib/dev/services.sh
 services_scratch test
 
-services_install mysql systemd-analyze supervisord jq promtool php php-redis galera
+services_install mysql systemd-analyze supervisord jq promtool php php-redis galera chromium
 services_start redis
 services_start mysql
 services_start cluster

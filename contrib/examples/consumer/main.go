@@ -8,8 +8,9 @@
 // Several consumers with one --group share the entries; each group sees them
 // all. Delivery is at least once, so a transition may arrive twice (after a
 // failure in orderd, or when a consumer dies before its XACK): the consumer
-// deduplicates by order id and the status moved to. A real program does that
-// in its own database (a unique key on order id + status) in the transaction
+// deduplicates by order id and the status moved to (and the new deadline, for
+// an entry that moved one). A real program does that in its own database (a
+// unique key on order id + status + deadline) in the transaction
 // that reacts to the transition, and acknowledges after it commits.
 //
 // --until ORDER_ID:STATUS exits 0 once that transition arrived (and 1 when
@@ -123,12 +124,16 @@ func run() error {
 			t, bad := transitions.Decode(m.Values)
 			if bad != nil { // not orderd's: acknowledge it, or it comes back for ever
 				fmt.Fprintf(os.Stderr, "entry %s skipped: %v\n", m.ID, bad)
-			} else if k := fmt.Sprint(t.OrderID, ":", t.To); !seen[k] {
+			} else if k := fmt.Sprint(t.OrderID, ":", t.To, ":", t.Deadline.UnixMilli()); !seen[k] {
 				seen[k] = true
 				// Here the shop reacts: updates its copy of the order,
 				// mails the buyer, clears a sold-out flag…
-				if err := enc.Encode(map[string]any{"entry": m.ID, "order_id": t.OrderID, "user_id": t.UserID,
-					"sku": t.SKU, "qty": t.Qty, "from": t.From, "to": t.To, "at": t.At, "source": t.Source}); err != nil {
+				out := map[string]any{"entry": m.ID, "order_id": t.OrderID, "user_id": t.UserID,
+					"sku": t.SKU, "qty": t.Qty, "from": t.From, "to": t.To, "at": t.At, "source": t.Source}
+				if !t.Deadline.IsZero() { // an admin moved the order's deadline
+					out["deadline"] = t.Deadline
+				}
+				if err := enc.Encode(out); err != nil {
 					return err
 				}
 			}

@@ -58,7 +58,8 @@ fwrite(STDERR, "order $orderId: pay timer set for {$ttl}s; reading $stream as $g
 
 // Delivery is at least once: an entry may come twice (after a failure in
 // orderd, or when this consumer dies before its XACK). Deduplicate by
-// order_id + to; a real app does it with a unique key in its own database.
+// order_id + to (+ deadline: an entry with one moved the order's deadline);
+// a real app does it with a unique key in its own database.
 $seen = [];
 $deadline = time() + (int) $env('TIMEOUT', '60');
 $from = '0'; // first what was delivered to this consumer but not acknowledged, then new entries
@@ -76,7 +77,7 @@ while (time() < $deadline) {
         continue;
     }
     foreach ($entries as $id => $t) {
-        $key = $t['order_id'] . ':' . $t['to'];
+        $key = $t['order_id'] . ':' . $t['to'] . ':' . ($t['deadline'] ?? '');
         if (!isset($seen[$key])) {
             $seen[$key] = true;
             // Here the shop reacts: update its own order, notify the buyer,
