@@ -199,8 +199,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	}
 
 	// The overview's counts move by themselves as the daemon expires orders.
-	run(t, ctx, "open the overview", chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.CSS("#count-expired")),
-)
+	run(t, ctx, "open the overview", chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.CSS("#count-expired")))
 	get(t, ctx, "mark the page", chromedp.Evaluate[bool](`window.stillThisPage = true`))
 	if got := text("#count-expired"); got != "1" {
 		t.Fatalf("overview: %s expired, want 1", got)
