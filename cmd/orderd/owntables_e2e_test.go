@@ -268,6 +268,27 @@ func laravelScenario(t *testing.T, shop *laravelShop, n int, timers func(t *test
 	if code, out := runCmd(t, shop.env, statusArgs...); code != 1 || !strings.Contains(out, "order_pay:…: 5 overdue") || !strings.Contains(out, "no `orderd listen` is running") {
 		t.Fatalf("orderd status --config with 5 orders overdue and no listener: exit %d, want 1 saying so:\n%s", code, out)
 	}
+	// The console reads the same file: the timers on the shop's tables.
+	addr := freeAddr(t)
+	start(t, shop.env, "console", "--config", filepath.Join(laravelDir, "orderd.yaml"), "--addr", addr)
+	waitHTTP(t, "http://"+addr+"/")
+	for path, want := range map[string][]string{
+		"/":         {"Timers on your own tables", "pay_timeout", `<td class="num">5</td>`, "5 record(s) are overdue"},
+		"/timers":   {`data-shard="`},
+		"/orders/1": {"your own tables"},
+	} {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, w := range want {
+			if !strings.Contains(string(body), w) {
+				t.Fatalf("console --config, GET %s (%d): no %q in:\n%s", path, resp.StatusCode, w, body)
+			}
+		}
+	}
 }
 
 // A statement of the file that the shop's database rejects stops orderd
