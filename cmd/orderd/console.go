@@ -419,9 +419,9 @@ const streamScan = 50000
 
 func (c *console) order(w http.ResponseWriter, r *http.Request) {
 	p := page{Title: "Order", Nav: "order", Session: c.session(r), Notice: r.URL.Query().Get("notice")}
-	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
-	if err != nil || id <= 0 {
-		p.Error = fmt.Sprintf("%q is not an order id (a positive integer).", r.PathValue("id"))
+	id, err := pathOrderID(r)
+	if err != nil {
+		p.Error = err.Error()
 		c.render(w, "order", http.StatusBadRequest, p)
 		return
 	}
@@ -531,14 +531,23 @@ func (c *console) signIn(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }
 
+// pathOrderID is the order id of the request's path.
+func pathOrderID(r *http.Request) (int64, error) {
+	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	if err != nil || id <= 0 {
+		return 0, order.Errorf(order.CodeInvalidRequest, "%q is not an order id (a positive integer)", r.PathValue("id"))
+	}
+	return id, nil
+}
+
 func orderPath(id int64, notice string) string {
 	return fmt.Sprintf("/orders/%d?notice=%s", id, url.QueryEscape(notice))
 }
 
 func (c *console) extend(w http.ResponseWriter, r *http.Request, d *deps) (string, error) {
-	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
-	if err != nil || id <= 0 {
-		return "", order.Errorf(order.CodeInvalidRequest, "%q is not an order id", r.PathValue("id"))
+	id, err := pathOrderID(r)
+	if err != nil {
+		return "", err
 	}
 	by, err := time.ParseDuration(strings.TrimSpace(r.PostForm.Get("by")))
 	if err != nil {
@@ -554,9 +563,9 @@ func (c *console) extend(w http.ResponseWriter, r *http.Request, d *deps) (strin
 }
 
 func (c *console) expire(w http.ResponseWriter, r *http.Request, d *deps) (string, error) {
-	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
-	if err != nil || id <= 0 {
-		return "", order.Errorf(order.CodeInvalidRequest, "%q is not an order id", r.PathValue("id"))
+	id, err := pathOrderID(r)
+	if err != nil {
+		return "", err
 	}
 	cfg := c.o.serviceConfig(nil)
 	cfg.GiveBacks = d.giveBacks

@@ -24,7 +24,6 @@ import (
 	"github.com/orderd/orderd/order"
 	"github.com/orderd/orderd/order/ordertest"
 	"github.com/orderd/orderd/order/sqlstore"
-	"github.com/orderd/orderd/order/transitions"
 	"github.com/orderd/orderd/stock"
 )
 
@@ -269,26 +268,12 @@ func (s *galeraShop) check(t *testing.T, b *galeraBurst) []galeraOrder {
 	})
 	// Every transition reaches the stream once, by order and status.
 	seen := map[int64]map[order.Status]int{}
-	for from := "-"; ; {
-		msgs, err := s.rdb.XRangeN(ctx, s.keys.Transitions(), from, "+", 10000).Result()
-		if err != nil {
-			t.Fatal(err)
+	eachTransition(t, s.rdb, s.keys.Transitions(), func(c order.Change) {
+		if seen[c.OrderID] == nil {
+			seen[c.OrderID] = map[order.Status]int{}
 		}
-		for _, m := range msgs {
-			c, err := transitions.Decode(m.Values)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if seen[c.OrderID] == nil {
-				seen[c.OrderID] = map[order.Status]int{}
-			}
-			seen[c.OrderID][c.To]++
-		}
-		if len(msgs) < 10000 {
-			break
-		}
-		from = "(" + msgs[len(msgs)-1].ID
-	}
+		seen[c.OrderID][c.To]++
+	})
 	for _, o := range orders {
 		want := map[order.Status]int{order.Pending: 1, o.Status: 1}
 		if !maps.Equal(seen[o.ID], want) {

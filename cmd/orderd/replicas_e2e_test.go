@@ -225,8 +225,20 @@ func (rs *replicaSet) allExpired(t *testing.T, n int) map[int64]int {
 func (rs *replicaSet) streamCount(t *testing.T, to order.Status) map[int64]int {
 	t.Helper()
 	out := map[int64]int{}
+	eachTransition(t, rs.rdb, rs.keys.Transitions(), func(c order.Change) {
+		if c.To == to {
+			out[c.OrderID]++
+		}
+	})
+	return out
+}
+
+// eachTransition calls f with each entry of the transitions stream, oldest
+// first.
+func eachTransition(t *testing.T, rdb redis.UniversalClient, stream string, f func(order.Change)) {
+	t.Helper()
 	for start := "-"; ; {
-		msgs, err := rs.rdb.XRangeN(context.Background(), rs.keys.Transitions(), start, "+", 10000).Result()
+		msgs, err := rdb.XRangeN(context.Background(), stream, start, "+", 10000).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -235,12 +247,10 @@ func (rs *replicaSet) streamCount(t *testing.T, to order.Status) map[int64]int {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if c.To == to {
-				out[c.OrderID]++
-			}
+			f(c)
 		}
 		if len(msgs) < 10000 {
-			return out
+			return
 		}
 		start = "(" + msgs[len(msgs)-1].ID
 	}

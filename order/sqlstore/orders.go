@@ -202,6 +202,20 @@ func (s *Store) Confirm(ctx context.Context, id int64, now time.Time) (order.Ord
 		`TRUE`, ms(now), false)
 }
 
+// lockOrder reads order id in tx and locks its row until the commit;
+// order.ErrNotFound when there is none.
+func (s *Store) lockOrder(ctx context.Context, tx *sqlx.Tx, id int64) (orderRow, error) {
+	var r orderRow
+	err := tx.GetContext(ctx, &r, `SELECT `+orderColumns+` FROM orders WHERE id = ?`+s.forUpdate(), id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return r, order.Errorf(order.CodeNotFound, "order %d not found", id)
+	}
+	if err != nil {
+		return r, fmt.Errorf("sqlstore: lock order %d: %w", id, err)
+	}
+	return r, nil
+}
+
 // MoveDeadline sets the pay deadline of a pending order, or the confirm
 // deadline of a shipped one, and records the move in the outbox, in one
 // transaction that locks the order: an expiry batch moving it at the same
@@ -216,13 +230,9 @@ func (s *Store) MoveDeadline(ctx context.Context, id int64, status order.Status,
 	}
 	var o order.Order
 	err := s.tx(ctx, false, func(tx *sqlx.Tx) error {
-		var r orderRow
-		err := tx.GetContext(ctx, &r, `SELECT `+orderColumns+` FROM orders WHERE id = ?`+s.forUpdate(), id)
-		if errors.Is(err, sql.ErrNoRows) {
-			return order.Errorf(order.CodeNotFound, "order %d not found", id)
-		}
+		r, err := s.lockOrder(ctx, tx, id)
 		if err != nil {
-			return fmt.Errorf("sqlstore: move the deadline of order %d: %w", id, err)
+			return err
 		}
 		if order.Status(r.Status) != status {
 			o = r.order()
@@ -249,11 +259,7 @@ func (s *Store) MoveDeadline(ctx context.Context, id int64, status order.Status,
 func (s *Store) Cancel(ctx context.Context, id int64, now time.Time) (order.Order, error) {
 	var ok bool
 	err := s.tx(ctx, false, func(tx *sqlx.Tx) error {
-		var r orderRow
-		err := tx.GetContext(ctx, &r, `SELECT `+orderColumns+` FROM orders WHERE id = ?`+s.forUpdate(), id)
-		if errors.Is(err, sql.ErrNoRows) {
-			return order.Errorf(order.CodeNotFound, "order %d not found", id)
-		}
+		r, err := s.lockOrder(ctx, tx, id)
 		if err != nil {
 			return err
 		}
