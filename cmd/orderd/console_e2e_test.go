@@ -149,6 +149,9 @@ func TestConsoleInABrowser(t *testing.T) {
 	if got := text("#events"); got != "on" {
 		t.Fatalf("overview: expired-key events %q, want on", got)
 	}
+	testkit.WaitFor(t, 10*time.Second, "the overview showing the listener's start-up sweep, which moved nothing", func() bool {
+		return strings.Contains(text("#last-sweep"), "moved 0")
+	})
 	if count("#signin-link") != 1 || count("#signout") != 0 {
 		t.Fatal("overview: not read-only before signing in")
 	}

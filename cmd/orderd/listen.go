@@ -157,7 +157,14 @@ func runListen(ctx context.Context, o *listenOptions) error {
 	defer d.startGiveBacks()() // stopped after the listener: its last give-backs land
 	svc := order.NewService(d.store, d.counter, d.sched, cfg)
 	var wakeRelay func()
-	l := daemon.New(svc, d.rdb, daemon.Config{
+	var l *daemon.Daemon
+	listenerID := func() string {
+		if l == nil {
+			return ""
+		}
+		return l.ID()
+	}
+	l = daemon.New(svc, d.rdb, daemon.Config{
 		OnStockRebuilt: m.onStockRebuilt,
 		SweepInterval:  o.SweepInterval,
 		Batch: daemon.BatchConfig{Max: o.BatchMax, OnBatch: func(timer string, size, moved int) {
@@ -167,7 +174,7 @@ func runListen(ctx context.Context, o *listenOptions) error {
 			}
 		}},
 		Logger:  o.log,
-		OnSweep: m.onSweep,
+		OnSweep: m.recordSweeps(d.rdb, d.sched.Index(), listenerID),
 		OnSwept: m.onSwept,
 		PingDB:  d.store.Ping,
 		Leases:  d.store,

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"github.com/orderd/orderd/expiry"
@@ -109,6 +110,27 @@ func (m *daemonMetrics) onSweep(_ int, err error) {
 		return
 	}
 	m.sweeps.WithLabelValues("ok").Inc()
+}
+
+// lastSweepKey is where a listener records the outcome of its last sweep,
+// beside the due index, for orderd status and the console.
+func lastSweepKey(index string) string { return index + ":sweep:last" }
+
+// recordSweeps returns an OnSweep for the daemon that counts each sweep and
+// records the last one's outcome in Redis (when, moved, error, by whom, as
+// id() names it once the listener exists).
+func (m *daemonMetrics) recordSweeps(rdb redis.UniversalClient, index string, id func() string) func(int, error) {
+	return func(moved int, err error) {
+		m.onSweep(moved, err)
+		msg := ""
+		if err != nil {
+			msg = err.Error()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = rdb.HSet(ctx, lastSweepKey(index), "at", time.Now().UTC().Format(time.RFC3339Nano),
+			"moved", moved, "error", msg, "by", id()).Err() // for people to read: a miss costs nothing
+	}
 }
 
 // timers creates every series of the timers named, at 0.

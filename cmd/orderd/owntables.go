@@ -52,11 +52,18 @@ func runOwnTables(ctx context.Context, o *listenOptions) error {
 	keys := o.keys()
 	sched := d.sched
 	m := newDaemonMetrics()
-	l := daemon.NewTimers(rdb, keys.Prefix, timers, daemon.Config{
+	var l *daemon.Daemon
+	listenerID := func() string {
+		if l == nil {
+			return ""
+		}
+		return l.ID()
+	}
+	l = daemon.NewTimers(rdb, keys.Prefix, timers, daemon.Config{
 		SweepInterval: o.SweepInterval,
 		Batch:         daemon.BatchConfig{Max: o.BatchMax, OnBatch: m.onBatch},
 		Logger:        o.log,
-		OnSweep:       m.onSweep,
+		OnSweep:       m.recordSweeps(rdb, sched.Index(), listenerID),
 		OnSwept:       m.onSwept,
 		PingDB:        store.Ping,
 		Listener: expiry.ListenerConfig{

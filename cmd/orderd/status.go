@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -121,6 +122,7 @@ type indexStatus struct {
 	Shards    []shardStatus    `json:"shards"`
 	Listeners []listenerStatus `json:"listeners"`
 	Sweeper   string           `json:"sweeper"`
+	LastSweep *lastSweep       `json:"last_sweep"` // null before the first`
 	Retries   int64            `json:"retries"`
 	Dead      []deadTimer      `json:"dead"`
 }
@@ -132,6 +134,14 @@ type shardStatus struct {
 	Holder  string `json:"holder"`
 	Retries int64  `json:"retries"`
 	Dead    int64  `json:"dead"`
+}
+
+// lastSweep is the outcome of the last sweep a listener ran.
+type lastSweep struct {
+	At    time.Time `json:"at"`
+	Moved int64     `json:"moved"`
+	Error string    `json:"error,omitempty"`
+	By    string    `json:"by"`
 }
 
 // deadTimer is a timer whose handling failed every attempt.
@@ -297,6 +307,14 @@ func readRedisState(ctx context.Context, rdb redis.UniversalClient, sched *expir
 	for _, l := range idx.Listeners {
 		st.Index.Listeners = append(st.Index.Listeners, listenerStatus{ID: l.ID, Shards: append([]string{}, l.Shards...), Sweeps: l.Sweeps})
 	}
+	last, err := rdb.HGetAll(ctx, lastSweepKey(sched.Index())).Result()
+	if err != nil {
+		return st, nil, fmt.Errorf("read the last sweep: %w", err)
+	}
+	if at, err := time.Parse(time.RFC3339Nano, last["at"]); err == nil {
+		moved, _ := strconv.ParseInt(last["moved"], 10, 64)
+		st.Index.LastSweep = &lastSweep{At: at, Moved: moved, Error: last["error"], By: last["by"]}
+	}
 	return st, problems, nil
 }
 
@@ -372,6 +390,13 @@ func (r *redisState) printIndex(tw io.Writer) {
 	fmt.Fprintf(tw, "due index\t%s: %d timer(s), %d overdue, in %d shards\n", r.Index.Name, r.Index.Timers, r.Index.Overdue, len(r.Index.Shards))
 	fmt.Fprintf(tw, "failing timers\t%d retrying, %d dead\n", r.Index.Retries, len(r.Index.Dead))
 	fmt.Fprintf(tw, "listeners\t%d live\n", len(r.Index.Listeners))
+	if ls := r.Index.LastSweep; ls != nil {
+		outcome := fmt.Sprintf("moved %d", ls.Moved)
+		if ls.Error != "" {
+			outcome = "FAILED: " + ls.Error
+		}
+		fmt.Fprintf(tw, "last sweep\t%s by %s, %v ago: %s\n", ls.At.Format(time.RFC3339), ls.By, time.Since(ls.At).Round(time.Second), outcome)
+	}
 }
 
 // printTables writes the listeners, the shards and the dead timers.
