@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -118,18 +119,28 @@ func lastSweepKey(index string) string { return index + ":sweep:last" }
 
 // recordSweeps returns an OnSweep for the daemon that counts each sweep and
 // records the last one's outcome in Redis (when, moved, error, by whom, as
-// id() names it once the listener exists).
+// id() names it once the listener exists). The record is written apart, one
+// at a time, and skipped while the last is still under way: a sweep must
+// not wait for it (while Redis is away the database lease's sweeps run every
+// quarter --sweep-interval, and Redis takes nothing).
 func (m *daemonMetrics) recordSweeps(rdb redis.UniversalClient, index string, id func() string) func(int, error) {
+	var writing atomic.Bool
 	return func(moved int, err error) {
 		m.onSweep(moved, err)
+		if !writing.CompareAndSwap(false, true) {
+			return
+		}
 		msg := ""
 		if err != nil {
 			msg = err.Error()
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_ = rdb.HSet(ctx, lastSweepKey(index), "at", time.Now().UTC().Format(time.RFC3339Nano),
-			"moved", moved, "error", msg, "by", id()).Err() // for people to read: a miss costs nothing
+		at := time.Now().UTC().Format(time.RFC3339Nano)
+		go func() {
+			defer writing.Store(false)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			_ = rdb.HSet(ctx, lastSweepKey(index), "at", at, "moved", moved, "error", msg, "by", id()).Err() // for people to read: a miss costs nothing
+		}()
 	}
 }
 
