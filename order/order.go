@@ -48,6 +48,19 @@ type Order struct {
 	AutoConfirmed   bool
 }
 
+// Timer returns the key (without the prefix) and deadline of the timer the
+// order waits on: its pay timer while pending, its confirm timer while
+// shipped; ok is false in any other status.
+func (o Order) Timer() (key string, deadline time.Time, ok bool) {
+	switch {
+	case o.Status == Pending:
+		return PayKey(o.ID), o.PayDeadline, true
+	case o.Status == Shipped && o.ConfirmDeadline != nil:
+		return ConfirmKey(o.ID), *o.ConfirmDeadline, true
+	}
+	return "", time.Time{}, false
+}
+
 // SKU is a product with its stock. Available is the database's truth.
 type SKU struct {
 	SKU          int64

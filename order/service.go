@@ -374,11 +374,9 @@ func (s *Service) MoveDeadline(ctx context.Context, id int64, status Status, dea
 	if err != nil {
 		return Order{}, err
 	}
-	key := PayKey(id)
-	if status == Shipped {
-		key = ConfirmKey(id)
+	if key, _, ok := o.Timer(); ok {
+		s.schedule(ctx, key, deadline)
 	}
-	s.schedule(ctx, key, deadline)
 	return o, nil
 }
 

@@ -127,12 +127,8 @@ func (o *ordersOptions) extend(ctx context.Context, svc *order.Service, id int64
 	if err != nil {
 		return err
 	}
-	status, deadline := cur.Status, cur.PayDeadline
-	switch cur.Status {
-	case order.Pending:
-	case order.Shipped:
-		deadline = *cur.ConfirmDeadline
-	default:
+	_, deadline, ok := cur.Timer()
+	if !ok {
 		return &order.Error{Code: order.CodeInvalidTransition, Status: cur.Status,
 			Message: fmt.Sprintf("order %d is %s: only a pending order (pay) or a shipped one (confirm) has a deadline to move", id, cur.Status)}
 	}
@@ -140,7 +136,7 @@ func (o *ordersOptions) extend(ctx context.Context, svc *order.Service, id int64
 	if o.To != "" {
 		to, _ = time.Parse(time.RFC3339Nano, o.To) // checked already
 	}
-	_, err = svc.MoveDeadline(ctx, id, status, to)
+	_, err = svc.MoveDeadline(ctx, id, cur.Status, to)
 	return err
 }
 
@@ -185,15 +181,12 @@ func (o *ordersOptions) view(ctx context.Context, svc *order.Service, d *deps, i
 		return orderView{}, err
 	}
 	v := orderView{Order: raw, order: ord}
-	var key string
-	switch ord.Status {
-	case order.Pending:
-		v.Deadline, key = &ord.PayDeadline, o.keys().Pay(id)
-	case order.Shipped:
-		v.Deadline, key = ord.ConfirmDeadline, o.keys().Confirm(id)
-	default:
+	key, deadline, ok := ord.Timer()
+	if !ok {
 		return v, nil
 	}
+	key = o.keys().Prefix + key
+	v.Deadline = &deadline
 	t := &timerView{Key: key}
 	ttl, err := d.rdb.PTTL(ctx, key).Result()
 	if err != nil {

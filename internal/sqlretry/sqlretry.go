@@ -63,14 +63,6 @@ func Reason(err error, idempotent bool) string {
 	return ""
 }
 
-// Transient reports whether err is a deadlock (1213) or a lock wait timeout
-// (1205): the server rolled the transaction back, and running it again may
-// well succeed.
-func Transient(err error) bool {
-	r := Reason(err, false)
-	return r == Deadlock || r == LockWait
-}
-
 func lostConnection(err error) bool {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return false // the caller's, not the connection's
