@@ -102,6 +102,7 @@ func (l *Listener) wakeAll() {
 // different masters) stalls no other.
 func (l *Listener) reap(ctx context.Context, s *Scheduler, k *leaseKeeper, i int, queue chan<- Event) {
 	sh := l.shards[i]
+	var guess []string // the entries the last round found due next
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -141,7 +142,8 @@ func (l *Listener) reap(ctx context.Context, s *Scheduler, k *leaseKeeper, i int
 				continue
 			}
 		}
-		res, fired, next, err := s.reapShard(ctx, s.shards[i], reapSlack, at)
+		res, fired, next, err := s.reapShard(ctx, s.shards[i], reapSlack, at, guess)
+		guess = next.keys
 		l.reaped.Add(uint64(res.Gone))
 		// Noted and queued under the shard's lock, so that a release of the
 		// shard names them in its handover record, or comes first: then they
@@ -159,8 +161,8 @@ func (l *Listener) reap(ctx context.Context, s *Scheduler, k *leaseKeeper, i int
 			sh.plan.plan(time.Now().Add(time.Second))
 		case res.More:
 			sh.plan.plan(start)
-		case !next.IsZero():
-			sh.plan.plan(next)
+		case !next.at.IsZero():
+			sh.plan.plan(next.at)
 		}
 	}
 }
@@ -264,21 +266,36 @@ const reapSlack = 100 * time.Millisecond
 // (BENCHMARKS.md, round 4), which the lead takes off a timer's lateness.
 const reapLead = 5 * time.Millisecond
 
+// aheadRead is how many entries after the round's moment a round reads: the
+// earliest gives the next deadline, and those sharing it are the next
+// round's guess, whose keys' TTLs it reads with the entries (one round trip
+// fewer in a steady stream of timers).
+const aheadRead = 4
+
+// upcoming is a shard's next deadline after a round, and the entries due
+// then as far as the round read them.
+type upcoming struct {
+	at   time.Time
+	keys []string
+}
+
 // testHookReadAhead, when set by a test, runs in a round ahead of its
 // deadline once the entries are read, before they are removed.
 var testHookReadAhead func()
 
 // reapShard runs a reaper round over one shard, and returns besides the keys
 // that expired (not those left without a TTL) whose entries this round
-// removed, and the earliest deadline still ahead (zero when none). A key
-// whose TTL ends within slack of now counts as expired.
+// removed, and the earliest deadline still ahead (zero when none) with the
+// entries due then. A key whose TTL ends within slack of now counts as
+// expired. The TTLs of guess (the entries the round before found due next)
+// are read with the entries, those of any other entry due afterwards.
 //
 // With at in the future (a reaper ahead of a deadline, by up to reapLead), the
 // round reads the entries due by at and their keys' TTLs now, waits until
 // at, and only then removes them: a key whose TTL ends within slack of at
 // counts as expired at at. An entry moved later meanwhile (Schedule again)
 // is not removed, nor handed over: the removal checks its deadline.
-func (s *Scheduler) reapShard(ctx context.Context, shard string, slack time.Duration, at time.Time) (ReapResult, []firedTimer, time.Time, error) {
+func (s *Scheduler) reapShard(ctx context.Context, shard string, slack time.Duration, at time.Time, guess []string) (ReapResult, []firedTimer, upcoming, error) {
 	now := time.Now().UnixMilli()
 	var lead int64 // ms until at: the round's moment is now+lead
 	if !at.IsZero() {
@@ -287,17 +304,27 @@ func (s *Scheduler) reapShard(ctx context.Context, shard string, slack time.Dura
 	upTo := now + lead
 	upToS := strconv.FormatInt(upTo, 10)
 	var due, ahead *redis.ZSliceCmd
+	ttlOf := make(map[string]*redis.DurationCmd, len(guess))
 	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		due = p.ZRangeByScoreWithScores(ctx, shard, &redis.ZRangeBy{Min: "-inf", Max: upToS, Count: int64(s.batch)})
-		ahead = p.ZRangeByScoreWithScores(ctx, shard, &redis.ZRangeBy{Min: "(" + upToS, Max: "+inf", Count: 1})
+		ahead = p.ZRangeByScoreWithScores(ctx, shard, &redis.ZRangeBy{Min: "(" + upToS, Max: "+inf", Count: aheadRead})
+		for _, k := range guess {
+			ttlOf[k] = p.PTTL(ctx, k)
+		}
 		return nil
 	})
-	if err != nil {
-		return ReapResult{}, nil, time.Time{}, fmt.Errorf("expiry: reap %s: %w", shard, err)
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return ReapResult{}, nil, upcoming{}, fmt.Errorf("expiry: reap %s: %w", shard, err)
 	}
-	var next time.Time
-	if a := ahead.Val(); len(a) > 0 {
-		next = time.UnixMilli(int64(a[0].Score))
+	var next upcoming
+	for _, a := range ahead.Val() {
+		if next.at.IsZero() {
+			next.at = time.UnixMilli(int64(a.Score))
+		}
+		if int64(a.Score) == next.at.UnixMilli() {
+			k, _ := a.Member.(string)
+			next.keys = append(next.keys, k)
+		}
 	}
 	zs := due.Val()
 	if len(zs) == 0 {
@@ -305,14 +332,23 @@ func (s *Scheduler) reapShard(ctx context.Context, shard string, slack time.Dura
 	}
 	res := ReapResult{Due: len(zs), More: len(zs) == s.batch}
 	ttls := make([]*redis.DurationCmd, len(zs))
-	if _, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, z := range zs {
-			k, _ := z.Member.(string)
-			ttls[i] = p.PTTL(ctx, k)
+	var unknown []int // of zs, those whose TTL the first read did not guess
+	for i, z := range zs {
+		k, _ := z.Member.(string)
+		if ttls[i] = ttlOf[k]; ttls[i] == nil {
+			unknown = append(unknown, i)
 		}
-		return nil
-	}); err != nil && !errors.Is(err, redis.Nil) {
-		return res, nil, next, fmt.Errorf("expiry: reap %s: %w", shard, err)
+	}
+	if len(unknown) > 0 {
+		if _, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, i := range unknown {
+				k, _ := zs[i].Member.(string)
+				ttls[i] = p.PTTL(ctx, k)
+			}
+			return nil
+		}); err != nil && !errors.Is(err, redis.Nil) {
+			return res, nil, next, fmt.Errorf("expiry: reap %s: %w", shard, err)
+		}
 	}
 
 	gone := make([]any, 1, len(zs)+1)
@@ -333,8 +369,8 @@ func (s *Scheduler) reapShard(ctx context.Context, shard string, slack time.Dura
 		case d >= 0:
 			at := now + max(d.Milliseconds(), 1)
 			rescore = append(rescore, redis.Z{Score: float64(at), Member: k})
-			if t := time.UnixMilli(at); next.IsZero() || t.Before(next) {
-				next = t
+			if t := time.UnixMilli(at); next.at.IsZero() || t.Before(next.at) {
+				next = upcoming{at: t} // its key's TTL: not worth guessing
 			}
 		}
 	}

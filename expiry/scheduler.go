@@ -194,7 +194,7 @@ func (s *Scheduler) Reap(ctx context.Context) (ReapResult, error) {
 	var res ReapResult
 	var errs []error
 	for _, shard := range s.shards {
-		r, _, _, err := s.reapShard(ctx, shard, 0, time.Time{}) // the keys must expire: rescore the late ones
+		r, _, _, err := s.reapShard(ctx, shard, 0, time.Time{}, nil) // the keys must expire: rescore the late ones
 		res.Due += r.Due
 		res.Gone += r.Gone
 		res.More = res.More || r.More

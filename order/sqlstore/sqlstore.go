@@ -99,14 +99,21 @@ func OpenWith(ctx context.Context, raw string, opts Options) (*Store, error) {
 	if opts.LockWait > 0 {
 		params["innodb_lock_wait_timeout"] = secs(opts.LockWait)
 	}
-	if len(params) == 0 {
-		return st, nil
+	// READ COMMITTED for the session, not per transaction: the driver's
+	// BeginTx with an isolation level costs a round trip more for every
+	// transaction. The variable's name differs: MariaDB has tx_isolation
+	// (transaction_isolation from 11.1 on too), MySQL transaction_isolation.
+	isolation := "transaction_isolation"
+	if mariadb {
+		isolation = "tx_isolation"
 	}
+	params[isolation] = "'READ-COMMITTED'"
 	st.Close()
 	if st, err = open(ctx, u.withParams(params)); err != nil {
 		return nil, err
 	}
 	st.retry.OnRetry = opts.OnRetry
+	st.txOptions = nil // the sessions are READ COMMITTED
 	return st, nil
 }
 
@@ -130,8 +137,8 @@ func open(ctx context.Context, u URL) (*Store, error) {
 	st := &Store{db: db, dialect: u.Driver}
 	if u.Driver == "mysql" {
 		// READ COMMITTED: no gap locks, so concurrent batches and new orders
-		// do not block each other on index ranges. (Set per transaction: the
-		// session variable's name differs between MySQL and MariaDB.)
+		// do not block each other on index ranges. Per transaction until
+		// OpenWith knows the server and sets it for the session.
 		st.txOptions = &sql.TxOptions{Isolation: sql.LevelReadCommitted}
 		if err := db.GetContext(ctx, &st.server, `SELECT VERSION()`); err != nil {
 			db.Close()

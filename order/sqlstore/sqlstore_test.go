@@ -2,9 +2,11 @@ package sqlstore_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/orderd/orderd/order"
 	"github.com/orderd/orderd/order/ordertest"
@@ -94,4 +96,37 @@ func TestUTF8RoundTrip(t *testing.T) {
 			t.Fatalf("name came back as %q (%v), want %q", k.Name, err, name)
 		}
 	})
+}
+
+// Every session of a store on MariaDB/MySQL runs READ COMMITTED (no gap
+// locks between concurrent batches and creations), set once per connection
+// rather than by each transaction, whatever Options say.
+func TestSessionsAreReadCommitted(t *testing.T) {
+	url := ordertest.MySQLURL(t)
+	ctx := context.Background()
+	for _, opts := range []sqlstore.Options{{}, {TxIdleTimeout: time.Second, LockWait: time.Second}} {
+		st, err := sqlstore.OpenWith(ctx, url, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		db := st.DB()
+		db.SetMaxIdleConns(4)
+		conns := make([]*sql.Conn, 3) // several sessions: each new one is set too
+		for i := range conns {
+			if conns[i], err = db.Conn(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i, c := range conns {
+			var level string
+			if err := c.QueryRowContext(ctx, `SELECT @@SESSION.tx_isolation`).Scan(&level); err != nil {
+				t.Fatal(err)
+			}
+			if level != "READ-COMMITTED" {
+				t.Errorf("%+v: session %d runs %s, want READ-COMMITTED", opts, i, level)
+			}
+			c.Close()
+		}
+		st.Close()
+	}
 }

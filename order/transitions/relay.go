@@ -43,6 +43,15 @@ type Config struct {
 	// Poll is how long the holder waits, when the outbox is empty, before
 	// reading it again (Wake cuts it short). If zero, 50 ms is used.
 	Poll time.Duration
+	// Linger is the least time from the start of a round that found
+	// records to the start of the next: while changes keep being committed
+	// (a batch every few milliseconds), a Wake within Linger waits for the
+	// rest of it, and the next round takes what gathered meanwhile. A change
+	// committed after a quiet spell is read at once. Each round costs a
+	// commit (the records' deletion) and calls to Redis; without the
+	// linger there is a round per batch committed, and they compete with
+	// the batches for the database. If zero, 20 ms is used; negative: none.
+	Linger time.Duration
 	// Timeout bounds each call to Redis or the database. If zero, 5 s is used.
 	Timeout time.Duration
 	// Logger receives the relay's log lines. If nil, nothing is logged.
@@ -76,6 +85,11 @@ type Relay struct {
 	cfgErr    error   // a configuration that cannot work: Run returns it
 }
 
+// defaultLinger is Config.Linger's default: at most 50 rounds a second
+// where a batch committed every 3 ms or so (the benchmark's steady scenario,
+// 1,000 expiries a second) could wake one each (BENCHMARKS.md, round 6).
+const defaultLinger = 20 * time.Millisecond
+
 // errFenced is a round's error when the lease was no longer this relay's at
 // the append (it paused, say, and another relay took over): nothing was
 // appended, the other relay appends the records.
@@ -105,6 +119,9 @@ func NewRelay(outbox order.Outbox, rdb redis.UniversalClient, cfg Config) *Relay
 	}
 	if cfg.Poll <= 0 {
 		cfg.Poll = 50 * time.Millisecond
+	}
+	if cfg.Linger == 0 {
+		cfg.Linger = defaultLinger
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 5 * time.Second
@@ -178,6 +195,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			r.sleep(ctx, time.Until(renewAt), false)
 			continue
 		}
+		start := time.Now()
 		n, err := r.round(ctx)
 		switch {
 		case errors.Is(err, errFenced):
@@ -195,6 +213,9 @@ func (r *Relay) Run(ctx context.Context) error {
 		case n < r.cfg.Batch:
 			failures = 0
 			r.sleep(ctx, min(r.cfg.Poll, time.Until(renewAt)), true)
+			if n > 0 { // changes are coming: let the next ones gather (Linger)
+				r.sleep(ctx, min(time.Until(start.Add(r.cfg.Linger)), time.Until(renewAt)), false)
+			}
 		default:
 			failures = 0
 		}

@@ -495,3 +495,46 @@ func TestRelayConfigError(t *testing.T) {
 		t.Fatalf("Run: %v, want an error naming Stream", err)
 	}
 }
+
+// While changes keep being committed, a relay woken within Linger of its
+// last round that found some waits for the rest of the Linger, and the next
+// round takes all that gathered meanwhile: one round, one deletion, however
+// many commits woke it. The first change after a quiet spell is relayed at
+// once (a Poll and a Linger of an hour would otherwise hold it).
+func TestRelayLingers(t *testing.T) {
+	st := ordertest.Open(t, ordertest.MySQLURL(t))
+	e := newEnv(t, st)
+	ctx := context.Background()
+	var mu sync.Mutex
+	var rounds []int
+	r := transitions.NewRelay(e.st, e.rdb, transitions.Config{
+		Stream: e.keys.Transitions(), LeaseKey: e.keys.TransitionsRelay(), ID: "lingers",
+		LeaseTTL: 3 * time.Hour, Poll: time.Hour, Linger: time.Hour, Batch: 100,
+		OnRelay: func(n int) { mu.Lock(); rounds = append(rounds, n); mu.Unlock() }})
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(rctx) }()
+	defer func() { cancel(); <-done }()
+
+	create := func() {
+		if _, err := e.svc.Create(ctx, 2, 7, 1); err != nil {
+			t.Fatal(err)
+		}
+		r.Wake()
+	}
+	create()
+	e.waitStream(t, 1) // the first after a quiet spell: at once
+	for range 49 {
+		create() // each wakes the relay, within its Linger
+	}
+	cancel() // a stop relays what the outbox holds
+	<-done
+	if got := e.stream(t); len(got) != 50 {
+		t.Fatalf("stream has %d entries, want 50", len(got))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(rounds, []int{1, 49}) {
+		t.Errorf("rounds relayed %v records, want [1 49]: the 49 commits gathered into one", rounds)
+	}
+}
