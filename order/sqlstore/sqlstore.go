@@ -28,10 +28,9 @@ var migrations embed.FS
 
 // Store is an order.Store on a SQL database.
 type Store struct {
-	db        *sqlx.DB
-	dialect   string // "mysql" or "sqlite"
-	txOptions *sql.TxOptions
-	outbox    bool // record every transition in transitions_outbox
+	db      *sqlx.DB
+	dialect string // "mysql" or "sqlite"
+	outbox  bool   // record every transition in transitions_outbox
 	// skipLocked: the server has SELECT … FOR UPDATE SKIP LOCKED
 	// (MariaDB 10.6+, MySQL 8).
 	skipLocked bool
@@ -99,10 +98,12 @@ func OpenWith(ctx context.Context, raw string, opts Options) (*Store, error) {
 	if opts.LockWait > 0 {
 		params["innodb_lock_wait_timeout"] = secs(opts.LockWait)
 	}
-	// READ COMMITTED for the session, not per transaction: the driver's
-	// BeginTx with an isolation level costs a round trip more for every
-	// transaction. The variable's name differs: MariaDB has tx_isolation
-	// (transaction_isolation from 11.1 on too), MySQL transaction_isolation.
+	// READ COMMITTED: no gap locks, so concurrent batches and new orders do
+	// not block each other on index ranges. Set for the session, not per
+	// transaction: the driver's BeginTx with an isolation level costs a
+	// round trip more for every transaction. The variable's name differs:
+	// MariaDB has tx_isolation (transaction_isolation from 11.1 on too),
+	// MySQL transaction_isolation; the first connection above told which.
 	isolation := "transaction_isolation"
 	if mariadb {
 		isolation = "tx_isolation"
@@ -113,7 +114,6 @@ func OpenWith(ctx context.Context, raw string, opts Options) (*Store, error) {
 		return nil, err
 	}
 	st.retry.OnRetry = opts.OnRetry
-	st.txOptions = nil // the sessions are READ COMMITTED
 	return st, nil
 }
 
@@ -136,10 +136,6 @@ func open(ctx context.Context, u URL) (*Store, error) {
 	}
 	st := &Store{db: db, dialect: u.Driver}
 	if u.Driver == "mysql" {
-		// READ COMMITTED: no gap locks, so concurrent batches and new orders
-		// do not block each other on index ranges. Per transaction until
-		// OpenWith knows the server and sets it for the session.
-		st.txOptions = &sql.TxOptions{Isolation: sql.LevelReadCommitted}
 		if err := db.GetContext(ctx, &st.server, `SELECT VERSION()`); err != nil {
 			db.Close()
 			return nil, fmt.Errorf("sqlstore: read the server's version: %w", err)
@@ -301,7 +297,7 @@ func (s *Store) WatchSchema(ctx context.Context, interval time.Duration) error {
 // harm: a conditional move of what is due).
 func (s *Store) tx(ctx context.Context, idempotent bool, fn func(*sqlx.Tx) error) error {
 	return s.retry.Do(ctx, idempotent, func(ctx context.Context) error {
-		tx, err := s.db.BeginTxx(ctx, s.txOptions)
+		tx, err := s.db.BeginTxx(ctx, nil)
 		if err != nil {
 			return err
 		}
